@@ -1,0 +1,41 @@
+# Set-up is two commands on a fresh machine: `make demo` and `make test`.
+# torch==2.13.0 is installed first: it is a local CPU wheel; an unpinned torch pulls CUDA builds of several GB.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# Until the `demo` verb exists: the toy model, then `analyze` of a planted PEFT adapter on the embedded MiniLM.
+demo: install
+	$(BIN)/intrudim toy --out demo_out/toy
+	$(BIN)/python -m intrudim.experiments.planted minilm demo_out/planted_adapter
+	$(BIN)/intrudim analyze minilm demo_out/planted_adapter --out demo_out/analysis --cache demo_out/svd_cache --k-sweep
+	@echo
+	@echo "Reports: demo_out/analysis/report.html (intruders of a planted rank-1 adapter) and demo_out/toy/toy.html"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_structured.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_out

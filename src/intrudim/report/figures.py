@@ -1,0 +1,183 @@
+"""Matplotlib figures for the analysis and toy reports (Agg backend; PNG bytes, no files written here)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from intrudim.spectral.intruders import random_vector_max_cosine  # noqa: E402
+
+LORA_COLOR = "#d62728"
+BASE_COLOR = "#1f77b4"
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def highlighted_matrices(matrices: Sequence[Any], count: int = 3) -> list[Any]:
+    """The matrices worth a heatmap: the most intruders first (ties: highest-ranked intruder), else the first."""
+    ranked = sorted(matrices, key=lambda m: (-m.intruders, m.largest_intruder_rank or 10**9))
+    return ranked[:count]
+
+
+def similarity_heatmap(matrix: Any, epsilon: float) -> bytes:
+    """|cos| between the tuned top-k left vectors (rows) and the top base left vectors (columns) — Figs. 1/3."""
+    sim = matrix.similarity
+    k = len(sim)
+    fig, ax = plt.subplots(figsize=(7.5, 2.2 + 0.18 * k))
+    image = ax.imshow(sim, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_yticks(range(k), [f"{j + 1}{' ◀ intruder' if (j + 1) in matrix.intruder_ranks else ''}" for j in range(k)],
+                  fontsize=7)  # fmt: skip
+    ax.set_xlabel("base singular vector rank (W₀)")
+    ax.set_ylabel("tuned vector rank")
+    ax.set_title(f"{matrix.name}\n{matrix.intruders} intruder(s) at ε={epsilon}", fontsize=9)
+    fig.colorbar(image, ax=ax, label="|cos|")
+    return _png(fig)
+
+
+def epsilon_sweep_plot(sweeps: dict[str, dict[float, int]], k: int) -> bytes:
+    """Total intruders vs ε (Fig. 5); one line per labelled model."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, sweep in sweeps.items():
+        xs = sorted(sweep)
+        ax.plot(xs, [sweep[x] for x in xs], marker="o", label=label)
+    ax.set_xlabel("cosine similarity threshold ε")
+    ax.set_ylabel(f"intruder dimensions (k={k}, summed)")
+    ax.set_title("Intruders vs ε (Fig. 5)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def k_sweep_plot(sweeps: dict[str, dict[str, int]], epsilon: float) -> bytes:
+    """Total intruders vs k (Fig. 11)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, sweep in sweeps.items():
+        names = list(sweep)
+        ax.plot(range(len(names)), [sweep[n] for n in names], marker="o", label=label)
+        ax.set_xticks(range(len(names)), names)
+    ax.set_xlabel("k (top tuned vectors examined; % of the matrix's singular vectors)")
+    ax.set_ylabel(f"intruder dimensions (ε={epsilon}, summed)")
+    ax.set_title("Intruders vs k (Fig. 11)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def counts_bar(counts: dict[str, int], title: str, xlabel: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * len(counts) + 2), 3.4))
+    names = list(counts)
+    ax.bar(range(len(names)), [counts[n] for n in names], color=LORA_COLOR)
+    ax.set_xticks(range(len(names)), names, rotation=35 if max((len(n) for n in names), default=0) > 4 else 0,
+                  ha="right", fontsize=8)  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("intruder dimensions")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def effective_rank_plot(matrices: Sequence[Any]) -> bytes:
+    """Effective rank of ΔW per layer, one line per matrix type (Fig. 6)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    by_type: dict[str, list[tuple[int, float]]] = {}
+    for m in matrices:
+        if m.effective_rank_delta is not None:
+            by_type.setdefault(m.module_type, []).append((m.layer if m.layer is not None else 0, m.effective_rank_delta))
+    for name, points in sorted(by_type.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("effective rank of ΔW")
+    ax.set_title("Effective rank of the update (Fig. 6)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
+def singular_values_plot(matrices: Sequence[Any]) -> bytes:
+    """Top-k singular values of W_t vs W₀ for the highlighted matrices; intruders marked."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], matrices, strict=True):
+        ranks = list(range(1, len(m.singular_values) + 1))
+        ax.plot(ranks, m.base_singular_values, marker="o", color=BASE_COLOR, label="base W₀")
+        ax.plot(ranks, m.singular_values, marker="s", color="#555555", label="tuned W_t")
+        if m.intruder_ranks:
+            ax.scatter(m.intruder_ranks, [m.singular_values[r - 1] for r in m.intruder_ranks], s=90,
+                       facecolors="none", edgecolors=LORA_COLOR, linewidths=2, label="intruder", zorder=5)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("rank")
+        ax.set_title(m.name, fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("singular value σ")
+    axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def max_cos_scatter(matrices: Sequence[Any], epsilon: float) -> bytes:
+    """max |cos| to the base of every top-k tuned vector, by rank; the ε line and the random baseline."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for m in matrices:
+        ax.scatter(range(1, len(m.max_abs_cos) + 1), m.max_abs_cos, s=10, alpha=0.45,
+                   color=LORA_COLOR if m.intruders else BASE_COLOR)  # fmt: skip
+    ax.axhline(epsilon, color="black", linestyle="--", linewidth=1, label=f"ε = {epsilon}")
+    if matrices:
+        n = matrices[0].shape[0]
+        ax.axhline(random_vector_max_cosine(n), color="gray", linestyle=":", label=f"random vector, n={n} (App. C)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("tuned singular vector rank")
+    ax.set_ylabel("max |cos| to any base vector")
+    ax.set_title("How new is each top tuned direction?")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def toy_sweep_plot(sweep: Any) -> bytes:
+    """Sec. 5: the vector aligned with v climbs to rank 1 and becomes an intruder once λ > σ_max."""
+    ratios = [p.lam_over_sigma_max for p in sweep.points]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(ratios, [p.v_max_cos_to_base for p in sweep.points], marker="o", color=LORA_COLOR,
+             label="max |cos| to base of v-aligned vector")  # fmt: skip
+    ax1.plot(ratios, [p.v_alignment for p in sweep.points], marker="s", color="#555555", label="|cos| with v")
+    ax1.axhline(sweep.epsilon, color="black", linestyle="--", linewidth=1, label=f"ε = {sweep.epsilon}")
+    ax1.axvline(1.0, color="gray", linestyle=":", label="λ = σ_max(W)")
+    ax1.set_xlabel("λ / σ_max(W)")
+    ax1.set_ylabel("|cos|")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    ax2.plot(ratios, [p.v_rank for p in sweep.points], marker="o", color=BASE_COLOR, label="rank of v-aligned vector")
+    ax2.plot(ratios, [p.intruders for p in sweep.points], marker="^", color=LORA_COLOR, label=f"intruders in top {sweep.k}")
+    ax2.axvline(1.0, color="gray", linestyle=":")
+    ax2.set_xlabel("λ / σ_max(W)")
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"W + λ·v vᵀ, n = {sweep.n} (Sec. 5)")
+    return _png(fig)
+
+
+def random_baseline_plot(points: Sequence[Any]) -> bytes:
+    """App. C: max |cos| of a random unit vector against an orthonormal basis vs n."""
+    ns = [p.n for p in points]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.errorbar(ns, [p.mean_max_cos for p in points], yerr=[p.std_max_cos for p in points], marker="o",
+                color=LORA_COLOR, label="measured (mean ± std)", capsize=3)  # fmt: skip
+    ax.plot(ns, [p.theory for p in points], color="black", linestyle="--", label="√(2 ln(2n)/n)")
+    ax.plot(ns, [p.minimum_possible for p in points], color="gray", linestyle=":", label="minimum 1/√n")
+    ax.set_xscale("log")
+    ax.set_xlabel("dimension n")
+    ax.set_ylabel("max |cos| to the basis")
+    ax.set_title("A random direction is far from every basis vector (App. C)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)

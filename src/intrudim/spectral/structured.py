@@ -1,0 +1,147 @@
+"""Top-k SVD of a LoRA-tuned matrix W₀ + s·B·A from its factors, never a dense SVD of the sum.
+
+With the cached thin base SVD W₀ = U₀ Σ₀ V₀ᵀ (U₀: (out, p), V₀: (in, p), p = min(out, in)):
+
+    B = U₀ B₀ + Q_B T_B      (B₀ = U₀ᵀB, Q_B T_B = QR of the part of B outside span(U₀))
+    Aᵀ = V₀ A₀ + Q_A T_A     (likewise for the rows of A against span(V₀))
+
+so W₀ + sBA = [U₀ Q_B] · M · [V₀ Q_A]ᵀ with the small "core"
+
+    M = diag(Σ₀, 0) + s · [B₀; T_B] [A₀; T_A]ᵀ        ((p + r_B) × (p + r_A), diagonal + rank r).
+
+The bases are orthonormal, so M has the singular values of W_t, and a left singular vector y of M is
+u = [U₀ Q_B] y in the output space. Its cosine with base vector i is simply y_i (i < p), because
+Q_B ⟂ U₀: the max |cos| to every base vector is max |y[:p]| — no m×p product needed.
+
+When out > in, the thin U₀ does not span ℝ^out; Q_B carries the rest (DESIGN.md). The top-k of M come
+from ARPACK Lanczos on the implicit diagonal-plus-rank-r operator: O((p + r)·r) per product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from intrudim.spectral.svd import DENSE_SVD_MAX_DIM, SVDFactors, _arpack_top_k
+
+# A residual column counts as outside the base span only above this relative size.
+_RESIDUAL_RTOL = 1e-10
+
+
+@dataclass(frozen=True)
+class LoraCore:
+    """W₀ + s·B·A expressed in base coordinates (see module docstring)."""
+
+    S0: torch.Tensor  # (p,)
+    B_coords: torch.Tensor  # (p + r_B, r): [B₀; T_B] scaled by s
+    A_coords: torch.Tensor  # (p + r_A, r): [A₀; T_A]
+    p: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.B_coords.shape[0]), int(self.A_coords.shape[0]))
+
+    def dense(self) -> torch.Tensor:
+        """The core M as a dense matrix (for small cores and tests)."""
+        rows, cols = self.shape
+        M = self.B_coords @ self.A_coords.T
+        idx = torch.arange(self.p)
+        M[idx, idx] += self.S0
+        return M
+
+    def frobenius_sq(self) -> float:
+        """‖W₀ + sBA‖_F² = ‖M‖_F², in O((p + r)·r²) without forming M."""
+        p = self.p
+        cross = (self.B_coords[:p] * self.A_coords[:p]).sum(dim=1)  # diag of B̃Ãᵀ on the first p
+        lowrank_sq = ((self.B_coords.T @ self.B_coords) * (self.A_coords.T @ self.A_coords)).sum()
+        return float((self.S0**2).sum() + 2.0 * (self.S0 * cross).sum() + lowrank_sq)
+
+
+def _split_against_basis(X: torch.Tensor, basis: torch.Tensor, full_span: bool) -> torch.Tensor:
+    """Coordinates of the columns of X (dim, r) in [basis, Q], Q an orthonormal basis of the residual."""
+    inside = basis.T @ X  # (p, r)
+    if full_span:
+        return inside
+    residual = X - basis @ inside  # (dim, r)
+    # One re-orthogonalisation pass keeps Q ⟂ basis to machine precision (classical Gram-Schmidt twice).
+    correction = basis.T @ residual
+    inside = inside + correction
+    residual = residual - basis @ correction
+    Q, T = torch.linalg.qr(residual)  # Q: (dim, r), T: (r, r)
+    scale = max(float(X.norm()), 1e-300)
+    if float(T.abs().max()) <= _RESIDUAL_RTOL * scale:
+        return inside
+    return torch.cat([inside, T], dim=0)
+
+
+def lora_core(base: SVDFactors, B: torch.Tensor, A: torch.Tensor, scale: float) -> LoraCore:
+    """Express W₀ + scale·B·A in the base's singular coordinates. B: (out, r), A: (r, in)."""
+    U0 = base.U.to(torch.float64)
+    V0 = base.Vh.to(torch.float64).T
+    S0 = base.S.to(torch.float64)
+    out_dim, in_dim = U0.shape[0], V0.shape[0]
+    p = int(S0.shape[0])
+    if B.shape[0] != out_dim or A.shape[1] != in_dim or B.shape[1] != A.shape[0]:
+        raise ValueError(
+            f"LoRA factors B {tuple(B.shape)} and A {tuple(A.shape)} do not fit a base matrix of shape "
+            f"({out_dim}, {in_dim}): expected B (out, r) and A (r, in)."
+        )
+    B_coords = _split_against_basis(B.to(torch.float64), U0, full_span=(p == out_dim)) * scale
+    A_coords = _split_against_basis(A.to(torch.float64).T, V0, full_span=(p == in_dim))
+    return LoraCore(S0=S0, B_coords=B_coords, A_coords=A_coords, p=p)
+
+
+@dataclass(frozen=True)
+class CoreTopK:
+    """Top singular triplets of the core: S (k,), Y (rows, k) left vectors in [U₀ Q_B] coordinates."""
+
+    S: torch.Tensor
+    Y: torch.Tensor
+
+    def max_abs_cosine(self, p: int) -> torch.Tensor:
+        """max_i |cos(u_j, u_i^base)| for each returned vector: the largest |coordinate| among the first p."""
+        return self.Y[:p].abs().amax(dim=0)
+
+
+def core_top_k(core: LoraCore, k: int, *, method: str = "auto") -> CoreTopK:
+    """Top-k SVD of the core M. ``method``: "lanczos" (ARPACK on the implicit operator), "dense", or "auto"."""
+    rows, cols = core.shape
+    small = min(rows, cols)
+    if k > small:
+        raise ValueError(f"k={k} exceeds the number of singular values ({small}).")
+    use_dense = method == "dense" or (
+        method == "auto" and (small <= DENSE_SVD_MAX_DIM or k >= small - 1 or 3 * k >= small)
+    )
+    if method == "lanczos" and k >= small - 1:
+        use_dense = True  # ARPACK needs k < min(shape) - 1
+    if use_dense:
+        U, S, _ = torch.linalg.svd(core.dense(), full_matrices=False)
+        return CoreTopK(S=S[:k], Y=U[:, :k])
+
+    p = core.p
+    S0 = core.S0.numpy()
+    Bc = core.B_coords.numpy()
+    Ac = core.A_coords.numpy()
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(-1)
+        y = Bc @ (Ac.T @ x)
+        y[:p] += S0 * x[:p]
+        return y
+
+    def rmatvec(y: np.ndarray) -> np.ndarray:
+        y = y.reshape(-1)
+        x = Ac @ (Bc.T @ y)
+        x[:p] += S0 * y[:p]
+        return x
+
+    U, S, _ = _arpack_top_k(matvec, rmatvec, (rows, cols), k)
+    return CoreTopK(S=torch.from_numpy(S.copy()), Y=torch.from_numpy(U.copy()))
+
+
+def core_full_spectrum(core: LoraCore) -> CoreTopK:
+    """All singular triplets of the core (for the k-sweep of Fig. 11): a dense SVD of the small core."""
+    U, S, _ = torch.linalg.svd(core.dense(), full_matrices=False)
+    return CoreTopK(S=S, Y=U)

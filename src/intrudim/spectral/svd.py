@@ -1,0 +1,89 @@
+"""Singular value decompositions: full thin SVD (the base), dense top-k (full fine-tuning), effective rank.
+
+Convention (DESIGN.md): W has shape (out, in) as in ``nn.Linear``; W = U Σ Vᵀ with σ descending; the
+*left* singular vectors (columns of U) are compared. All routines work in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, svds
+
+# Below this many rows/columns a dense LAPACK SVD beats ARPACK's iteration overhead.
+DENSE_SVD_MAX_DIM = 160
+
+
+@dataclass(frozen=True)
+class SVDFactors:
+    """Thin SVD ``W = U diag(S) Vh``: U (out, p), S (p,) descending, Vh (p, in), p = min(out, in)."""
+
+    U: torch.Tensor
+    S: torch.Tensor
+    Vh: torch.Tensor
+
+    @property
+    def rank_dim(self) -> int:
+        return int(self.S.shape[0])
+
+
+def thin_svd(W: torch.Tensor) -> SVDFactors:
+    """Full thin SVD of ``W`` in float64 (``torch.linalg.svd(full_matrices=False)``)."""
+    U, S, Vh = torch.linalg.svd(W.to(torch.float64), full_matrices=False)
+    return SVDFactors(U=U, S=S, Vh=Vh)
+
+
+def _arpack_top_k(
+    matvec, rmatvec, shape: tuple[int, int], k: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k singular triplets of an implicit float64 operator with ARPACK (Lanczos), σ descending."""
+    operator = LinearOperator(shape, matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+    # A fixed start vector makes results reproducible run to run.
+    v0 = np.random.default_rng(seed).standard_normal(min(shape))
+    U, S, Vh = svds(operator, k=k, solver="arpack", tol=0, v0=v0, which="LM")
+    order = np.argsort(S)[::-1]
+    return U[:, order], S[order], Vh[order, :]
+
+
+def top_k_svd(W: torch.Tensor, k: int) -> SVDFactors:
+    """Top-k singular triplets of a dense matrix, without a full SVD when k is small (Lanczos).
+
+    Used for fully fine-tuned matrices, where only the top-k tuned vectors are compared (Sec. 4).
+    """
+    W64 = W.to(torch.float64)
+    m, n = W64.shape
+    p = min(m, n)
+    if k >= p - 1 or p <= DENSE_SVD_MAX_DIM or 3 * k >= p:
+        full = thin_svd(W64)
+        return SVDFactors(U=full.U[:, :k], S=full.S[:k], Vh=full.Vh[:k])
+    Wn = W64.numpy()
+    U, S, Vh = _arpack_top_k(lambda x: Wn @ x, lambda y: Wn.T @ y, (m, n), k)
+    return SVDFactors(U=torch.from_numpy(U.copy()), S=torch.from_numpy(S.copy()), Vh=torch.from_numpy(Vh.copy()))
+
+
+def singular_values(W: torch.Tensor) -> torch.Tensor:
+    """All singular values of ``W`` (float64, descending)."""
+    return torch.linalg.svdvals(W.to(torch.float64))
+
+
+def low_rank_singular_values(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Singular values of ``scale · B A`` (B: (out, r), A: (r, in)) from two thin QRs, never forming B A."""
+    B64, A64 = B.to(torch.float64), A.to(torch.float64)
+    _, RB = torch.linalg.qr(B64)  # (r, r)
+    _, RA = torch.linalg.qr(A64.T)  # (r, r)
+    return torch.linalg.svdvals(scale * RB @ RA.T)
+
+
+def effective_rank(sigma: torch.Tensor) -> float:
+    """Effective rank (Roy & Vetterli 2007): exp of the Shannon entropy of σ/‖σ‖₁ (Sec. 4.2, Fig. 6).
+
+    Zero singular values contribute nothing; the zero matrix has effective rank 0.
+    """
+    sigma = sigma.to(torch.float64).abs()
+    total = sigma.sum()
+    if total <= 0:
+        return 0.0
+    p = sigma[sigma > 0] / total
+    return float(torch.exp(-(p * torch.log(p)).sum()))

@@ -1,0 +1,142 @@
+"""Reading PEFT LoRA adapters from their own files: ΔW = s·B·A per module, never merged into a dense copy.
+
+s = α/r, or α/√r with rsLoRA (``use_rslora``); per-module r and α honour ``rank_pattern`` and
+``alpha_pattern`` as PEFT does. With ``fan_in_fan_out`` (GPT-2 Conv1D) PEFT stores the base weight as
+(in, out) but its B·A is already in (out, in) orientation, which is the orientation analysed here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intrudim.errors import CorruptFileError, IntrudimError
+from intrudim.weights.sources import _safe_open
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_PICKLE = "adapter_model.bin"
+# base_model.model.<module>.lora_A[.<adapter name>].weight
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return path.is_dir() and (path / ADAPTER_CONFIG).exists()
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's get_pattern_key: a pattern key matches a module name ending in it (regex)."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One module's LoRA update: ΔW = scale · B @ A, B (out, r), A (r, in)."""
+
+    module: str
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.B.shape[0]), int(self.A.shape[1]))
+
+    def delta(self) -> torch.Tensor:
+        """Dense ΔW (for references and small matrices only)."""
+        return self.scale * (self.B.to(torch.float64) @ self.A.to(torch.float64))
+
+
+class LoraAdapter:
+    """A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)."""
+
+    def __init__(self, path: str | Path, *, allow_pickle: bool = False):
+        self.path = Path(path)
+        config_path = self.path / ADAPTER_CONFIG
+        try:
+            self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CorruptFileError(f"Cannot parse adapter config '{config_path}': {exc}") from None
+        peft_type = str(self.config.get("peft_type", "LORA")).upper()
+        if peft_type != "LORA":
+            raise IntrudimError(
+                f"'{config_path}' describes a {peft_type} adapter; intrudim analyses LoRA adapters. Merge it "
+                f"into the model (peft's merge_and_unload) and pass the merged model as TUNED."
+            )
+        if self.config.get("use_dora"):
+            raise IntrudimError(
+                f"'{config_path}' is a DoRA adapter (use_dora=true): its update is not W₀ + s·B·A. Merge it "
+                f"(peft's merge_and_unload) and pass the merged model as TUNED."
+            )
+        self.lora_alpha = float(self.config.get("lora_alpha", self.config.get("r", 8)))
+        self.use_rslora = bool(self.config.get("use_rslora", False))
+        self.fan_in_fan_out = bool(self.config.get("fan_in_fan_out", False))
+        self.alpha_pattern: dict[str, float] = self.config.get("alpha_pattern") or {}
+        self.base_model_name = self.config.get("base_model_name_or_path")
+        self._tensors = self._open_tensors(allow_pickle)
+        self.modules: dict[str, tuple[str, str]] = {}  # module -> (key of A, key of B)
+        found: dict[str, dict[str, str]] = {}
+        for key in self._tensors["keys"]:
+            match = _LORA_KEY.match(key)
+            if match:
+                found.setdefault(match["module"], {})[match["which"]] = key
+        for module, pair in found.items():
+            if "A" not in pair or "B" not in pair:
+                missing = "lora_B" if "A" in pair else "lora_A"
+                raise CorruptFileError(
+                    f"Adapter '{self.path}' has a LoRA factor for '{module}' but no {missing}: the adapter file "
+                    f"is incomplete."
+                )
+            self.modules[module] = (pair["A"], pair["B"])
+        if not self.modules:
+            raise CorruptFileError(
+                f"Adapter '{self.path}' holds no LoRA weights (no keys ending in lora_A.weight / lora_B.weight)."
+            )
+
+    def _open_tensors(self, allow_pickle: bool) -> dict[str, Any]:
+        weights = self.path / ADAPTER_WEIGHTS
+        if weights.exists():
+            handle = _safe_open(weights)
+            return {"keys": list(handle.keys()), "handle": handle, "file": weights}
+        if (self.path / ADAPTER_PICKLE).exists():
+            from intrudim.weights.sources import _load_pickle, _refuse_pickle
+
+            _refuse_pickle(self.path / ADAPTER_PICKLE, allow_pickle)
+            state = _load_pickle(self.path / ADAPTER_PICKLE)
+            return {"keys": list(state), "state": state, "file": self.path / ADAPTER_PICKLE}
+        raise CorruptFileError(
+            f"Adapter directory '{self.path}' has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}. Save the adapter "
+            f"with peft's save_pretrained (safetensors is the default)."
+        )
+
+    def _load(self, key: str) -> torch.Tensor:
+        if "state" in self._tensors:
+            return self._tensors["state"][key]
+        return self._tensors["handle"].get_tensor(key)
+
+    def scale_for(self, module: str, rank: int) -> float:
+        alpha = float(_pattern_value(self.alpha_pattern, module, self.lora_alpha))
+        return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
+
+    def factors(self, module: str) -> LoraFactors:
+        key_a, key_b = self.modules[module]
+        A, B = self._load(key_a), self._load(key_b)
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise CorruptFileError(
+                f"Adapter '{self.path}': factors of '{module}' do not fit together: lora_A {tuple(A.shape)}, "
+                f"lora_B {tuple(B.shape)} (expected (r, in) and (out, r))."
+            )
+        return LoraFactors(module=module, A=A, B=B, scale=self.scale_for(module, int(A.shape[0])))

@@ -1,0 +1,99 @@
+"""On-disk cache of base-model SVDs, keyed by a content hash of each matrix (DESIGN.md, "Base SVD cache").
+
+The thin SVD of a base matrix is computed once (float64) and stored as safetensors (U, S, Vh), written
+atomically, then reused by every adapter, checkpoint, sweep and repair against that base. The key is a
+BLAKE2b hash of the matrix's bytes (in the orientation analysed), its shape and dtype, so a renamed or
+moved model still hits the cache and a changed matrix never does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from intrudim.fileio import atomic_path
+from intrudim.spectral.svd import SVDFactors, thin_svd
+
+CACHE_FORMAT = "1"
+
+
+def default_cache_dir() -> Path:
+    """``$INTRUDIM_CACHE``, else ``$XDG_CACHE_HOME/intrudim``, else ``~/.cache/intrudim``; SVDs live in ``svd/``."""
+    root = os.environ.get("INTRUDIM_CACHE")
+    if root:
+        return Path(root).expanduser() / "svd"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "intrudim" / "svd"
+
+
+def matrix_hash(W: torch.Tensor) -> str:
+    """Content hash of a matrix: its raw bytes, shape and dtype."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{CACHE_FORMAT}|{tuple(W.shape)}|{W.dtype}|".encode())
+    flat = W.detach().cpu().contiguous().reshape(-1)
+    digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+class BaseSVDCache:
+    """Get-or-compute thin SVDs of base matrices. ``directory=None`` disables the disk cache."""
+
+    def __init__(self, directory: str | Path | None, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        self.directory = Path(directory) if directory is not None else None
+        self.dtype = dtype
+        self.device = device
+        self.hits = 0
+        self.misses = 0
+
+    def path_for(self, key: str) -> Path:
+        assert self.directory is not None
+        return self.directory / key[:2] / f"{key}.safetensors"
+
+    def _compute(self, W: torch.Tensor) -> SVDFactors:
+        if self.device != "cpu":
+            factors = thin_svd(W.to(self.device))
+            return SVDFactors(U=factors.U.cpu(), S=factors.S.cpu(), Vh=factors.Vh.cpu())
+        return thin_svd(W)
+
+    def get(self, W: torch.Tensor) -> SVDFactors:
+        """Thin SVD of ``W`` (float64 tensors), from the cache when present."""
+        if self.directory is None:
+            self.misses += 1
+            return self._compute(W)
+        key = matrix_hash(W)
+        path = self.path_for(key)
+        if path.exists():
+            try:
+                stored = load_file(str(path))
+                self.hits += 1
+                return SVDFactors(
+                    U=stored["U"].to(torch.float64), S=stored["S"].to(torch.float64), Vh=stored["Vh"].to(torch.float64)
+                )
+            except (SafetensorError, KeyError, OSError):
+                pass  # a damaged entry (e.g. disk full when written elsewhere): recompute and replace it
+        self.misses += 1
+        factors = self._compute(W)
+        try:
+            with atomic_path(path) as tmp:
+                save_file(
+                    {
+                        "U": factors.U.to(self.dtype).contiguous(),
+                        "S": factors.S.to(torch.float64).contiguous(),
+                        "Vh": factors.Vh.to(self.dtype).contiguous(),
+                    },
+                    str(tmp),
+                    metadata={"format": CACHE_FORMAT, "shape": str(tuple(W.shape))},
+                )
+        except OSError:
+            pass  # an unwritable cache slows later runs but never fails this one
+        if self.dtype != torch.float64:
+            # Return what a later cache hit would return, so results do not depend on hit or miss.
+            return SVDFactors(
+                U=factors.U.to(self.dtype).to(torch.float64), S=factors.S, Vh=factors.Vh.to(self.dtype).to(torch.float64)
+            )
+        return factors

@@ -1,0 +1,176 @@
+"""Spectral core against an independent dense float64 reference and planted cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import dense_reference
+
+from intrudim.spectral.intruders import (
+    count_intruders,
+    epsilon_sweep,
+    intruder_energy_share,
+    intruder_ranks,
+    k_sweep,
+    max_abs_cosine,
+    random_vector_max_cosine,
+)
+from intrudim.spectral.structured import core_full_spectrum, core_top_k, lora_core
+from intrudim.spectral.svd import effective_rank, low_rank_singular_values, thin_svd, top_k_svd
+from intrudim.spectral.toy import random_vector_baseline, toy_lambda_sweep
+
+
+def decaying_matrix(m: int, n: int, seed: int, decay: float = 0.9) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    p = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(m, p, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, p, generator=g, dtype=torch.float64))
+    sigma = 3.0 * decay ** torch.arange(p, dtype=torch.float64)
+    return (U * sigma) @ V.T
+
+
+SHAPES = [(64, 64), (96, 40), (40, 96), (200, 200), (300, 120), (120, 300)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("r", [1, 4])
+@pytest.mark.parametrize("method", ["dense", "lanczos"])
+def test_structured_top_k_matches_dense_reference(shape, r, method):
+    m, n = shape
+    W0 = decaying_matrix(m, n, seed=m * 7 + n)
+    g = torch.Generator().manual_seed(r)
+    B = torch.randn(m, r, generator=g, dtype=torch.float64)
+    A = torch.randn(r, n, generator=g, dtype=torch.float64) / math.sqrt(n)
+    scale = 2.0
+    k = 10
+    base = thin_svd(W0)
+    core = lora_core(base, B, A, scale)
+    top = core_top_k(core, k, method=method)
+    ref = dense_reference(W0, W0 + scale * B @ A, k, 0.5)
+    torch.testing.assert_close(top.S, ref["sigma"], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(top.max_abs_cosine(core.p), ref["max_cos"], rtol=0, atol=1e-8)
+    assert intruder_ranks(top.max_abs_cosine(core.p), 0.5) == ref["ranks"]
+    Wt = W0 + scale * B @ A
+    assert core.frobenius_sq() == pytest.approx(float((Wt**2).sum()), rel=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(150, 60), (60, 150), (80, 80)])
+def test_planted_intruder_is_found_at_rank_one_in_both_orientations(shape):
+    """A direction outside the base's top space, with σ above σ₁(W₀), must be an intruder at rank 1."""
+    m, n = shape
+    W0 = decaying_matrix(m, n, seed=11)
+    g = torch.Generator().manual_seed(5)
+    # For out > in, put the new output direction partly outside span(U₀): the case the thin basis misses.
+    u = torch.randn(m, 1, generator=g, dtype=torch.float64)
+    v = torch.randn(1, n, generator=g, dtype=torch.float64)
+    u, v = u / u.norm(), v / v.norm()
+    base = thin_svd(W0)
+    core = lora_core(base, u, v, 10.0)
+    top = core_top_k(core, 10)
+    ranks = intruder_ranks(top.max_abs_cosine(core.p), 0.5)
+    assert ranks == [1]
+    assert float(top.S[0]) == pytest.approx(float(torch.linalg.matrix_norm(W0 + 10.0 * u @ v, 2)), rel=1e-10)
+    assert dense_reference(W0, W0 + 10.0 * u @ v, 10, 0.5)["ranks"] == [1]
+
+
+def test_out_greater_than_in_needs_the_residual_basis():
+    """When out > in, an update purely outside span(U₀) is invisible to the thin U₀ unless carried."""
+    m, n = 120, 40
+    W0 = decaying_matrix(m, n, seed=3)
+    base = thin_svd(W0)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(m, 1, generator=g, dtype=torch.float64)
+    u = u - base.U @ (base.U.T @ u)  # entirely orthogonal to every base left vector
+    u = u / u.norm()
+    v = torch.randn(1, n, generator=g, dtype=torch.float64)
+    v = v / v.norm()
+    core = lora_core(base, u, v, 5.0)
+    assert core.shape[0] == n + 1  # the residual direction is carried
+    top = core_top_k(core, 5)
+    mc = top.max_abs_cosine(core.p)
+    ref = dense_reference(W0, W0 + 5.0 * u @ v, 5, 0.5)
+    torch.testing.assert_close(mc, ref["max_cos"], rtol=0, atol=1e-8)
+    assert float(mc[0]) < 0.5  # a new direction: an intruder the thin U₀ alone could not even represent
+
+
+def test_full_ft_like_small_dense_perturbation_has_no_intruders():
+    W0 = decaying_matrix(128, 96, seed=9)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(128, 96, generator=g, dtype=torch.float64)
+    Wt = W0 + 0.01 * noise * (W0.norm() / noise.norm())
+    top = top_k_svd(Wt, 10)
+    base = thin_svd(W0)
+    mc = max_abs_cosine(top.U, base.U)
+    assert count_intruders(mc, 0.5) == 0
+    assert dense_reference(W0, Wt, 10, 0.5)["count"] == 0
+
+
+@pytest.mark.parametrize("shape", [(500, 300), (300, 500), (400, 400)])
+def test_dense_top_k_lanczos_matches_full_svd(shape):
+    W = decaying_matrix(*shape, seed=2, decay=0.99)
+    top = top_k_svd(W, 10)
+    full = thin_svd(W)
+    torch.testing.assert_close(top.S, full.S[:10], rtol=1e-10, atol=1e-12)
+    # singular vectors agree up to sign
+    torch.testing.assert_close((top.U.T @ full.U[:, :10]).abs().diagonal(), torch.ones(10, dtype=torch.float64), rtol=0, atol=1e-8)
+
+
+def test_low_rank_singular_values_and_effective_rank():
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    A = torch.randn(3, 70, generator=g, dtype=torch.float64)
+    dense = torch.linalg.svdvals(1.5 * B @ A)
+    torch.testing.assert_close(low_rank_singular_values(B, A, 1.5), dense[:3], rtol=1e-10, atol=1e-12)
+    assert effective_rank(torch.tensor([1.0, 1.0, 1.0, 1.0])) == pytest.approx(4.0)
+    assert effective_rank(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert effective_rank(torch.zeros(5)) == 0.0
+    sigma = torch.tensor([3.0, 2.0, 1.0])
+    p = sigma / sigma.sum()
+    assert effective_rank(sigma) == pytest.approx(float(torch.exp(-(p * p.log()).sum())))
+
+
+def test_sweeps_and_energy_share():
+    mc = torch.tensor([0.05, 0.95, 0.35, 0.65, 0.99], dtype=torch.float64)
+    assert intruder_ranks(mc, 0.5) == [1, 3]
+    sweep = epsilon_sweep(mc)
+    assert sweep[0.1] == 1 and sweep[0.5] == 2 and sweep[0.7] == 3 and sweep[0.9] == 3
+    assert k_sweep(mc, 0.5, [1, 2, 5]) == {1: 1, 2: 1, 5: 2}
+    sigma = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)
+    assert intruder_energy_share(sigma, [1, 3], 20.0) == pytest.approx((9 + 1) / 20)
+    assert intruder_energy_share(sigma, [], 20.0) == 0.0
+
+
+def test_core_full_spectrum_gives_every_singular_value():
+    W0 = decaying_matrix(60, 40, seed=4)
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(60, 2, generator=g, dtype=torch.float64)
+    A = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    core = lora_core(thin_svd(W0), B, A, 1.0)
+    full = core_full_spectrum(core)
+    ref = torch.linalg.svdvals(W0 + B @ A)
+    torch.testing.assert_close(full.S[:40], ref, rtol=1e-9, atol=1e-10)
+    ref_all = dense_reference(W0, W0 + B @ A, 40, 0.5)
+    torch.testing.assert_close(full.max_abs_cosine(core.p)[:40], ref_all["max_cos"], rtol=0, atol=1e-8)
+
+
+def test_toy_model_creates_an_intruder_above_sigma_max():
+    sweep = toy_lambda_sweep(200, (0.0, 0.1, 1.5, 3.0), seed=0)
+    by_ratio = {p.lam_over_sigma_max: p for p in sweep.points}
+    assert by_ratio[0.0].intruders == 0
+    assert by_ratio[0.1].intruders == 0
+    for ratio in (1.5, 3.0):
+        point = by_ratio[ratio]
+        assert point.v_rank == 1 and point.intruders >= 1 and 1 in point.intruder_ranks
+        assert point.v_alignment > 0.9
+        assert point.v_max_cos_to_base < 0.5
+
+
+def test_random_vector_baseline_follows_theory():
+    points = random_vector_baseline((64, 512, 4096), trials=100, seed=0)
+    for p in points:
+        assert p.minimum_possible < p.mean_max_cos < p.theory * 1.15
+        assert p.mean_max_cos > 0.6 * p.theory
+    assert random_vector_max_cosine(768) == pytest.approx(0.138, abs=0.002)
+    assert random_vector_max_cosine(4096) == pytest.approx(0.066, abs=0.001)
