@@ -99,7 +99,7 @@ def test_full_ft_like_dense_model_has_no_intruders(tiny_models, tmp_path, arch):
     model = AutoModel.from_pretrained(str(tiny_models[arch]))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.ndim == 2:
                 noise = torch.randn(p.shape, generator=g)
                 p.add_(0.01 * noise * p.norm() / noise.norm())

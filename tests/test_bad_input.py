@@ -18,8 +18,8 @@ from intrudim.errors import (
     CorruptFileError,
     IncompatibleWeightsError,
     InputNotFoundError,
-    InvalidConfigError,
     IntrudimError,
+    InvalidConfigError,
     NonFiniteWeightsError,
     PickleRefusedError,
 )

@@ -60,14 +60,16 @@ def analyze(
     modules: Annotated[str | None, typer.Option(help="Regex on parameter names choosing the matrices.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write analysis.json, analysis.csv, figures and report.html here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:N] for the base SVDs and dense paths.")] = "cpu",
-    cache: Annotated[Path | None, typer.Option(help="Base SVD cache directory [default: ~/.cache/intrudim/svd].")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N): where base SVDs are computed.")] = "cpu",
+    cache: Annotated[Path | None, typer.Option(help="Base SVD cache directory (default: $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the base SVD cache.")] = False,
     cache_dtype: Annotated[str, typer.Option(help="float32 (half the disk) or float64 for cached base factors.")] = "float32",
     k_sweep: Annotated[bool, typer.Option("--k-sweep", help="Also count intruders for k = 20%…100% (Fig. 11).")] = False,
     include_embeddings: Annotated[bool, typer.Option("--include-embeddings")] = False,
     include_heads: Annotated[bool, typer.Option("--include-heads")] = False,
     method: Annotated[str, typer.Option(help="auto (LoRA from its factors) or dense (merge + dense SVD, reference).")] = "auto",
+    effective_rank: Annotated[bool, typer.Option("--effective-rank/--no-effective-rank",
+                              help="Effective rank of ΔW (Fig. 6); for dense models it needs all singular values of ΔW.")] = True,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading .bin/.pt pickle checkpoints.")] = False,
 ) -> None:
     """Count intruder dimensions of TUNED against BASE, per matrix (Sec. 3–4, Figs. 1–6, 11)."""
@@ -78,7 +80,7 @@ def analyze(
         config = AnalyzeConfig(
             k=k, epsilon=epsilon, modules=modules, include_embeddings=include_embeddings,
             include_heads=include_heads, k_sweep=k_sweep, method=method, device=device,
-            cache_dtype=cache_dtype, allow_pickle=allow_pickle,
+            cache_dtype=cache_dtype, allow_pickle=allow_pickle, effective_rank=effective_rank,
         )  # fmt: skip
         if out is not None:
             from intrudim.fileio import ensure_writable_directory

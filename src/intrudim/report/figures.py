@@ -115,7 +115,6 @@ def singular_values_plot(matrices: Sequence[Any]) -> bytes:
         if m.intruder_ranks:
             ax.scatter(m.intruder_ranks, [m.singular_values[r - 1] for r in m.intruder_ranks], s=90,
                        facecolors="none", edgecolors=LORA_COLOR, linewidths=2, label="intruder", zorder=5)  # fmt: skip
-        ax.set_yscale("log")
         ax.set_xlabel("rank")
         ax.set_title(m.name, fontsize=7)
         ax.grid(alpha=0.3)

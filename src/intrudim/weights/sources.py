@@ -91,12 +91,18 @@ class WeightSource:
         return tuple(self._handle(file).get_slice(key).get_shape())
 
     def load(self, key: str) -> torch.Tensor:
-        """Read one tensor (as stored: dtype and layout unchanged)."""
+        """Read one tensor (as stored: dtype and layout unchanged).
+
+        The file is opened for this read only: a long-lived memory map would keep every page read so far
+        mapped into the process, and resident memory would grow with the number of layers.
+        """
         file = self.files[key]
         if self.is_pickle:
             return self._pickle_state(file)[key]
+        self._handles.pop(file, None)
         try:
-            return self._handle(file).get_tensor(key)
+            with _safe_open(file) as handle:
+                return handle.get_tensor(key)
         except SafetensorError as exc:
             raise CorruptFileError(
                 f"Cannot read tensor '{key}' from '{file}': {exc}. The file may be truncated or corrupt."
