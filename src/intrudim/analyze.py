@@ -467,7 +467,7 @@ def analyze_dense_matrix(
         top_U, top_S = top.U, top.S
         max_cos_all = None
     max_cos = max_abs_cosine(top_U, U0)
-    similarity = (top_U.T @ U0[:, :n_sim]).abs()
+    similarity = (top_U.T @ U0[:, :n_sim].to(torch.float64)).abs()
     if delta_sigma is None and config.effective_rank:
         delta_sigma = singular_values(Wt_64 - W0_64)
     return _finish(

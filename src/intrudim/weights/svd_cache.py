@@ -61,39 +61,30 @@ class BaseSVDCache:
         return thin_svd(W)
 
     def get(self, W: torch.Tensor) -> SVDFactors:
-        """Thin SVD of ``W`` (float64 tensors), from the cache when present."""
+        """Thin SVD of ``W`` from the cache when present: S in float64, U and Vh in the cache dtype."""
         if self.directory is None:
             self.misses += 1
-            return self._compute(W)
+            return self._compute(W)  # nothing is stored, so nothing is rounded
         key = matrix_hash(W)
         path = self.path_for(key)
         if path.exists():
             try:
                 stored = load_file(str(path))
                 self.hits += 1
-                return SVDFactors(
-                    U=stored["U"].to(torch.float64), S=stored["S"].to(torch.float64), Vh=stored["Vh"].to(torch.float64)
-                )
+                # U and Vh stay in the stored dtype (no float64 copy of large bases); S is float64.
+                return SVDFactors(U=stored["U"], S=stored["S"].to(torch.float64), Vh=stored["Vh"])
             except (SafetensorError, KeyError, OSError):
                 pass  # a damaged entry (e.g. disk full when written elsewhere): recompute and replace it
         self.misses += 1
         factors = self._compute(W)
+        stored = {
+            "U": factors.U.to(self.dtype).contiguous(),
+            "S": factors.S.to(torch.float64).contiguous(),
+            "Vh": factors.Vh.to(self.dtype).contiguous(),
+        }
         try:
             with atomic_path(path) as tmp:
-                save_file(
-                    {
-                        "U": factors.U.to(self.dtype).contiguous(),
-                        "S": factors.S.to(torch.float64).contiguous(),
-                        "Vh": factors.Vh.to(self.dtype).contiguous(),
-                    },
-                    str(tmp),
-                    metadata={"format": CACHE_FORMAT, "shape": str(tuple(W.shape))},
-                )
+                save_file(stored, str(tmp), metadata={"format": CACHE_FORMAT, "shape": str(tuple(W.shape))})
         except OSError:
             pass  # an unwritable cache slows later runs but never fails this one
-        if self.dtype != torch.float64:
-            # Return what a later cache hit would return, so results do not depend on hit or miss.
-            return SVDFactors(
-                U=factors.U.to(self.dtype).to(torch.float64), S=factors.S, Vh=factors.Vh.to(self.dtype).to(torch.float64)
-            )
-        return factors
+        return SVDFactors(U=stored["U"], S=stored["S"], Vh=stored["Vh"])
