@@ -180,6 +180,15 @@ def toy(
     run_guarded(work)
 
 
+def _register_training_commands() -> None:
+    from intrudim.train.commands import register
+
+    register(app)  # train, tasks, sweep (issue 4; docs/train.md)
+
+
+_register_training_commands()
+
+
 def main() -> None:
     app()
 

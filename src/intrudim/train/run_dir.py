@@ -1,0 +1,93 @@
+"""The run directory: refuse to clobber, resume only what matches, record the frozen config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from intrudim import __name__ as _package
+from intrudim.errors import IntrudimError
+from intrudim.fileio import ensure_writable_directory, write_json_atomic
+from intrudim.train.config import TrainConfig
+
+RUN_KIND = "intrudim-train-run"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") == RUN_KIND else None
+
+
+def _config_differences(stored: dict[str, Any], config: TrainConfig) -> list[str]:
+    current = config.to_json()
+    return [
+        f"{key}: {stored.get(key)!r} in the run, {value!r} now"
+        for key, value in current.items()
+        if key != "resolved" and stored.get(key) != value
+    ]
+
+
+def prepare_run_dir(
+    run_dir: Path, config: TrainConfig, base_model: Path, *, resume: bool, overwrite: bool
+) -> bool:
+    """Check and create ``run_dir``; write config.json. Returns True when an existing run is resumed."""
+    if check_run_dir(run_dir, config, resume=resume, overwrite=overwrite):
+        return True
+    if run_dir.exists() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)  # check_run_dir allowed it: --overwrite of an intrudim run
+    ensure_writable_directory(run_dir)
+    write_json_atomic(run_dir / CONFIG_FILE, run_config_json(config, base_model))
+    return False
+
+
+def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> bool:
+    """Raise unless ``run_dir`` may be used as asked; changes nothing. True when an existing run is resumed."""
+    if resume and overwrite:
+        raise IntrudimError("--resume and --overwrite contradict each other; give one of them.")
+    exists_with_content = run_dir.exists() and any(run_dir.iterdir())
+    stored = _read_run_config(run_dir) if run_dir.exists() else None
+    if resume:
+        if stored is None:
+            raise IntrudimError(
+                f"Nothing to resume in '{run_dir}': it holds no intrudim run (no {CONFIG_FILE} of a training run). "
+                f"Run without --resume to start one."
+            )
+        differences = _config_differences(stored, config)
+        if differences:
+            raise IntrudimError(
+                f"Cannot resume '{run_dir}' with different options ({'; '.join(differences)}). Resume with the "
+                f"options of {run_dir / CONFIG_FILE}, or start a new run in another --out."
+            )
+        return True
+    if exists_with_content:
+        if not overwrite:
+            raise IntrudimError(
+                f"Output directory '{run_dir}' already exists and is not empty. Nothing was changed. Choose another "
+                f"--out, pass --resume to continue the run in it, or --overwrite to replace it."
+            )
+        if stored is None:
+            raise IntrudimError(
+                f"--overwrite refused: '{run_dir}' is not an intrudim training run (no {CONFIG_FILE} of one), so "
+                f"intrudim will not delete it. Choose another --out."
+            )
+    return False
+
+
+def run_config_json(config: TrainConfig, base_model: Path) -> dict[str, Any]:
+    """config.json of a run: the TrainConfig fields, the resolved values, and the base model's folder."""
+    return {
+        "kind": RUN_KIND,
+        "format_version": 1,
+        "producer": _package,
+        **config.to_json(),
+        "base_model": str(base_model),
+        "head": "a sequence-classification head (fresh if the base has none) is trained, with BERT's pooler",
+    }

@@ -1,0 +1,139 @@
+"""The paper's rank sweep (Sec. 3-4, Figs. 6, 14, 15, 18): one run per LoRA rank plus full fine-tuning.
+
+Every run uses the same recipe and the same target accuracy, so the runs are compared at equal task
+performance (Tables 1-2); they share one base-SVD cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from intrudim.errors import IntrudimError
+from intrudim.fileio import atomic_path, ensure_writable_directory, write_json_atomic
+from intrudim.train.config import TrainConfig
+from intrudim.train.engine import TrainResult, train
+
+PAPER_RANKS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 64, "full")
+"""App. A sweeps {1, 2, 4, 8, 16, 64, 768} and full FT; 768 is RoBERTa's width (MiniLM's is 384)."""
+
+SWEEP_FILE = "sweep.json"
+
+
+def parse_ranks(text: str) -> tuple[int | str, ...]:
+    """``"1,2,8,full"`` → (1, 2, 8, "full"), with a clear message for anything else."""
+    ranks: list[int | str] = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if item == "full":
+            ranks.append("full")
+        elif item.isdigit() and int(item) > 0:
+            ranks.append(int(item))
+        else:
+            raise IntrudimError(f"--ranks: '{item}' is neither a positive integer nor 'full' (e.g. --ranks 1,8,64,full).")
+    if not ranks:
+        raise IntrudimError("--ranks is empty; give e.g. --ranks 1,2,4,8,16,64,full.")
+    return tuple(dict.fromkeys(ranks))
+
+
+def run_name(rank: int | str) -> str:
+    return "full" if rank == "full" else f"r-{rank}"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    out_dir: Path
+    runs: dict[str, TrainResult]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {"run": name, "steps": result.steps, "accuracy": result.final_accuracy,
+             "reached_target": result.reached_target, "intruders": result.final_intruders,
+             "run_dir": str(result.run_dir)}  # fmt: skip
+            for name, result in self.runs.items()
+        ]
+
+
+def _config_for(base: TrainConfig, rank: int | str) -> TrainConfig:
+    if rank == "full":
+        return replace(base, method="full")
+    method = base.method if base.method != "full" else "lora"
+    return replace(base, method=method, rank=int(rank))
+
+
+def _completed(run_dir: Path) -> TrainResult | None:
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.pop("reached_target", None)
+    for key in ("run_dir", "final_dir"):
+        data[key] = Path(data[key])
+    data["best_dir"] = None if data.get("best_dir") is None else Path(data["best_dir"])
+    return TrainResult(**data)
+
+
+def _sweep_figure(result: SweepResult, destination: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in result.rows() if row["intruders"] is not None]
+    if not rows:
+        return
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    axis.bar([row["run"] for row in rows], [row["intruders"] for row in rows], color="tab:red")
+    axis.set(xlabel="run", ylabel="intruder dimensions (sum over matrices)", title="Intruders by LoRA rank")
+    figure.tight_layout()
+    with atomic_path(destination) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+
+
+def rank_sweep(
+    base_config: TrainConfig,
+    out_dir: str | Path,
+    ranks: tuple[int | str, ...] = PAPER_RANKS,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+) -> SweepResult:
+    """Train ``base_config`` once per rank (``"full"`` = full fine-tuning) into ``out_dir/r-<rank>``, ``out_dir/full``.
+
+    Writes ``sweep.json`` (steps, accuracy, intruders per run) and ``figures/intruders_by_rank.png``.
+    With ``resume``, finished runs are kept and an interrupted one continues.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise IntrudimError(
+                f"Sweep directory '{out}' already exists and is not empty. Nothing was changed. Choose another --out, "
+                f"pass --resume to finish the sweep in it, or --overwrite to replace it."
+            )
+        if not (out / SWEEP_FILE).exists():
+            raise IntrudimError(f"--overwrite refused: '{out}' is not an intrudim sweep (no {SWEEP_FILE}); choose another --out.")
+        shutil.rmtree(out)
+    ensure_writable_directory(out)
+    runs: dict[str, TrainResult] = {}
+    write_json_atomic(out / SWEEP_FILE, {"ranks": list(ranks), "config": base_config.to_json(), "runs": []})
+    for rank in ranks:
+        name = run_name(rank)
+        run_dir = out / name
+        done = _completed(run_dir) if resume else None
+        if done is None:
+            done = train(
+                _config_for(base_config, rank), run_dir, resume=resume and (run_dir / "config.json").exists(),
+                progress=progress, cache_dir=out / "svd_cache", figures=figures,
+            )  # fmt: skip
+        runs[name] = done
+        result = SweepResult(out, dict(runs))
+        write_json_atomic(out / SWEEP_FILE, {"ranks": list(ranks), "config": base_config.to_json(), "runs": result.rows()})
+    result = SweepResult(out, runs)
+    if figures:
+        _sweep_figure(result, out / "figures" / "intruders_by_rank.png")
+    return result

@@ -1,0 +1,457 @@
+"""Training engine on tiny random models built in the test: methods, run directory, resume, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from intrudim.errors import IntrudimError
+from intrudim.tasks.generated import generated_task_specs
+from intrudim.train import TrainConfig, rank_sweep, read_metrics, train
+from intrudim.train.config import EMBEDDED_FULL_FT_LR, PAPER_FULL_FT_LR
+from intrudim.train.methods import build_model, orthonormal_rows
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and lose a lot when the CPU is shared. Module scope: every run
+    of this module, including module-scoped fixtures, uses the same thread count (results depend on it)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _vocabulary() -> list[str]:
+    words: set[str] = set()
+    for spec in generated_task_specs():
+        task = spec.build(seed=0, train_size=300, validation_size=20)
+        for example in task.train:
+            for text, pair in example.choices:
+                words.update(text.split())
+                words.update((pair or "").split())
+    words.update("a b c d e f g h i j k l m n o p q r s t u v w x y z . , ; ' _ ?".split())
+    return SPECIAL + sorted(words - set(SPECIAL))
+
+
+def _save_tokenizer(folder: Path) -> int:
+    from transformers import BertTokenizerFast
+
+    vocab = _vocabulary()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    return len(vocab)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random BertModel (no head) with a word-level tokenizer, like the embedded MiniLM."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab_size = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random LLaMA: another architecture with a sequence-classification head (``score``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    vocab_size = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    return folder
+
+
+def _config(model: Path, **overrides: object) -> TrainConfig:
+    fields: dict[str, object] = dict(
+        model=str(model), task="sentiment", method="lora", rank=2, max_steps=12, eval_every=4,
+        checkpoint_every=4, max_train_examples=96, max_validation_examples=32, eval_batch_size=32,
+        max_length=32, log_every=2, lr=5e-3,
+    )  # fmt: skip
+    fields.update(overrides)
+    return TrainConfig(**fields)  # type: ignore[arg-type]
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(str(folder / name))
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+
+def test_learning_rates_follow_the_total_learning_rate_rule() -> None:
+    paper = {"model": "/some/model"}  # any model but the embedded one gets the paper's constants
+    assert TrainConfig(rank=8, **paper).resolved_alpha == 16
+    assert TrainConfig(rank=8, **paper).learning_rate == pytest.approx(1.5e-4)  # α·η = 2.4e-3 (App. A)
+    assert TrainConfig(rank=1, **paper).learning_rate == pytest.approx(1.2e-3)
+    fixed = TrainConfig(rank=64, alpha_rule="fixed", **paper)
+    assert (fixed.resolved_alpha, fixed.lora_scale, fixed.learning_rate) == (8.0, 0.125, pytest.approx(3e-4))
+    assert TrainConfig(rank=4, alpha=16).alpha_rule == "fixed"  # an explicit α means a fixed α
+    rs = TrainConfig(rank=16, alpha_rule="rslora")
+    assert rs.lora_scale == pytest.approx(8 / 4)
+    assert TrainConfig(rank=1).learning_rate == pytest.approx(1.2e-3)  # the embedded MiniLM too
+    assert TrainConfig(rank=1, total_lr=4.8e-3).learning_rate == pytest.approx(2.4e-3)
+    assert TrainConfig(method="full").learning_rate == EMBEDDED_FULL_FT_LR
+    assert TrainConfig(method="full", **paper).learning_rate == PAPER_FULL_FT_LR == 1e-5
+    assert TrainConfig(rank=8, lr=1e-3).learning_rate == 1e-3
+    again = TrainConfig.from_json(json.loads(json.dumps(TrainConfig(rank=4, target_accuracy=0.9).to_json())))
+    assert again == TrainConfig(rank=4, target_accuracy=0.9)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method": "qlora"}, "method='qlora' is unknown"),
+        ({"alpha_rule": "4r"}, "alpha_rule='4r' is unknown"),
+        ({"rank": 0}, "rank=0 must be a positive integer"),
+        ({"target_accuracy": 1.5}, "target_accuracy=1.5"),
+        ({"lr": -1.0}, "lr=-1.0 must be a positive number"),
+        ({"warmup_ratio": 1.0}, "warmup_ratio=1.0"),
+        ({"train_fraction": 0.0}, "train_fraction=0.0"),
+        ({"intruder_epsilon": 2.0}, "intruder_epsilon=2.0"),
+        ({"other_lr": 0.0}, "other_lr=0.0 must be a positive number"),
+    ],
+)
+def test_bad_config_values_are_named(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(IntrudimError, match=message):
+        TrainConfig(**overrides)  # type: ignore[arg-type]
+
+
+# --- methods ---------------------------------------------------------------------------------------------------
+
+
+def _trainable(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_lora_trains_adapters_biases_layernorms_and_head_only(tiny_bert: Path) -> None:
+    parts = build_model(_config(tiny_bert), tiny_bert, head_outputs=2)
+    assert len(parts.target_modules) == 12  # q, k, v, attention.output, intermediate, output × 2 layers
+    trainable = _trainable(parts.model)
+    assert sum("lora_A" in n for n in trainable) == sum("lora_B" in n for n in trainable) == 12
+    assert sum(n.endswith("base_layer.bias") for n in trainable) == 12
+    assert not any(n.endswith("base_layer.weight") for n in trainable)  # W₀ frozen
+    assert sum("LayerNorm" in n for n in trainable) == 2 * 5  # embeddings + 2 per layer, weight and bias
+    assert any("classifier" in n for n in trainable) and any("pooler" in n for n in trainable)
+    assert not any("embeddings" in n and "LayerNorm" not in n for n in trainable)
+
+
+def test_other_lr_gives_non_lora_parameters_their_own_learning_rate(tiny_bert: Path) -> None:
+    from intrudim.train.engine import _make_optimizer
+
+    parts = build_model(_config(tiny_bert, other_lr=1e-4), tiny_bert, head_outputs=2)
+    optimizer, _ = _make_optimizer(parts.model, _config(tiny_bert, other_lr=1e-4), 10)
+    lora_group, other_group = optimizer.param_groups
+    assert (lora_group["initial_lr"], other_group["initial_lr"]) == (5e-3, 1e-4)
+    assert len(lora_group["params"]) == 24 and len(other_group["params"]) == len(_trainable(parts.model)) - 24
+
+
+def test_full_fine_tuning_freezes_only_embeddings(tiny_bert: Path) -> None:
+    parts = build_model(_config(tiny_bert, method="full"), tiny_bert, head_outputs=2)
+    frozen = {name for name, p in parts.model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"bert.embeddings.{kind}_embeddings.weight" for kind in ("word", "position", "token_type")}
+
+
+def test_b_only_lora_has_frozen_orthonormal_a(tiny_bert: Path) -> None:
+    parts = build_model(_config(tiny_bert, method="lora-b-only", rank=4), tiny_bert, head_outputs=2)
+    a_matrices = [p for n, p in parts.model.named_parameters() if "lora_A" in n]
+    assert len(a_matrices) == 12 and not any(p.requires_grad for p in a_matrices)
+    for weight in a_matrices:
+        assert torch.allclose(torch.linalg.svdvals(weight.double()), torch.ones(4, dtype=torch.float64), atol=1e-5)
+    assert all(p.requires_grad for n, p in parts.model.named_parameters() if "lora_B" in n)
+    q = orthonormal_rows(3, 10, torch.Generator().manual_seed(0))
+    assert torch.allclose(q @ q.T, torch.eye(3), atol=1e-6)
+
+
+def test_rank_larger_than_a_matrix_is_refused_by_name(tiny_bert: Path) -> None:
+    with pytest.raises(IntrudimError, match=r"--rank 40 is larger than the matrix .*\(32, 32\).*at most"):
+        build_model(_config(tiny_bert, rank=40), tiny_bert, head_outputs=2)
+
+
+def test_any_hf_architecture_llama(tiny_llama: Path, tmp_path: Path) -> None:
+    parts = build_model(_config(tiny_llama), tiny_llama, head_outputs=2)
+    assert {name.rsplit(".", 1)[-1] for name in parts.target_modules} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # fmt: skip
+    assert any("score" in n for n in _trainable(parts.model))
+    assert any("input_layernorm" in n for n in _trainable(parts.model))
+    result = train(_config(tiny_llama, max_steps=4, checkpoint_every=None), tmp_path / "llama", progress=False, figures=False)
+    assert (result.final_dir / "adapter_config.json").exists() and result.steps == 4
+
+
+# --- a run ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path]:
+    config = _config(tiny_bert)
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    train(config, out, progress=False)
+    return config, out
+
+
+def test_run_directory_layout(lora_run: tuple[TrainConfig, Path], tiny_bert: Path) -> None:
+    config, out = lora_run
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["base_model"] == str(tiny_bert.resolve()) and Path(stored["base_model"]).is_absolute()
+    assert TrainConfig.from_json(stored) == config and stored["resolved"]["learning_rate"] == 5e-3
+    for folder in ("final", "best", "checkpoints/step-4", "checkpoints/step-8", "checkpoints/step-12"):
+        assert (out / folder / "adapter_config.json").is_file(), folder
+        assert (out / folder / "adapter_model.safetensors").is_file(), folder
+    assert (out / "checkpoints/step-8/training_state/optimizer.pt").is_file()
+    assert (out / "figures" / "training_curves.png").stat().st_size > 1000
+    records = read_metrics(out)
+    assert [r["step"] for r in records if r["event"] == "eval"] == [4, 8, 12]
+    assert [r["step"] for r in records if r["event"] == "train"] == [2, 4, 6, 8, 10, 12]
+    assert records[-1]["event"] == "stop" and records[-1]["reason"] == "max_steps"
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 12 and result["checkpoints"] == [4, 8, 12]
+
+
+def test_final_adapter_reloads_with_peft(lora_run: tuple[TrainConfig, Path], tiny_bert: Path) -> None:
+    from peft import PeftModel
+
+    from intrudim.train.methods import load_base_model
+
+    _, out = lora_run
+    base, tokenizer = load_base_model(tiny_bert, 2)
+    model = PeftModel.from_pretrained(base, str(out / "final")).eval()
+    saved = _tensors(out / "final")
+    b = next(v for k, v in saved.items() if "lora_B" in k)
+    assert b.abs().max() > 0  # B moved away from its zero initialisation
+    inputs = tokenizer(["the movie was great"], return_tensors="pt")
+    assert model(**inputs).logits.shape == (1, 2)
+
+
+def test_checkpoint_intruders_are_tracked(lora_run: tuple[TrainConfig, Path]) -> None:
+    _, out = lora_run
+    tracked = [r for r in read_metrics(out) if r["event"] in ("checkpoint", "final")]
+    assert [r["step"] for r in tracked] == [4, 8, 12, 12]
+    for record in tracked:
+        intruders = record["intruders"]
+        assert len(intruders["matrices"]) == 12
+        assert intruders["total_intruders"] == sum(m["intruders"] for m in intruders["matrices"])
+        for matrix in intruders["matrices"]:
+            assert len(matrix["singular_values"]) == 10 and len(matrix["max_abs_cos"]) == 10
+            assert matrix["intruders"] == sum(c < 0.5 for c in matrix["max_abs_cos"])
+    assert (out / "figures" / "intruders_over_steps.png").is_file()
+    assert (out / "svd_cache").is_dir()
+
+
+def test_runs_are_deterministic_for_a_seed(lora_run: tuple[TrainConfig, Path], tmp_path: Path) -> None:
+    config, out = lora_run
+    train(config, tmp_path / "again", progress=False, figures=False)
+    first, again = _tensors(out / "final"), _tensors(tmp_path / "again" / "final")
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    losses = [r["loss"] for r in read_metrics(out) if r["event"] == "train"]
+    assert losses == [r["loss"] for r in read_metrics(tmp_path / "again") if r["event"] == "train"]
+    train(replace(config, seed=7), tmp_path / "other", progress=False, figures=False)
+    other = _tensors(tmp_path / "other" / "final")
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_after_interruption_gives_the_same_run(tiny_bert: Path, tmp_path: Path, method: str) -> None:
+    config = _config(tiny_bert, method=method, max_steps=10, checkpoint_every=4, eval_every=5, track_intruders=False)
+    train(config, tmp_path / "straight", progress=False, figures=False)
+
+    def interrupt(step: int) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", progress=False, figures=False, on_step=interrupt)
+    assert not (tmp_path / "cut" / "final").exists()
+    result = train(config, tmp_path / "cut", resume=True, progress=False, figures=False)
+    assert result.steps == 10
+    straight, resumed = _tensors(tmp_path / "straight" / "final"), _tensors(tmp_path / "cut" / "final")
+    assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight)
+
+    def strip(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds_per_step"} for r in records if r["event"] in ("train", "eval")]
+
+    assert strip(read_metrics(tmp_path / "straight")) == strip(read_metrics(tmp_path / "cut"))
+
+
+def test_resume_with_other_options_is_refused(lora_run: tuple[TrainConfig, Path]) -> None:
+    config, out = lora_run
+    with pytest.raises(IntrudimError, match="rank: 2 in the run, 4 now"):
+        train(replace(config, rank=4), out, resume=True, progress=False, figures=False)
+
+
+def test_full_fine_tuning_writes_an_hf_model_and_keeps_embeddings(tiny_bert: Path, tmp_path: Path) -> None:
+    result = train(_config(tiny_bert, method="full", max_steps=6, checkpoint_every=3), tmp_path / "full", progress=False, figures=False)
+    final = result.final_dir
+    assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
+    assert (tmp_path / "full" / "checkpoints/step-3/model.safetensors").is_file()
+    tuned, base = _tensors(final), load_file(str(tiny_bert / "model.safetensors"))
+    assert torch.equal(tuned["bert.embeddings.word_embeddings.weight"], base["embeddings.word_embeddings.weight"])
+    query = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(tuned[f"bert.{query}"], base[query])
+    final_record = next(r for r in read_metrics(tmp_path / "full") if r["event"] == "final")
+    assert len(final_record["intruders"]["matrices"]) == 12
+
+
+def test_multiple_choice_task_trains(tiny_bert: Path, tmp_path: Path) -> None:
+    rows = [{"sentence": f"the dog saw the cat because _ was {w}.", "option1": "dog", "option2": "cat",
+             "answer": str(1 + i % 2)} for i, w in enumerate(["big", "small", "near", "far"] * 4)]  # fmt: skip
+    data = tmp_path / "wino"
+    data.mkdir()
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _config(tiny_bert, task="winogrande", data_path=str(data), max_steps=4, checkpoint_every=None,
+                     eval_every=2, batch_size=4, track_intruders=False)  # fmt: skip
+    result = train(config, tmp_path / "mc", progress=False, figures=False)
+    assert result.steps == 4 and 0.0 <= result.final_accuracy <= 1.0
+    head = _tensors(result.final_dir)
+    assert next(v for k, v in head.items() if "classifier" in k and k.endswith("weight")).shape == (1, 32)
+
+
+# --- stopping rules and bad input ------------------------------------------------------------------------------
+
+
+def test_target_accuracy_stops_early(tiny_bert: Path, tmp_path: Path) -> None:
+    result = train(_config(tiny_bert, target_accuracy=0.01, track_intruders=False), tmp_path / "t", progress=False, figures=False)
+    assert result.stop_reason == "target_reached" and result.reached_target and result.steps == 4
+    assert "Reached the target accuracy" in result.message
+
+
+def test_unreached_target_keeps_best_and_says_so(tiny_bert: Path, tmp_path: Path) -> None:
+    config = _config(tiny_bert, target_accuracy=1.0, lr=1e-6, max_steps=8, track_intruders=False)
+    result = train(config, tmp_path / "t", progress=False, figures=False)
+    assert result.stop_reason == "max_steps" and result.reached_target is False
+    assert "was not reached within 8 steps" in result.message and str(tmp_path / "t" / "best") in result.message
+    assert (tmp_path / "t" / "best" / "adapter_model.safetensors").is_file()
+    assert result.best_step in (4, 8)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bert: Path, tmp_path: Path) -> None:
+    config = _config(tiny_bert, method="full", checkpoint_every=100, track_intruders=False, max_steps=12)
+    holder: dict[str, torch.nn.Module] = {}
+    original = build_model
+
+    def capture(*args: object, **kwargs: object):
+        parts = original(*args, **kwargs)  # type: ignore[arg-type]
+        holder["model"] = parts.model
+        return parts
+
+    def corrupt(step: int) -> None:
+        if step == 5:
+            with torch.no_grad():
+                holder["model"].bert.encoder.layer[0].attention.self.query.weight.fill_(float("nan"))
+
+    import intrudim.train.engine as engine
+
+    engine_build = engine.build_model
+    engine.build_model = capture  # type: ignore[assignment]
+    try:
+        with pytest.raises(IntrudimError, match=r"loss became nan at step 6.*step 5.*checkpoints/step-5"):
+            train(config, tmp_path / "nan", progress=False, figures=False, on_step=corrupt)
+    finally:
+        engine.build_model = engine_build  # type: ignore[assignment]
+    assert (tmp_path / "nan" / "checkpoints" / "step-5" / "model.safetensors").is_file()
+    assert any(r["event"] == "non_finite_loss" and r["step"] == 6 for r in read_metrics(tmp_path / "nan"))
+
+
+def test_existing_out_directory_is_not_touched(tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    config = _config(tiny_bert, max_steps=2, checkpoint_every=None, track_intruders=False)
+    with pytest.raises(IntrudimError, match="already exists and is not empty.*--overwrite"):
+        train(config, out, progress=False, figures=False)
+    with pytest.raises(IntrudimError, match="--overwrite refused.*not an intrudim training run"):
+        train(config, out, overwrite=True, progress=False, figures=False)
+    with pytest.raises(IntrudimError, match="Nothing to resume"):
+        train(config, out, resume=True, progress=False, figures=False)
+    assert (out / "precious.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    run = tmp_path / "run"
+    train(config, run, progress=False, figures=False)
+    with pytest.raises(IntrudimError, match="already exists"):
+        train(config, run, progress=False, figures=False)
+    assert train(config, run, overwrite=True, progress=False, figures=False).steps == 2
+
+
+def test_unknown_task_is_refused_before_anything_is_written(tiny_bert: Path, tmp_path: Path) -> None:
+    with pytest.raises(IntrudimError, match="Unknown task 'nope'"):
+        train(_config(tiny_bert, task="nope"), tmp_path / "x", progress=False, figures=False)
+    assert not (tmp_path / "x").exists()
+
+
+# --- sweep and CLI ---------------------------------------------------------------------------------------------
+
+
+def test_rank_sweep_runs_each_rank_and_full(tiny_bert: Path, tmp_path: Path) -> None:
+    config = _config(tiny_bert, max_steps=4, checkpoint_every=None)
+    result = rank_sweep(config, tmp_path / "sweep", (1, 4, "full"), progress=False)
+    assert list(result.runs) == ["r-1", "r-4", "full"]
+    summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [row["run"] for row in summary["runs"]] == ["r-1", "r-4", "full"]
+    assert all(isinstance(row["intruders"], int) for row in summary["runs"])
+    assert json.loads((tmp_path / "sweep" / "r-4" / "config.json").read_text())["rank"] == 4
+    assert (tmp_path / "sweep" / "full" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "sweep" / "figures" / "intruders_by_rank.png").is_file()
+    again = rank_sweep(config, tmp_path / "sweep", (1, 4, "full"), resume=True, progress=False, figures=False)
+    assert again.rows() == result.rows()
+
+
+def _app():
+    import typer
+
+    from intrudim.train.commands import register
+
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_cli_train_and_errors(tiny_bert: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    common = ["--model", str(tiny_bert), "--task", "topic", "--steps", "3", "--eval-every", "3",
+              "--checkpoint-every", "0", "--max-train-examples", "48", "--max-validation-examples", "16",
+              "--quiet", "--no-track", "--no-figures"]  # fmt: skip
+    ok = runner.invoke(_app(), ["train", *common, "--method", "lora", "--rank", "2", "--alpha", "4",
+                                "--out", str(tmp_path / "cli")])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    stored = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert (stored["alpha"], stored["alpha_rule"], stored["max_steps"], stored["checkpoint_every"]) == (4.0, "fixed", 3, None)
+    assert not (tmp_path / "cli" / "checkpoints").exists()
+    again = runner.invoke(_app(), ["train", *common, "--out", str(tmp_path / "cli")])
+    assert again.exit_code == 2 and "already exists" in again.output
+    bad = runner.invoke(_app(), ["train", *common, "--method", "adapter", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "method='adapter' is unknown" in bad.output and "Traceback" not in bad.output
+    big = runner.invoke(_app(), ["train", *common, "--rank", "999", "--out", str(tmp_path / "big")])
+    assert big.exit_code == 2 and "larger than the matrix" in big.output
+    sweep = runner.invoke(_app(), ["sweep", "--model", str(tiny_bert), "--task", "topic", "--ranks", "1,x",
+                                   "--out", str(tmp_path / "s")])  # fmt: skip
+    assert sweep.exit_code == 2 and "'x' is neither" in sweep.output
