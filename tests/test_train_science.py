@@ -31,9 +31,11 @@ STEPS = 300
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=False,
-    reason="Not yet reproduced with the Appendix A recipe on MiniLM: measured at 300 steps on pair-match (all runs "
-    "at accuracy >= 0.99): LoRA r=1 0, full FT 0, B-only r=1 0 intruders (min max|cos| 0.97 for LoRA r=1). "
+    strict=True,
+    reason="Known gap (issue 4), not yet reproduced with the Appendix A recipe on MiniLM: at 300 steps on pair-match "
+    "(all runs at accuracy >= 0.99) LoRA r=1 0, full FT 0, B-only r=1 0 intruders (min max|cos| 0.97 for LoRA r=1); "
+    "at 4x the total learning rate (6e-3) and 600 steps, LoRA r=1 reaches 1 intruder on pair-match and on topic. "
+    "Strict: the day the ordering holds, this xfail fails and must be turned into a plain test. "
     "See docs/train.md, 'Science check status'.",
 )
 def test_lora_r1_has_more_intruders_than_full_and_b_only_fewer_at_equal_accuracy(tmp_path: Path) -> None:
