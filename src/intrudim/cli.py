@@ -61,7 +61,7 @@ def analyze(
     out: Annotated[Path | None, typer.Option(help="Write analysis.json, analysis.csv, figures and report.html here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N): where base SVDs are computed.")] = "cpu",
-    cache: Annotated[Path | None, typer.Option(help="Base SVD cache directory (default: $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", "--cache-dir", help="Base SVD cache directory (default: $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the base SVD cache.")] = False,
     cache_dtype: Annotated[str, typer.Option(help="float32 (half the disk) or float64 for cached base factors.")] = "float32",
     k_sweep: Annotated[bool, typer.Option("--k-sweep", help="Also count intruders for k = 20%…100% (Fig. 11).")] = False,
