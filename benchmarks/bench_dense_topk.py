@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _common import limit_threads, load_average, timed
 
 from intrudim.spectral.svd import top_k_svd
 
@@ -44,39 +42,9 @@ def tuned_matrix(m: int, n: int, generator: torch.Generator) -> torch.Tensor:
     return (W0 + delta).to(torch.float32)
 
 
-def timed(fn, repeats: int, *args) -> tuple[dict[str, float], object]:
-    """Median wall-clock and median process CPU time (all threads) of ``repeats`` calls."""
-    walls, cpus, out = [], [], None
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        out = fn(*args)
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus)}, out
-
-
-def limit_threads(threads: int | None):
-    """Pin torch and the BLAS/OpenMP pools to ``threads`` (None: leave the defaults)."""
-    import contextlib
-
-    if threads is None:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    return threadpool_limits(limits=threads)
-
-
 def full_thin_svd(W: torch.Tensor, dtype: torch.dtype):
     """The naive reference: every singular triplet, ``torch.linalg.svd(W, full_matrices=False)`` in ``dtype``."""
     return torch.linalg.svd(W.to(dtype), full_matrices=False)
-
-
-def load_average() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def main() -> None:

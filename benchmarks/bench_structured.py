@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _common import limit_threads, load_average, timed
 
 from intrudim.spectral.intruders import intruder_ranks
 from intrudim.spectral.structured import core_top_k, lora_core
@@ -66,37 +65,6 @@ def lora_factors(
         c = 7.5 * 0.75 ** torch.arange(r, dtype=torch.float32)
         B = torch.randn(n, r, generator=generator) / n**0.5 * c
     return B, A, scale
-
-
-def timed(fn, repeats: int, *args) -> tuple[dict[str, float], object]:
-    """Median wall-clock and median process CPU time (all threads) of ``repeats`` calls."""
-    walls, cpus, out = [], [], None
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        out = fn(*args)
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus)}, out
-
-
-def limit_threads(threads: int | None):
-    """Pin torch and the BLAS/OpenMP pools to ``threads`` (None: leave the defaults)."""
-    import contextlib
-
-    if threads is None:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    return threadpool_limits(limits=threads)
-
-
-def load_average() -> list[float]:
-    """1/5/15-minute load average: on a 2-core machine anything well above 2 means other processes competed."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def structured(base, B, A, scale):

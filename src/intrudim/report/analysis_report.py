@@ -35,7 +35,8 @@ def _verdict(data: dict[str, Any]) -> tuple[str, bool]:
     return (
         f"{total} intruder dimensions in {hit} of {n} matrices (k={k}, ε={eps}): the update added new high-ranking "
         f"directions that the pre-trained weights did not have, the signature the paper links to LoRA and to more "
-        f"forgetting. Consider `intrudim repair` (scale their singular values by λ=0.75).",
+        f"forgetting. The paper's remedy is to scale their singular values down (λ = 0.75), which recovers much of "
+        f"the forgetting at little task cost.",
         True,
     )
 
