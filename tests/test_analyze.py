@@ -180,3 +180,20 @@ def test_public_api_keywords():
     assert intrudim.analyze is analyze
     with pytest.raises(intrudim.IntrudimError):
         AnalyzeConfig(epsilon=0.0)
+
+
+def test_sharded_base_and_single_file_base_give_the_same_answer(tiny_models, tmp_path):
+    """BASE as a sharded HF directory (model.safetensors.index.json) and as a single .safetensors file."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(tiny_models["llama"]))
+    model.save_pretrained(str(tmp_path / "sharded"), max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 2
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "a", r=2)
+    reference = analyze(tiny_models["llama"], adapter, use_cache=False)
+    sharded = analyze(tmp_path / "sharded", adapter, use_cache=False)
+    single = analyze(tiny_models["llama"] / "model.safetensors", adapter, use_cache=False)
+    assert reference.total_intruders > 0
+    for other in (sharded, single):
+        assert [m.intruder_ranks for m in other.matrices] == [m.intruder_ranks for m in reference.matrices]

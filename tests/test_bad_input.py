@@ -226,3 +226,13 @@ def test_dora_adapter_is_refused_with_advice(tiny_models, tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(IntrudimError, match="merge_and_unload"):
         analyze(tiny_models["bert"], adapter, cache_dir=tmp_path / "c")
+
+
+def test_sharded_model_with_a_missing_shard(tiny_models, tmp_path):
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(str(tiny_models["llama"])).save_pretrained(str(tmp_path / "sharded"), max_shard_size="20KB")
+    shard = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(InputNotFoundError, match=shard.name):
+        analyze(tmp_path / "sharded", tiny_models["llama"], use_cache=False)
