@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from intrudim.errors import IncompatibleWeightsError, IntrudimError, InvalidConf
 from intrudim.spectral.intruders import (
     EPSILON_SWEEP,
     K_SWEEP_FRACTIONS,
+    count_intruders,
     epsilon_sweep,
     intruder_energy_share,
     intruder_ranks,
@@ -307,7 +308,7 @@ def _plan_adapter_jobs(
             continue
         transpose = is_conv1d(base_key, base.model_type) or adapter.fan_in_fan_out
         shape = (stored[1], stored[0]) if transpose else (stored[0], stored[1])
-        factors_shape = _adapter_shape(adapter, module)
+        factors_shape = adapter.factor_shape(module)
         if factors_shape != shape:
             raise IncompatibleWeightsError(
                 f"Adapter '{adapter.path}' does not fit BASE '{base.path}': module '{module}' has LoRA factors for "
@@ -321,18 +322,6 @@ def _plan_adapter_jobs(
         jobs.append(_Job(base_key=base_key, shape=shape, transpose=transpose, module=module))
     jobs.sort(key=lambda job: _natural_key(job.base_key))
     return jobs, skipped
-
-
-def _adapter_shape(adapter: LoraAdapter, module: str) -> tuple[int, int]:
-    key_a, key_b = adapter.modules[module]
-    if "handle" in adapter._tensors:
-        handle = adapter._tensors["handle"]
-        a_shape = handle.get_slice(key_a).get_shape()
-        b_shape = handle.get_slice(key_b).get_shape()
-    else:
-        a_shape = list(adapter._tensors["state"][key_a].shape)
-        b_shape = list(adapter._tensors["state"][key_b].shape)
-    return (int(b_shape[0]), int(a_shape[-1]))
 
 
 def _plan_dense_jobs(base: WeightSource, tuned: WeightSource, selection: MatrixSelection) -> list[_Job]:
@@ -397,7 +386,7 @@ def _finish(
     if max_cos_all is not None:
         p = int(S0.shape[0])
         k_sweep_counts = {
-            label: int((max_cos_all[:K] < config.epsilon).sum())
+            label: count_intruders(max_cos_all, config.epsilon, K)
             for label, K in _k_sweep_labels(p, config.k, config.k_fractions)
         }
     return MatrixResult(
@@ -512,22 +501,19 @@ def analyze(
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise IntrudimError(f"--device {config.device} was asked for, but no CUDA GPU is available here. Use --device cpu.")
     started = time.perf_counter()
-    for _ in _iterate(base, tuned, config, cache_dir, use_cache, progress, collect := []):
-        pass
-    result: AnalysisResult = collect[0]
+    result = _run(base, tuned, config, cache_dir, use_cache, progress)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _iterate(
+def _run(
     base_spec: str | Path,
     tuned_spec: str | Path,
     config: AnalyzeConfig,
     cache_dir: str | Path | None,
     use_cache: bool,
     progress: bool | ProgressCallback,
-    collect: list[AnalysisResult],
-) -> Iterator[MatrixResult]:
+) -> AnalysisResult:
     base_src = open_weights(base_spec, allow_pickle=config.allow_pickle)
     tuned_path = resolve_tuned_path(tuned_spec)
     adapter: LoraAdapter | None = None
@@ -582,7 +568,6 @@ def _iterate(
                 else:
                     result = analyze_dense_matrix(job, W0, base_svd, Wt, config)
             results.append(result)
-            yield result
         if reporter is not None:
             reporter(len(jobs), len(jobs), "done")
     finally:
@@ -591,13 +576,11 @@ def _iterate(
             tuned_src.close()
         if hasattr(reporter, "close"):
             reporter.close()  # type: ignore[union-attr]
-    collect.append(
-        AnalysisResult(
-            base=str(base_spec), tuned=str(tuned_spec), tuned_kind="lora" if adapter is not None else "dense",
-            config=config, matrices=results, skipped=skipped, seconds=0.0,
-            cache_hits=cache.hits, cache_misses=cache.misses,
-        )  # fmt: skip
-    )
+    return AnalysisResult(
+        base=str(base_spec), tuned=str(tuned_spec), tuned_kind="lora" if adapter is not None else "dense",
+        config=config, matrices=results, skipped=skipped, seconds=0.0,
+        cache_hits=cache.hits, cache_misses=cache.misses,
+    )  # fmt: skip
 
 
 def _unchanged(job: _Job, base_svd, config: AnalyzeConfig) -> MatrixResult:

