@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -38,3 +39,12 @@ def load_average() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The --threads and --clock options of the timing benchmarks."""
+    parser.add_argument("--threads", type=int, default=None, help="pin torch/BLAS threads (default: all cores)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="time shown in the table: wall-clock, or process CPU seconds (robust on a busy machine with --threads 1)",
+    )  # fmt: skip

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from _common import limit_threads, load_average, timed
+from _common import add_timing_arguments, limit_threads, load_average, timed
 
 from intrudim.spectral.intruders import intruder_ranks
 from intrudim.spectral.structured import core_top_k, lora_core
@@ -86,13 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="768² and 2048², r = 16 only")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats of the structured path")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="pin torch/BLAS threads (default: all cores)"
-    )
-    parser.add_argument(
-        "--clock", choices=("wall", "cpu"), default="wall",
-        help="time shown in the table: wall-clock, or process CPU seconds (robust on a busy machine with --threads 1)",
-    )  # fmt: skip
+    add_timing_arguments(parser)
     args = parser.parse_args()
     pool = limit_threads(args.threads)
     pool.__enter__()
