@@ -138,6 +138,8 @@ def test_learning_rates_follow_the_total_learning_rate_rule() -> None:
         ({"train_fraction": 0.0}, "train_fraction=0.0"),
         ({"intruder_epsilon": 2.0}, "intruder_epsilon=2.0"),
         ({"other_lr": 0.0}, "other_lr=0.0 must be a positive number"),
+        ({"schedule": "cosine"}, "schedule='cosine' is unknown"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm=0.0 must be a positive number"),
     ],
 )
 def test_bad_config_values_are_named(overrides: dict[str, object], message: str) -> None:
@@ -172,6 +174,41 @@ def test_other_lr_gives_non_lora_parameters_their_own_learning_rate(tiny_bert: P
     lora_group, other_group = optimizer.param_groups
     assert (lora_group["initial_lr"], other_group["initial_lr"]) == (5e-3, 1e-4)
     assert len(lora_group["params"]) == 24 and len(other_group["params"]) == len(_trainable(parts.model)) - 24
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_schedule_warms_up_then_decays_or_holds(tiny_bert: Path, schedule: str) -> None:
+    from intrudim.train.engine import _make_optimizer
+
+    config = _config(tiny_bert, schedule=schedule, warmup_ratio=0.1, lr=1e-3)
+    parts = build_model(config, tiny_bert, head_outputs=2)
+    optimizer, scheduler = _make_optimizer(parts.model, config, 100)
+    rates = []
+    for _ in range(100):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == 0.0 and rates[10] == pytest.approx(1e-3)  # 10 warm-up steps (10% of 100)
+    assert rates[5] == pytest.approx(5e-4)
+    if schedule == "linear":
+        assert rates[55] == pytest.approx(5e-4) and rates[99] == pytest.approx(1e-3 / 90)
+    else:
+        assert rates[55] == rates[99] == pytest.approx(1e-3)
+
+
+def test_gradient_clipping_bounds_the_first_step(tiny_bert: Path, tmp_path: Path) -> None:
+    """Adam's first step moves every trained entry by ≈ lr whatever the gradient's scale, unless the clipped
+    gradient falls below Adam's ε (1e-8): with max_grad_norm=1e-12 the step all but vanishes."""
+
+    def first_step_change(name: str, max_grad_norm: float | None) -> float:
+        config = _config(tiny_bert, max_steps=1, eval_every=1, checkpoint_every=None, track_intruders=False,
+                         warmup_ratio=0.0, schedule="constant", max_grad_norm=max_grad_norm)  # fmt: skip
+        train(config, tmp_path / name, progress=False, figures=False)
+        tensors = _tensors(tmp_path / name / "final")
+        return max(float(t.abs().max()) for key, t in tensors.items() if "lora_B" in key)  # B starts at 0
+
+    assert first_step_change("unclipped", None) == pytest.approx(5e-3, rel=1e-3)
+    assert first_step_change("clipped", 1e-12) < 5e-3 / 100
 
 
 def test_full_fine_tuning_freezes_only_embeddings(tiny_bert: Path) -> None:
@@ -441,10 +478,11 @@ def test_cli_train_and_errors(tiny_bert: Path, tmp_path: Path) -> None:
               "--checkpoint-every", "0", "--max-train-examples", "48", "--max-validation-examples", "16",
               "--quiet", "--no-track", "--no-figures"]  # fmt: skip
     ok = runner.invoke(_app(), ["train", *common, "--method", "lora", "--rank", "2", "--alpha", "4",
-                                "--out", str(tmp_path / "cli")])  # fmt: skip
+                                "--schedule", "constant", "--max-grad-norm", "0", "--out", str(tmp_path / "cli")])  # fmt: skip
     assert ok.exit_code == 0, ok.output
     stored = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert (stored["alpha"], stored["alpha_rule"], stored["max_steps"], stored["checkpoint_every"]) == (4.0, "fixed", 3, None)
+    assert (stored["schedule"], stored["max_grad_norm"]) == ("constant", None)  # 0 means no clipping
     assert not (tmp_path / "cli" / "checkpoints").exists()
     again = runner.invoke(_app(), ["train", *common, "--out", str(tmp_path / "cli")])
     assert again.exit_code == 2 and "already exists" in again.output

@@ -20,6 +20,8 @@ AlphaRuleOpt = Annotated[str, typer.Option("--alpha-rule", help="2r (paper defau
 Lr = Annotated[float | None, typer.Option("--lr", help="Learning rate η; default: total-lr/α for LoRA, 1e-5 full (1e-4 on minilm).")]
 TotalLr = Annotated[float, typer.Option("--total-lr", help="LoRA 'total learning rate' α·η (App. A).")]
 OtherLr = Annotated[float | None, typer.Option("--other-lr", help="LoRA methods: η of biases, LayerNorms and head (default: same η).")]
+ScheduleOpt = Annotated[str, typer.Option("--schedule", help="linear (App. A: decay to 0 after warm-up) or constant after warm-up.")]
+MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Clip the gradient norm (HF Trainer's default 1.0); 0: no clipping.")]
 Epochs = Annotated[float, typer.Option("--epochs", help="Maximum epochs (App. A: 5).")]
 Steps = Annotated[int | None, typer.Option("--steps", help="Maximum optimizer steps; overrides --epochs.")]
 Target = Annotated[float | None, typer.Option("--target-accuracy", help="Stop when held-out accuracy reaches this.")]
@@ -56,6 +58,8 @@ def _config(**fields: object):  # -> TrainConfig
 
     steps = fields.pop("steps")
     checkpoint_every = fields.pop("checkpoint_every")
+    if fields.get("max_grad_norm") == 0:
+        fields["max_grad_norm"] = None
     data_path = fields.pop("data_path")
     return TrainConfig(
         max_steps=steps, checkpoint_every=checkpoint_every or None,
@@ -74,6 +78,8 @@ def train_command(
     lr: Lr = None,
     total_lr: TotalLr = 2.4e-3,
     other_lr: OtherLr = None,
+    schedule: ScheduleOpt = "linear",
+    max_grad_norm: MaxGradNorm = 1.0,
     epochs: Epochs = 5.0,
     steps: Steps = None,
     target_accuracy: Target = None,
@@ -101,7 +107,7 @@ def train_command(
     try:
         config = _config(
             model=model, task=task, method=method, rank=rank, alpha=alpha, alpha_rule=alpha_rule, lr=lr,
-            total_lr=total_lr, other_lr=other_lr, epochs=epochs, steps=steps, target_accuracy=target_accuracy,
+            total_lr=total_lr, other_lr=other_lr, schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps, target_accuracy=target_accuracy,
             eval_every=eval_every,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, batch_size=batch_size,
             max_length=max_length, data_path=data_path, max_train_examples=max_train_examples,
@@ -151,6 +157,8 @@ def sweep_command(
     alpha: Alpha = None,
     alpha_rule: AlphaRuleOpt = "2r",
     total_lr: TotalLr = 2.4e-3,
+    schedule: ScheduleOpt = "linear",
+    max_grad_norm: MaxGradNorm = 1.0,
     epochs: Epochs = 5.0,
     steps: Steps = None,
     target_accuracy: Target = None,
@@ -175,7 +183,7 @@ def sweep_command(
             raise IntrudimError(f"--method {method!r}: a sweep's rank runs use lora or lora-b-only; add 'full' to --ranks.")
         config = _config(
             model=model, task=task, method=method, alpha=alpha, alpha_rule=alpha_rule, total_lr=total_lr,
-            epochs=epochs, steps=steps, target_accuracy=target_accuracy, eval_every=eval_every,
+            schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps, target_accuracy=target_accuracy, eval_every=eval_every,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, max_length=max_length,
             data_path=data_path, intruder_k=k, intruder_epsilon=epsilon,
         )  # fmt: skip

@@ -20,9 +20,11 @@ from intrudim.weights.sources import embedded_model_path
 
 Method = Literal["full", "lora", "lora-b-only"]
 AlphaRule = Literal["2r", "fixed", "rslora"]
+Schedule = Literal["linear", "constant"]
 
 METHODS: tuple[str, ...] = ("full", "lora", "lora-b-only")
 ALPHA_RULES: tuple[str, ...] = ("2r", "fixed", "rslora")
+SCHEDULES: tuple[str, ...] = ("linear", "constant")
 EMBEDDED_MODEL_NAME = "minilm"
 
 PAPER_FULL_FT_LR = 1e-5
@@ -72,7 +74,9 @@ class TrainConfig:
     ``lr``: overrides the method's default (LoRA: ``total_lr``/α; full: 1e-5, or 1e-4 on the embedded
     MiniLM). ``total_lr``: α·η (App. A: 2.4e-3). ``max_steps`` overrides ``epochs``. ``target_accuracy``: stop at the first evaluation whose
     held-out accuracy reaches it. ``max_length``: 64 tokens by default (the paper uses 512; the generated
-    tasks are short).
+    tasks are short). ``schedule``: ``linear`` (App. A) or ``constant`` after the warm-up.
+    ``max_grad_norm``: gradient-norm clipping (1.0, the Hugging Face Trainer's default that the paper's
+    recipe, after Hu et al. 2021, trains with); None turns it off.
     """
 
     model: str = EMBEDDED_MODEL_NAME
@@ -93,6 +97,8 @@ class TrainConfig:
     batch_size: int = 16
     eval_batch_size: int = 64
     warmup_ratio: float = 0.06
+    schedule: Schedule = "linear"
+    max_grad_norm: float | None = 1.0
     weight_decay: float = 0.0
     max_length: int = 64
     lora_dropout: float = 0.0
@@ -121,7 +127,12 @@ class TrainConfig:
             _check_positive(name, getattr(self, name))
         _check_positive("max_steps", self.max_steps)
         _check_positive("other_lr", self.other_lr)
+        _check_positive("max_grad_norm", self.max_grad_norm)
         _check_positive("checkpoint_every", self.checkpoint_every)
+        if self.schedule not in SCHEDULES:
+            raise InvalidConfigError(
+                f"schedule={self.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}."
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise InvalidConfigError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1).")
         if self.weight_decay < 0:

@@ -122,7 +122,7 @@ def batch_indices(step: int, seed: int, train_size: int, batch_size: int, steps_
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig, max_steps: int) -> tuple[torch.optim.Optimizer, Any]:
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": [p for name, p in named if "lora_" in name or config.other_lr is None]}]
@@ -130,6 +130,8 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, max_steps: int) -> tu
         groups.append({"params": [p for name, p in named if "lora_" not in name], "lr": config.other_lr})
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = math.ceil(config.warmup_ratio * max_steps)
+    if config.schedule == "constant":
+        return optimizer, get_constant_schedule_with_warmup(optimizer, warmup)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max_steps)
 
 
@@ -263,6 +265,8 @@ def _loop(run: _Run, state: LoopState, progress: TrainingProgress, on_step: Step
         if not _all_finite(run, loss):
             _stop_on_non_finite(run, state, loss)
         run.accelerator.backward(loss)
+        if config.max_grad_norm is not None:
+            run.accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
