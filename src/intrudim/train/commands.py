@@ -107,8 +107,8 @@ def train_command(
     try:
         config = _config(
             model=model, task=task, method=method, rank=rank, alpha=alpha, alpha_rule=alpha_rule, lr=lr,
-            total_lr=total_lr, other_lr=other_lr, schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps, target_accuracy=target_accuracy,
-            eval_every=eval_every,
+            total_lr=total_lr, other_lr=other_lr, schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs,
+            steps=steps, target_accuracy=target_accuracy, eval_every=eval_every,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, batch_size=batch_size,
             max_length=max_length, data_path=data_path, max_train_examples=max_train_examples,
             max_validation_examples=max_validation_examples, intruder_k=k, intruder_epsilon=epsilon,
@@ -183,7 +183,8 @@ def sweep_command(
             raise IntrudimError(f"--method {method!r}: a sweep's rank runs use lora or lora-b-only; add 'full' to --ranks.")
         config = _config(
             model=model, task=task, method=method, alpha=alpha, alpha_rule=alpha_rule, total_lr=total_lr,
-            schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps, target_accuracy=target_accuracy, eval_every=eval_every,
+            schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps,
+            target_accuracy=target_accuracy, eval_every=eval_every,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, max_length=max_length,
             data_path=data_path, intruder_k=k, intruder_epsilon=epsilon,
         )  # fmt: skip

@@ -112,12 +112,11 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InvalidConfigError(f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}.")
-        if self.alpha_rule not in ALPHA_RULES:
-            raise InvalidConfigError(
-                f"alpha_rule={self.alpha_rule!r} is unknown; choose one of {', '.join(ALPHA_RULES)}."
-            )
+        for name, choices in (("method", METHODS), ("alpha_rule", ALPHA_RULES), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in choices:
+                raise InvalidConfigError(
+                    f"{name}={getattr(self, name)!r} is unknown; choose one of {', '.join(choices)}."
+                )
         if self.method != "full" and (not isinstance(self.rank, int) or self.rank < 1):
             raise InvalidConfigError(f"rank={self.rank!r} must be a positive integer for method {self.method}.")
         if self.alpha is not None and self.alpha_rule == "2r":
@@ -129,10 +128,6 @@ class TrainConfig:
         _check_positive("other_lr", self.other_lr)
         _check_positive("max_grad_norm", self.max_grad_norm)
         _check_positive("checkpoint_every", self.checkpoint_every)
-        if self.schedule not in SCHEDULES:
-            raise InvalidConfigError(
-                f"schedule={self.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}."
-            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise InvalidConfigError(f"warmup_ratio={self.warmup_ratio!r} must be in [0, 1).")
         if self.weight_decay < 0:
