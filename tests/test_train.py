@@ -21,6 +21,7 @@ from intrudim.tasks.generated import generated_task_specs
 from intrudim.train import TrainConfig, rank_sweep, read_metrics, train
 from intrudim.train.config import EMBEDDED_FULL_FT_LR, PAPER_FULL_FT_LR
 from intrudim.train.methods import build_model, orthonormal_rows
+from intrudim.train.run_dir import check_run_dir, prepare_run_dir
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -342,6 +343,21 @@ def test_resume_with_other_options_is_refused(lora_run: tuple[TrainConfig, Path]
     config, out = lora_run
     with pytest.raises(IntrudimError, match="rank: 2 in the run, 4 now"):
         train(replace(config, rank=4), out, resume=True, progress=False, figures=False)
+
+
+def test_resuming_a_run_written_before_schedule_and_clipping_existed(tiny_bert: Path, tmp_path: Path) -> None:
+    """Such a run trained with the linear schedule and no clipping; resuming must not switch clipping on."""
+    config = _config(tiny_bert, max_steps=4)
+    out = tmp_path / "old"
+    prepare_run_dir(out, config, tiny_bert, resume=False, overwrite=False)
+    stored = json.loads((out / "config.json").read_text())
+    del stored["schedule"], stored["max_grad_norm"]
+    (out / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(IntrudimError, match=r"max_grad_norm: None in the run, 1.0 now \(option --max-grad-norm"):
+        check_run_dir(out, replace(config, max_grad_norm=1.0), resume=True, overwrite=False)
+    with pytest.raises(IntrudimError, match="schedule: 'linear' in the run, 'constant' now"):
+        check_run_dir(out, replace(config, schedule="constant", max_grad_norm=None), resume=True, overwrite=False)
+    assert check_run_dir(out, replace(config, schedule="linear", max_grad_norm=None), resume=True, overwrite=False)
 
 
 def test_full_fine_tuning_writes_an_hf_model_and_keeps_embeddings(tiny_bert: Path, tmp_path: Path) -> None:

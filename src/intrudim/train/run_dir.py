@@ -26,13 +26,22 @@ def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("kind") == RUN_KIND else None
 
 
+# Fields added to TrainConfig after format 1 was first written, with the behaviour that runs written before
+# them had: a run directory without the key trained that way, so resuming compares against it.
+FIELDS_ADDED_LATER: dict[str, Any] = {"schedule": "linear", "max_grad_norm": None}
+_OPTION_OF_FIELD = {"max_grad_norm": "--max-grad-norm (0 turns clipping off)", "schedule": "--schedule"}
+
+
 def _config_differences(stored: dict[str, Any], config: TrainConfig) -> list[str]:
-    current = config.to_json()
-    return [
-        f"{key}: {stored.get(key)!r} in the run, {value!r} now"
-        for key, value in current.items()
-        if key != "resolved" and stored.get(key) != value
-    ]
+    differences = []
+    for key, value in config.to_json().items():
+        if key == "resolved":
+            continue
+        recorded = stored.get(key, FIELDS_ADDED_LATER.get(key))
+        if recorded != value:
+            option = _OPTION_OF_FIELD.get(key, "--" + key.replace("_", "-"))
+            differences.append(f"{key}: {recorded!r} in the run, {value!r} now (option {option})")
+    return differences
 
 
 def prepare_run_dir(
