@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import dense_reference
 from safetensors.torch import load_file
 
 from intrudim.errors import IntrudimError
@@ -234,6 +235,22 @@ def test_rank_larger_than_a_matrix_is_refused_by_name(tiny_bert: Path) -> None:
         build_model(_config(tiny_bert, rank=40), tiny_bert, head_outputs=2)
 
 
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random GPT-2: its block matrices are Conv1D, stored (in, out)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
+    vocab_size = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0, bos_token_id=1,
+        eos_token_id=1,
+    )  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(str(folder))
+    return folder
+
 def test_any_hf_architecture_llama(tiny_llama: Path, tmp_path: Path) -> None:
     parts = build_model(_config(tiny_llama), tiny_llama, head_outputs=2)
     assert {name.rsplit(".", 1)[-1] for name in parts.target_modules} == {
@@ -243,6 +260,36 @@ def test_any_hf_architecture_llama(tiny_llama: Path, tmp_path: Path) -> None:
     result = train(_config(tiny_llama, max_steps=4, checkpoint_every=None), tmp_path / "llama", progress=False, figures=False)
     assert (result.final_dir / "adapter_config.json").exists() and result.steps == 4
 
+
+
+def test_gpt2_conv1d_b_only_run_is_tracked_like_the_dense_reference(tiny_gpt2: Path, tmp_path: Path) -> None:
+    """Conv1D layers train with frozen orthonormal A; the tracked intruders equal float64 SVDs of peft's merge."""
+    from peft import PeftModel
+    from safetensors.torch import load_file as load_base
+
+    from intrudim.train.methods import load_base_model
+
+    config = _config(tiny_gpt2, method="lora-b-only", rank=2, lr=2e-2, max_steps=6, checkpoint_every=None)
+    parts = build_model(config, tiny_gpt2, head_outputs=2)
+    assert {name.rsplit(".", 1)[-1] for name in parts.target_modules} == {"c_attn", "c_proj", "c_fc"}
+    a_matrices = [p for n, p in parts.model.named_parameters() if "lora_A" in n]
+    assert len(a_matrices) == 8 and not any(p.requires_grad for p in a_matrices)
+    result = train(config, tmp_path / "gpt2", progress=False, figures=False)
+    final = next(r for r in read_metrics(tmp_path / "gpt2") if r["event"] == "final")
+    tracked = {m["name"]: m for m in final["intruders"]["matrices"]}
+    assert len(tracked) == 8 and result.final_intruders == sum(m["intruders"] for m in tracked.values())
+
+    base, _ = load_base_model(tiny_gpt2, 2)
+    merged = PeftModel.from_pretrained(base, str(result.final_dir)).merge_and_unload().state_dict()
+    stored = load_base(str(tiny_gpt2 / "model.safetensors"))
+    for name, matrix in tracked.items():
+        key = next(k for k in merged if k.endswith(name))
+        reference = dense_reference(stored[name].T, merged[key].T, 10, 0.5)  # Conv1D (in, out) -> (out, in)
+        assert torch.allclose(torch.tensor(matrix["max_abs_cos"], dtype=torch.float64), reference["max_cos"], atol=2e-4)
+        assert torch.allclose(torch.tensor(matrix["singular_values"], dtype=torch.float64), reference["sigma"], atol=1e-4)
+        assert matrix["intruders"] == reference["count"], name
+    deltas = [float((merged[next(k for k in merged if k.endswith(n))] - stored[n]).abs().max()) for n in tracked]
+    assert max(deltas) > 1e-3  # B moved: the comparison is not of untouched weights
 
 # --- a run ----------------------------------------------------------------------------------------------------
 
