@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 from conftest import base_state, dense_reference, merged_state, write_peft_adapter
+from typer.testing import CliRunner
 
 import intrudim
 from intrudim.analyze import AnalyzeConfig, analyze
+from intrudim.cli import app
 from intrudim.weights.selection import is_conv1d
 
 K, EPS = 10, 0.5
@@ -197,3 +199,23 @@ def test_sharded_base_and_single_file_base_give_the_same_answer(tiny_models, tmp
     assert reference.total_intruders > 0
     for other in (sharded, single):
         assert [m.intruder_ranks for m in other.matrices] == [m.intruder_ranks for m in reference.matrices]
+
+
+def test_lora_on_embeddings_is_reported_as_skipped_not_dropped_silently(tiny_models, tmp_path):
+    adapter = write_peft_adapter(
+        tiny_models["bert"], "bert", tmp_path / "a", targets=["query", "word_embeddings"], r=2
+    )
+    from safetensors.torch import load_file
+
+    assert any("lora_embedding_A" in key for key in load_file(str(adapter / "adapter_model.safetensors")))
+    result = analyze(tiny_models["bert"], adapter, cache_dir=tmp_path / "cache")
+    assert all(m.name.endswith("attention.self.query.weight") for m in result.matrices) and result.matrices
+    skipped = [entry for entry in result.skipped if "lora_embedding" in entry["reason"]]
+    assert [entry["name"] for entry in skipped] == ["embeddings.word_embeddings"]
+    assert "merge_and_unload" in skipped[0]["reason"] and "--include-embeddings" in skipped[0]["reason"]
+    cli = CliRunner().invoke(app, ["analyze", str(tiny_models["bert"]), str(adapter), "--cache", str(tmp_path / "c")])
+    assert cli.exit_code == 0, cli.output
+    assert "skipped embeddings.word_embeddings" in " ".join(cli.output.split())
+    only_embeddings = write_peft_adapter(tiny_models["bert"], "bert", tmp_path / "e", targets=["word_embeddings"], r=2)
+    with pytest.raises(intrudim.IntrudimError, match=r"only has LoRA on embeddings \(embeddings.word_embeddings\)"):
+        analyze(tiny_models["bert"], only_embeddings, cache_dir=tmp_path / "cache")

@@ -320,6 +320,12 @@ def _plan_adapter_jobs(
             skipped.append({"name": base_key, "reason": "not selected (embeddings/heads need --include-*, or --modules)"})
             continue
         jobs.append(_Job(base_key=base_key, shape=shape, transpose=transpose, module=module))
+    for module in adapter.embedding_modules:
+        skipped.append({
+            "name": module,
+            "reason": "LoRA on an embedding (lora_embedding_A/B) is not read from the adapter; merge the adapter "
+            "(peft's merge_and_unload) and analyse the merged model with --include-embeddings",
+        })  # fmt: skip
     jobs.sort(key=lambda job: _natural_key(job.base_key))
     return jobs, skipped
 

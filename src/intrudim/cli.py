@@ -122,6 +122,8 @@ def _print_analysis(result: Any) -> None:
     stdout.print(table)
     for line in result.summary_lines():
         stdout.print(line)
+    for entry in result.skipped:
+        stdout.print(f"[yellow]skipped[/] {entry['name']}: {entry['reason']}", highlight=False)
 
 
 @app.command()

@@ -24,6 +24,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_PICKLE = "adapter_model.bin"
 # base_model.model.<module>.lora_A[.<adapter name>].weight
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+# LoRA on an nn.Embedding: base_model.model.<module>.lora_embedding_A[.<adapter name>] (a parameter, no .weight)
+_LORA_EMBEDDING_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_embedding_[AB](?:\.[^.]+)?$")
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -89,10 +91,15 @@ class LoraAdapter:
         self._tensors = self._open_tensors(allow_pickle)
         self.modules: dict[str, tuple[str, str]] = {}  # module -> (key of A, key of B)
         found: dict[str, dict[str, str]] = {}
+        embedding_modules: set[str] = set()
         for key in self._tensors["keys"]:
             match = _LORA_KEY.match(key)
             if match:
                 found.setdefault(match["module"], {})[match["which"]] = key
+            elif embedding := _LORA_EMBEDDING_KEY.match(key):
+                embedding_modules.add(embedding["module"])
+        # LoRA factors of embedding tables are not analysed from the adapter (analyze reports them as skipped).
+        self.embedding_modules: list[str] = sorted(embedding_modules)
         for module, pair in found.items():
             if "A" not in pair or "B" not in pair:
                 missing = "lora_B" if "A" in pair else "lora_A"
@@ -102,8 +109,15 @@ class LoraAdapter:
                 )
             self.modules[module] = (pair["A"], pair["B"])
         if not self.modules:
+            hint = (
+                f" It only has LoRA on embeddings ({', '.join(self.embedding_modules)}), which intrudim does not read "
+                f"from an adapter: merge it (peft's merge_and_unload) and analyse the merged model with "
+                f"--include-embeddings."
+                if self.embedding_modules
+                else ""
+            )
             raise CorruptFileError(
-                f"Adapter '{self.path}' holds no LoRA weights (no keys ending in lora_A.weight / lora_B.weight)."
+                f"Adapter '{self.path}' holds no LoRA weights (no keys ending in lora_A.weight / lora_B.weight).{hint}"
             )
 
     def _open_tensors(self, allow_pickle: bool) -> dict[str, Any]:
