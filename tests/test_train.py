@@ -9,8 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -59,20 +61,24 @@ def _save_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
+def _save_random_model(factory: pytest.TempPathFactory, name: str, build: Callable[[int], Any]) -> Path:
+    """A random model from ``build(vocab_size)`` saved with the word-level tokenizer of the generated tasks."""
+    folder = factory.mktemp(name)
+    vocab_size = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    build(vocab_size).save_pretrained(str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide random BertModel (no head) with a word-level tokenizer, like the embedded MiniLM."""
     from transformers import BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    vocab_size = _save_tokenizer(folder)
-    torch.manual_seed(0)
-    config = BertConfig(
+    return _save_random_model(tmp_path_factory, "tiny_bert", lambda vocab_size: BertModel(BertConfig(
         vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=64,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(str(folder))
-    return folder
+    )))  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -80,15 +86,21 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random LLaMA: another architecture with a sequence-classification head (``score``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    vocab_size = _save_tokenizer(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return _save_random_model(tmp_path_factory, "tiny_llama", lambda vocab_size: LlamaForCausalLM(LlamaConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    return folder
+    )))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random GPT-2: its block matrices are Conv1D, stored (in, out)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return _save_random_model(tmp_path_factory, "tiny_gpt2", lambda vocab_size: GPT2LMHeadModel(GPT2Config(
+        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0, bos_token_id=1,
+        eos_token_id=1,
+    )))  # fmt: skip
 
 
 def _config(model: Path, **overrides: object) -> TrainConfig:
@@ -236,21 +248,6 @@ def test_rank_larger_than_a_matrix_is_refused_by_name(tiny_bert: Path) -> None:
 
 
 
-@pytest.fixture(scope="session")
-def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random GPT-2: its block matrices are Conv1D, stored (in, out)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    folder = tmp_path_factory.mktemp("tiny_gpt2")
-    vocab_size = _save_tokenizer(folder)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0, bos_token_id=1,
-        eos_token_id=1,
-    )  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(str(folder))
-    return folder
-
 def test_any_hf_architecture_llama(tiny_llama: Path, tmp_path: Path) -> None:
     parts = build_model(_config(tiny_llama), tiny_llama, head_outputs=2)
     assert {name.rsplit(".", 1)[-1] for name in parts.target_modules} == {
@@ -259,7 +256,6 @@ def test_any_hf_architecture_llama(tiny_llama: Path, tmp_path: Path) -> None:
     assert any("input_layernorm" in n for n in _trainable(parts.model))
     result = train(_config(tiny_llama, max_steps=4, checkpoint_every=None), tmp_path / "llama", progress=False, figures=False)
     assert (result.final_dir / "adapter_config.json").exists() and result.steps == 4
-
 
 
 def test_gpt2_conv1d_b_only_run_is_tracked_like_the_dense_reference(tiny_gpt2: Path, tmp_path: Path) -> None:
@@ -282,13 +278,13 @@ def test_gpt2_conv1d_b_only_run_is_tracked_like_the_dense_reference(tiny_gpt2: P
     base, _ = load_base_model(tiny_gpt2, 2)
     merged = PeftModel.from_pretrained(base, str(result.final_dir)).merge_and_unload().state_dict()
     stored = load_base(str(tiny_gpt2 / "model.safetensors"))
+    merged_key = {name: next(k for k in merged if k.endswith(name)) for name in tracked}
     for name, matrix in tracked.items():
-        key = next(k for k in merged if k.endswith(name))
-        reference = dense_reference(stored[name].T, merged[key].T, 10, 0.5)  # Conv1D (in, out) -> (out, in)
+        reference = dense_reference(stored[name].T, merged[merged_key[name]].T, 10, 0.5)  # Conv1D (in, out) -> (out, in)
         assert torch.allclose(torch.tensor(matrix["max_abs_cos"], dtype=torch.float64), reference["max_cos"], atol=2e-4)
         assert torch.allclose(torch.tensor(matrix["singular_values"], dtype=torch.float64), reference["sigma"], atol=1e-4)
         assert matrix["intruders"] == reference["count"], name
-    deltas = [float((merged[next(k for k in merged if k.endswith(n))] - stored[n]).abs().max()) for n in tracked]
+    deltas = [float((merged[merged_key[name]] - stored[name]).abs().max()) for name in tracked]
     assert max(deltas) > 1e-3  # B moved: the comparison is not of untouched weights
 
 # --- a run ----------------------------------------------------------------------------------------------------
