@@ -38,7 +38,7 @@ from intrudim.spectral.svd import (
     top_k_svd,
 )
 from intrudim.weights.matching import KeyMatcher
-from intrudim.weights.peft_adapter import LoraAdapter, is_adapter_dir
+from intrudim.weights.peft_adapter import EMBEDDING_LORA_ADVICE, LoraAdapter, is_adapter_dir
 from intrudim.weights.selection import MatrixSelection, is_conv1d, layer_index, module_type
 from intrudim.weights.sources import EMBEDDED_MODELS, WeightSource, open_weights
 from intrudim.weights.svd_cache import BaseSVDCache, default_cache_dir
@@ -320,12 +320,7 @@ def _plan_adapter_jobs(
             skipped.append({"name": base_key, "reason": "not selected (embeddings/heads need --include-*, or --modules)"})
             continue
         jobs.append(_Job(base_key=base_key, shape=shape, transpose=transpose, module=module))
-    for module in adapter.embedding_modules:
-        skipped.append({
-            "name": module,
-            "reason": "LoRA on an embedding (lora_embedding_A/B) is not read from the adapter; merge the adapter "
-            "(peft's merge_and_unload) and analyse the merged model with --include-embeddings",
-        })  # fmt: skip
+    skipped += [{"name": module, "reason": EMBEDDING_LORA_ADVICE} for module in adapter.embedding_modules]
     jobs.sort(key=lambda job: _natural_key(job.base_key))
     return jobs, skipped
 

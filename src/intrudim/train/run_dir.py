@@ -29,7 +29,11 @@ def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
 # Fields added to TrainConfig after format 1 was first written, with the behaviour that runs written before
 # them had: a run directory without the key trained that way, so resuming compares against it.
 FIELDS_ADDED_LATER: dict[str, Any] = {"schedule": "linear", "max_grad_norm": None}
-_OPTION_OF_FIELD = {"max_grad_norm": "--max-grad-norm (0 turns clipping off)", "schedule": "--schedule"}
+# Fields whose command-line option is worth naming because it is not the field's name, or needs a word.
+_OPTION_OF_FIELD = {
+    "max_grad_norm": "--max-grad-norm (0 turns clipping off)", "max_steps": "--steps", "intruder_k": "--k",
+    "intruder_epsilon": "--epsilon", "track_intruders": "--track/--no-track",
+}  # fmt: skip
 
 
 def _config_differences(stored: dict[str, Any], config: TrainConfig) -> list[str]:
@@ -39,8 +43,8 @@ def _config_differences(stored: dict[str, Any], config: TrainConfig) -> list[str
             continue
         recorded = stored.get(key, FIELDS_ADDED_LATER.get(key))
         if recorded != value:
-            option = _OPTION_OF_FIELD.get(key, "--" + key.replace("_", "-"))
-            differences.append(f"{key}: {recorded!r} in the run, {value!r} now (option {option})")
+            option = f" (option {_OPTION_OF_FIELD[key]})" if key in _OPTION_OF_FIELD else ""
+            differences.append(f"{key}: {recorded!r} in the run, {value!r} now{option}")
     return differences
 
 

@@ -26,6 +26,10 @@ ADAPTER_PICKLE = "adapter_model.bin"
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 # LoRA on an nn.Embedding: base_model.model.<module>.lora_embedding_A[.<adapter name>] (a parameter, no .weight)
 _LORA_EMBEDDING_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_embedding_[AB](?:\.[^.]+)?$")
+EMBEDDING_LORA_ADVICE = (
+    "LoRA on an embedding (lora_embedding_A/B) is not read from the adapter; merge the adapter (peft's "
+    "merge_and_unload) and analyse the merged model with --include-embeddings"
+)
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -109,13 +113,8 @@ class LoraAdapter:
                 )
             self.modules[module] = (pair["A"], pair["B"])
         if not self.modules:
-            hint = (
-                f" It only has LoRA on embeddings ({', '.join(self.embedding_modules)}), which intrudim does not read "
-                f"from an adapter: merge it (peft's merge_and_unload) and analyse the merged model with "
-                f"--include-embeddings."
-                if self.embedding_modules
-                else ""
-            )
+            embeddings = ", ".join(self.embedding_modules)
+            hint = f" It only has LoRA on embeddings ({embeddings}): {EMBEDDING_LORA_ADVICE}." if embeddings else ""
             raise CorruptFileError(
                 f"Adapter '{self.path}' holds no LoRA weights (no keys ending in lora_A.weight / lora_B.weight).{hint}"
             )
