@@ -552,3 +552,18 @@ def test_cli_train_and_errors(tiny_bert: Path, tmp_path: Path) -> None:
     sweep = runner.invoke(_app(), ["sweep", "--model", str(tiny_bert), "--task", "topic", "--ranks", "1,x",
                                    "--out", str(tmp_path / "s")])  # fmt: skip
     assert sweep.exit_code == 2 and "'x' is neither" in sweep.output
+
+
+def test_cli_sweep_passes_other_lr_and_recipe_to_every_run(tiny_bert: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_app(), [
+        "sweep", "--model", str(tiny_bert), "--task", "topic", "--ranks", "2,full", "--steps", "2",
+        "--eval-every", "2", "--total-lr", "6e-3", "--other-lr", "1e-4", "--schedule", "constant",
+        "--quiet", "--no-figures", "--out", str(tmp_path / "s"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lora = json.loads((tmp_path / "s" / "r-2" / "config.json").read_text())
+    assert (lora["other_lr"], lora["total_lr"], lora["schedule"]) == (1e-4, 6e-3, "constant")
+    assert lora["resolved"]["learning_rate"] == pytest.approx(6e-3 / 4)  # α = 2r = 4
+    assert json.loads((tmp_path / "s" / "full" / "config.json").read_text())["method"] == "full"

@@ -157,6 +157,7 @@ def sweep_command(
     alpha: Alpha = None,
     alpha_rule: AlphaRuleOpt = "2r",
     total_lr: TotalLr = 2.4e-3,
+    other_lr: OtherLr = None,
     schedule: ScheduleOpt = "linear",
     max_grad_norm: MaxGradNorm = 1.0,
     epochs: Epochs = 5.0,
@@ -183,7 +184,7 @@ def sweep_command(
             raise IntrudimError(f"--method {method!r}: a sweep's rank runs use lora or lora-b-only; add 'full' to --ranks.")
         config = _config(
             model=model, task=task, method=method, alpha=alpha, alpha_rule=alpha_rule, total_lr=total_lr,
-            schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps,
+            other_lr=other_lr, schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps,
             target_accuracy=target_accuracy, eval_every=eval_every,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, max_length=max_length,
             data_path=data_path, intruder_k=k, intruder_epsilon=epsilon,
