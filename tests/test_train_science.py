@@ -96,7 +96,7 @@ def test_lora_r1_has_clearly_more_intruders_than_full_fine_tuning_at_equal_accur
     lora_counts = [_intruders(result, summary) for result in lora.values()]
     for count in lora_counts:  # every seed: LoRA r=1 has intruders, and more than full fine-tuning
         assert count >= 3 and count >= full_count + 3, summary
-    assert sum(lora_counts) >= len(SEEDS) * (3 * full_count + 4), summary  # on average at least 4 more
+    assert sum(lora_counts) >= len(SEEDS) * (3 * full_count + 4), summary  # mean over seeds ≥ 3·full + 4
     final = next(r for r in read_metrics(lora[0].run_dir) if r["event"] == "final")
     assert len(final["intruders"]["matrices"]) == 36
 
