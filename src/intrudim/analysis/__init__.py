@@ -1,0 +1,22 @@
+"""The steps every matrix verb shares (analyze, repair, scan): config → planning → running → results.
+
+``intrudim.analyze`` (the module) re-exports the public names, so ``from intrudim.analyze import analyze``
+keeps working.
+"""
+
+from intrudim.analysis.config import AnalyzeConfig
+from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs, resolve_tuned_path
+from intrudim.analysis.results import AnalysisResult, MatrixResult, write_json
+from intrudim.analysis.running import (
+    analyze,
+    analyze_dense_matrix,
+    analyze_lora_matrix,
+    open_cache,
+    resolve_config,
+)
+
+__all__ = [
+    "AnalysisInputs", "AnalysisResult", "AnalyzeConfig", "MatrixJob", "MatrixResult", "analyze",
+    "analyze_dense_matrix", "analyze_lora_matrix", "open_cache", "open_inputs", "resolve_config",
+    "resolve_tuned_path", "write_json",
+]  # fmt: skip

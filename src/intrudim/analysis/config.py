@@ -1,0 +1,67 @@
+"""What `analyze` (and every verb built on its matrix planning: repair, scan) measures: :class:`AnalyzeConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from intrudim.errors import InvalidConfigError
+from intrudim.spectral.intruders import EPSILON_SWEEP, K_SWEEP_FRACTIONS
+from intrudim.weights.selection import MatrixSelection
+
+CACHE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """What `analyze` measures. Defaults are the paper's: k = 10, ε = 0.5 (Sec. 4)."""
+
+    k: int = 10
+    epsilon: float = 0.5
+    modules: str | None = None  # regex on parameter names; default: all 2-D linear weights in the blocks
+    include_embeddings: bool = False
+    include_heads: bool = False
+    epsilons: tuple[float, ...] = EPSILON_SWEEP  # Fig. 5
+    k_sweep: bool = False  # Fig. 11: needs the full tuned spectrum (dense SVD of the small core / matrix)
+    k_fractions: tuple[float, ...] = K_SWEEP_FRACTIONS
+    similarity_size: int = 50  # base vectors kept per matrix for the Fig. 1/3 heatmap
+    effective_rank: bool = True  # Fig. 6 (needs all singular values of ΔW; cheap for LoRA)
+    method: str = "auto"  # "auto"/"structured": LoRA from factors; "dense": merge and SVD (reference)
+    device: str = "cpu"
+    cache_dtype: str = "float32"
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise InvalidConfigError(f"k must be a positive integer (the number of top tuned vectors); got {self.k!r}.")
+        if not (0.0 < float(self.epsilon) <= 1.0):
+            raise InvalidConfigError(
+                f"epsilon must be in (0, 1] (a threshold on |cos|); got {self.epsilon!r}. The paper uses 0.5."
+            )
+        for eps in self.epsilons:
+            if not (0.0 < float(eps) <= 1.0):
+                raise InvalidConfigError(f"every value of epsilons must be in (0, 1]; got {eps!r}.")
+        for fraction in self.k_fractions:
+            if not (0.0 < float(fraction) <= 1.0):
+                raise InvalidConfigError(f"every k fraction must be in (0, 1]; got {fraction!r}.")
+        if self.similarity_size < 1:
+            raise InvalidConfigError(f"similarity_size must be ≥ 1; got {self.similarity_size!r}.")
+        if self.method not in ("auto", "structured", "dense"):
+            raise InvalidConfigError(f"method must be 'auto', 'structured' or 'dense'; got {self.method!r}.")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise InvalidConfigError(f"cache_dtype must be 'float32' or 'float64'; got {self.cache_dtype!r}.")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise InvalidConfigError(f"device must be 'cpu' or 'cuda[:N]'; got {self.device!r}.")
+        if self.modules is not None:
+            import re
+
+            try:
+                re.compile(self.modules)
+            except re.error as exc:
+                raise InvalidConfigError(f"modules is not a valid regular expression ({self.modules!r}): {exc}.") from None
+
+    @property
+    def selection(self) -> MatrixSelection:
+        return MatrixSelection(self.modules, self.include_embeddings, self.include_heads)
+

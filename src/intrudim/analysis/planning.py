@@ -1,0 +1,212 @@
+"""Planning: which base/tuned matrix pairs a verb looks at, and how each is read (shared by analyze, repair, scan).
+
+A TUNED input is a PEFT LoRA adapter (read from its factors), an intrudim run directory (its ``final/``),
+or a dense fine-tuned model. :func:`open_inputs` opens BASE and TUNED, plans one :class:`MatrixJob` per
+matrix (oriented as ``nn.Linear``: (out, in); GPT-2 Conv1D weights transposed), and checks that k fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intrudim.analysis.config import AnalyzeConfig
+from intrudim.errors import IncompatibleWeightsError, IntrudimError, InvalidConfigError, NonFiniteWeightsError
+from intrudim.weights.matching import KeyMatcher
+from intrudim.weights.peft_adapter import EMBEDDING_LORA_ADVICE, LoraAdapter, is_adapter_dir
+from intrudim.weights.selection import MatrixSelection, is_conv1d
+from intrudim.weights.sources import EMBEDDED_MODELS, WeightSource, open_weights
+
+
+def resolve_tuned_path(tuned: str | Path) -> Path:
+    """A training run directory (``RUN_DIR/final`` + metrics) resolves to its final adapter or model."""
+    path = Path(tuned).expanduser()
+    if path.is_dir() and (path / "final").is_dir() and ((path / "metrics.jsonl").exists() or (path / "config.json").exists()):
+        if not (path / "model.safetensors").exists() and not (path / "adapter_config.json").exists():
+            return path / "final"
+    return path
+
+
+def check_finite(W: torch.Tensor, name: str, where: str) -> None:
+    # One float64 reduction: NaN/Inf propagate into the sum, and finite float32/bf16 values cannot overflow it.
+    if not bool(torch.isfinite(W.sum(dtype=torch.float64))):
+        bad = int((~torch.isfinite(W)).sum())
+        raise NonFiniteWeightsError(
+            f"Matrix '{name}' in {where} holds {bad} NaN/Inf value(s). The checkpoint is damaged or training "
+            f"diverged; analyse an earlier checkpoint."
+        )
+
+
+def oriented(W: torch.Tensor, transpose: bool) -> torch.Tensor:
+    if W.ndim != 2:
+        raise IncompatibleWeightsError(f"Expected a 2-D weight matrix, found shape {tuple(W.shape)}.")
+    return W.T.contiguous() if transpose else W
+
+
+@dataclass(frozen=True)
+class MatrixJob:
+    base_key: str
+    shape: tuple[int, int]  # oriented (out, in)
+    transpose: bool
+    tuned_key: str | None = None  # dense tuned
+    module: str | None = None  # adapter module
+
+
+def plan_adapter_jobs(
+    base: WeightSource, adapter: LoraAdapter, selection: MatrixSelection
+) -> tuple[list[MatrixJob], list[dict[str, str]]]:
+    matcher = KeyMatcher(base.keys())
+    jobs: list[MatrixJob] = []
+    skipped: list[dict[str, str]] = []
+    for module in sorted(adapter.modules):
+        base_key = matcher.base_key(module + ".weight")
+        if base_key is None:
+            raise IncompatibleWeightsError(
+                f"Adapter '{adapter.path}' modifies '{module}', but BASE '{base.path}' has no weight "
+                f"'{module}.weight' (nor one differing only by a wrapper prefix). Is this adapter for another "
+                f"model? Its adapter_config.json names base '{adapter.base_model_name}'."
+            )
+        stored = base.shape(base_key)
+        if len(stored) != 2:
+            skipped.append({"name": base_key, "reason": f"not a 2-D matrix (shape {list(stored)})"})
+            continue
+        transpose = is_conv1d(base_key, base.model_type) or adapter.fan_in_fan_out
+        shape = (stored[1], stored[0]) if transpose else (stored[0], stored[1])
+        factors_shape = adapter.factor_shape(module)
+        if factors_shape != shape:
+            raise IncompatibleWeightsError(
+                f"Adapter '{adapter.path}' does not fit BASE '{base.path}': module '{module}' has LoRA factors for "
+                f"a ({factors_shape[0]}, {factors_shape[1]}) matrix (out, in), but base weight '{base_key}' is "
+                f"{tuple(stored)}{' (Conv1D, analysed transposed)' if transpose else ''}. Check that BASE is "
+                f"the model the adapter was trained on."
+            )
+        if not selection.selects(base_key, stored):
+            skipped.append({"name": base_key, "reason": "not selected (embeddings/heads need --include-*, or --modules)"})
+            continue
+        jobs.append(MatrixJob(base_key=base_key, shape=shape, transpose=transpose, module=module))
+    skipped += [{"name": module, "reason": EMBEDDING_LORA_ADVICE} for module in adapter.embedding_modules]
+    jobs.sort(key=lambda job: natural_key(job.base_key))
+    return jobs, skipped
+
+
+def plan_dense_jobs(base: WeightSource, tuned: WeightSource, selection: MatrixSelection) -> list[MatrixJob]:
+    if base.model_type and tuned.model_type and base.model_type != tuned.model_type:
+        raise IncompatibleWeightsError(
+            f"TUNED '{tuned.path}' is a '{tuned.model_type}' model but BASE '{base.path}' is '{base.model_type}'. "
+            f"Compare a fine-tuned model with the base model it was fine-tuned from."
+        )
+    matcher = KeyMatcher(tuned.keys())
+    jobs: list[MatrixJob] = []
+    for base_key in sorted(base.keys(), key=natural_key):
+        stored = base.shape(base_key)
+        if not selection.selects(base_key, stored):
+            continue
+        tuned_key = matcher.base_key(base_key)
+        if tuned_key is None:
+            raise IncompatibleWeightsError(
+                f"TUNED '{tuned.path}' has no weight matching base weight '{base_key}' {tuple(stored)}. The two "
+                f"models have different architectures; compare a fine-tuned model with its own base."
+            )
+        tuned_shape = tuned.shape(tuned_key)
+        if tuple(tuned_shape) != tuple(stored):
+            raise IncompatibleWeightsError(
+                f"Shape mismatch for '{base_key}': BASE '{base.path}' has {tuple(stored)}, TUNED '{tuned.path}' "
+                f"has {tuple(tuned_shape)} (as '{tuned_key}'). The models have different architectures."
+            )
+        transpose = is_conv1d(base_key, base.model_type)
+        shape = (stored[1], stored[0]) if transpose else (stored[0], stored[1])
+        jobs.append(MatrixJob(base_key=base_key, shape=shape, transpose=transpose, tuned_key=tuned_key))
+    return jobs
+
+
+def natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in name.split(".")]
+
+
+
+@dataclass
+class AnalysisInputs:
+    """BASE and TUNED opened, with the matrix pairs to look at. Close it (or use it as a context manager)."""
+
+    base_spec: str
+    tuned_spec: str
+    base: WeightSource
+    adapter: LoraAdapter | None
+    tuned: WeightSource | None
+    jobs: list[MatrixJob]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def tuned_kind(self) -> str:
+        return "lora" if self.adapter is not None else "dense"
+
+    def base_matrix(self, job: MatrixJob) -> torch.Tensor:
+        """W₀ of ``job``, oriented (out, in), checked finite."""
+        W0 = oriented(self.base.load(job.base_key), job.transpose)
+        check_finite(W0, job.base_key, f"BASE '{self.base.path}'")
+        return W0
+
+    def lora_factors(self, job: MatrixJob):
+        """The adapter's factors of ``job`` (ΔW = scale·B·A in the analysed orientation), checked finite."""
+        assert self.adapter is not None and job.module is not None
+        factors = self.adapter.factors(job.module)
+        check_finite(factors.A, f"{job.module}.lora_A", f"adapter '{self.adapter.path}'")
+        check_finite(factors.B, f"{job.module}.lora_B", f"adapter '{self.adapter.path}'")
+        return factors
+
+    def tuned_matrix(self, job: MatrixJob) -> torch.Tensor:
+        """W_t of a dense TUNED model, oriented (out, in), checked finite."""
+        assert self.tuned is not None and job.tuned_key is not None
+        Wt = oriented(self.tuned.load(job.tuned_key), job.transpose)
+        check_finite(Wt, job.tuned_key, f"TUNED '{self.tuned.path}'")
+        return Wt
+
+    def close(self) -> None:
+        self.base.close()
+        if self.tuned is not None:
+            self.tuned.close()
+
+    def __enter__(self) -> AnalysisInputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_inputs(base_spec: str | Path, tuned_spec: str | Path, config: AnalyzeConfig) -> AnalysisInputs:
+    """Open BASE and TUNED and plan the matrix pairs; errors name the file, key or shape at fault."""
+    base_src = open_weights(base_spec, allow_pickle=config.allow_pickle)
+    tuned_path = resolve_tuned_path(tuned_spec)
+    adapter: LoraAdapter | None = None
+    tuned_src: WeightSource | None = None
+    try:
+        if is_adapter_dir(tuned_path):
+            adapter = LoraAdapter(tuned_path, allow_pickle=config.allow_pickle)
+            jobs, skipped = plan_adapter_jobs(base_src, adapter, config.selection)
+        else:
+            tuned_src = open_weights(tuned_path if str(tuned_spec) not in EMBEDDED_MODELS else str(tuned_spec),
+                                     allow_pickle=config.allow_pickle)  # fmt: skip
+            jobs, skipped = plan_dense_jobs(base_src, tuned_src, config.selection), []
+        if not jobs:
+            raise IntrudimError(
+                f"No matrices to analyse in '{tuned_spec}' against '{base_spec}'"
+                + (f" with --modules {config.modules!r}" if config.modules else "")
+                + ". By default intrudim analyses the 2-D linear weights inside the transformer blocks; use --modules "
+                "REGEX to choose others."
+            )
+        too_small = next((job for job in jobs if config.k > min(job.shape)), None)
+        if too_small is not None:
+            raise InvalidConfigError(
+                f"k={config.k} is larger than matrix '{too_small.base_key}' allows: it has shape {too_small.shape} "
+                f"and so {min(too_small.shape)} singular vectors. Use --k {min(too_small.shape)} or less, or --modules "
+                f"to leave that matrix out."
+            )
+    except BaseException:
+        base_src.close()
+        if tuned_src is not None:
+            tuned_src.close()
+        raise
+    return AnalysisInputs(str(base_spec), str(tuned_spec), base_src, adapter, tuned_src, jobs, skipped)

@@ -1,0 +1,170 @@
+"""Results of `analyze`: one :class:`MatrixResult` per matrix, summed in an :class:`AnalysisResult` (Sec. 4)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intrudim.analysis.config import AnalyzeConfig
+
+
+@dataclass
+class MatrixResult:
+    """Intruder analysis of one weight matrix. Ranks are 1-based (1 = largest singular value)."""
+
+    name: str
+    shape: tuple[int, int]  # (out, in), as analysed
+    layer: int | None
+    module_type: str
+    transposed: bool  # stored as Conv1D (in, out) and transposed for analysis
+    intruders: int
+    intruder_ranks: list[int]
+    max_abs_cos: list[float]  # k values, rank order
+    singular_values: list[float]  # top-k σ of W_t
+    base_singular_values: list[float]  # top-k σ of W₀
+    effective_rank_delta: float | None
+    intruder_energy_share: float  # Σ_{j∈I} σ_j² / ‖W_t‖_F²
+    largest_intruder_rank: int | None
+    largest_intruder_sigma_ratio: float | None  # σ of the highest-ranked intruder / σ₁(W₀)
+    epsilon_sweep: dict[float, int]
+    k_sweep: dict[str, int] | None = None
+    lora_rank: int | None = None
+    similarity: list[list[float]] | None = field(default=None, repr=False)  # (k, n_base) |cos|
+
+    def to_json(self, include_similarity: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        data["epsilon_sweep"] = {str(eps): n for eps, n in self.epsilon_sweep.items()}
+        if not include_similarity:
+            data.pop("similarity")
+        return data
+
+
+@dataclass
+class AnalysisResult:
+    """Intruder dimensions of a tuned model against its base (summed over matrices, Sec. 4)."""
+
+    base: str
+    tuned: str
+    tuned_kind: str  # "lora" or "dense"
+    config: AnalyzeConfig
+    matrices: list[MatrixResult]
+    skipped: list[dict[str, str]]
+    seconds: float
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+    @property
+    def k(self) -> int:
+        return self.config.k
+
+    @property
+    def epsilon(self) -> float:
+        return self.config.epsilon
+
+    @property
+    def total_intruders(self) -> int:
+        return sum(m.intruders for m in self.matrices)
+
+    def epsilon_sweep(self) -> dict[float, int]:
+        totals = {float(eps): 0 for eps in self.config.epsilons}
+        for matrix in self.matrices:
+            for eps, n in matrix.epsilon_sweep.items():
+                totals[eps] = totals.get(eps, 0) + n
+        return totals
+
+    def k_sweep(self) -> dict[str, int] | None:
+        if not self.config.k_sweep:
+            return None
+        totals: dict[str, int] = {}
+        for matrix in self.matrices:
+            for label, n in (matrix.k_sweep or {}).items():
+                totals[label] = totals.get(label, 0) + n
+        return totals
+
+    def by_layer(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for m in self.matrices:
+            label = "-" if m.layer is None else str(m.layer)
+            totals[label] = totals.get(label, 0) + m.intruders
+        return totals
+
+    def by_module_type(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for m in self.matrices:
+            totals[m.module_type] = totals.get(m.module_type, 0) + m.intruders
+        return totals
+
+    def to_json(self, include_similarity: bool = False) -> dict[str, Any]:
+        shares = [m.intruder_energy_share for m in self.matrices]
+        return {
+            "k": self.config.k,
+            "epsilon": self.config.epsilon,
+            "total_intruders": self.total_intruders,
+            "matrices": [m.to_json(include_similarity) for m in self.matrices],
+            "base": self.base,
+            "tuned": self.tuned,
+            "tuned_kind": self.tuned_kind,
+            "matrices_analysed": len(self.matrices),
+            "matrices_with_intruders": sum(1 for m in self.matrices if m.intruders),
+            "intruder_energy_share_sum": sum(shares),
+            "intruder_energy_share_mean": (sum(shares) / len(shares)) if shares else 0.0,
+            "epsilon_sweep": {str(eps): n for eps, n in self.epsilon_sweep().items()},
+            "k_sweep": self.k_sweep(),
+            "by_layer": self.by_layer(),
+            "by_module_type": self.by_module_type(),
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 4),
+            "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()},
+            "definitions": {
+                "intruder": "tuned left singular vector j among the top k with max_i |cos(u_j, u_i^base)| < epsilon, "
+                "max over all base left singular vectors (thin U of W0)",
+                "intruder_ranks": "1-based: 1 is the largest singular value of W_tuned",
+                "orientation": "W as nn.Linear (out, in); GPT-2 Conv1D weights are transposed",
+            },
+        }
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(
+            [
+                "name", "layer", "module_type", "out", "in", "intruders", "intruder_ranks", "min_max_abs_cos",
+                "largest_intruder_rank", "largest_intruder_sigma_ratio", "intruder_energy_share",
+                "effective_rank_delta", "sigma1_tuned", "sigma1_base", "lora_rank",
+            ]
+        )  # fmt: skip
+        for m in self.matrices:
+            writer.writerow(
+                [
+                    m.name, "" if m.layer is None else m.layer, m.module_type, m.shape[0], m.shape[1], m.intruders,
+                    ";".join(map(str, m.intruder_ranks)), f"{min(m.max_abs_cos):.6f}",
+                    m.largest_intruder_rank or "", "" if m.largest_intruder_sigma_ratio is None
+                    else f"{m.largest_intruder_sigma_ratio:.6f}", f"{m.intruder_energy_share:.6f}",
+                    "" if m.effective_rank_delta is None else f"{m.effective_rank_delta:.4f}",
+                    f"{m.singular_values[0]:.6f}", f"{m.base_singular_values[0]:.6f}", m.lora_rank or "",
+                ]
+            )  # fmt: skip
+        return out.getvalue()
+
+    def summary_lines(self) -> list[str]:
+        n = len(self.matrices)
+        with_intruders = sum(1 for m in self.matrices if m.intruders)
+        return [
+            f"{self.total_intruders} intruder dimensions (k={self.k}, ε={self.epsilon}) in {with_intruders} of "
+            f"{n} matrices",
+            f"analysed {self.tuned_kind} '{self.tuned}' against '{self.base}' in {self.seconds:.2f} s "
+            f"(base SVD cache: {self.cache_hits} hits, {self.cache_misses} computed)",
+        ]
+
+
+def write_json(result: AnalysisResult, path: str | Path) -> Path:
+    from intrudim.fileio import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(result.to_json(), indent=2) + "\n")
+

@@ -1,0 +1,275 @@
+"""Running: each planned matrix through :mod:`intrudim.spectral`, into a :class:`MatrixResult` (Sec. 3–4).
+
+For each analysed matrix W₀ (base) and W_t (tuned), the top-k left singular vectors of W_t are compared
+with *all* left singular vectors of W₀ (thin U₀); vector j is an intruder iff its max |cos| < ε.
+LoRA adapters are analysed from their factors (structured top-k, :mod:`intrudim.spectral.structured`);
+dense tuned models through a top-k Lanczos SVD. Base SVDs come from the on-disk cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intrudim.analysis.config import CACHE_DTYPES, AnalyzeConfig
+from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
+from intrudim.analysis.results import AnalysisResult, MatrixResult
+from intrudim.errors import IntrudimError
+from intrudim.spectral.intruders import (
+    count_intruders,
+    epsilon_sweep,
+    intruder_energy_share,
+    intruder_ranks,
+    max_abs_cosine,
+)
+from intrudim.spectral.structured import core_full_spectrum, core_top_k, lora_core
+from intrudim.spectral.svd import (
+    effective_rank,
+    low_rank_singular_values,
+    singular_values,
+    thin_svd,
+    top_k_svd,
+)
+from intrudim.threads import analysis_threads
+from intrudim.weights.selection import layer_index, module_type
+from intrudim.weights.svd_cache import BaseSVDCache, default_cache_dir
+
+
+def _k_sweep_labels(p: int, k: int, fractions: tuple[float, ...]) -> list[tuple[str, int]]:
+    labels = [(f"k={k}", min(k, p))]
+    labels += [(f"{round(f * 100)}%", max(1, round(f * p))) for f in fractions]
+    return labels
+
+
+def _finish(
+    job: MatrixJob,
+    config: AnalyzeConfig,
+    S_t: torch.Tensor,
+    max_cos: torch.Tensor,
+    S0: torch.Tensor,
+    frobenius_sq: float,
+    delta_sigma: torch.Tensor | None,
+    similarity: torch.Tensor,
+    max_cos_all: torch.Tensor | None,
+    lora_rank: int | None,
+) -> MatrixResult:
+    ranks = intruder_ranks(max_cos, config.epsilon)
+    largest = ranks[0] if ranks else None
+    k_sweep_counts = None
+    if max_cos_all is not None:
+        p = int(S0.shape[0])
+        k_sweep_counts = {
+            label: count_intruders(max_cos_all, config.epsilon, K)
+            for label, K in _k_sweep_labels(p, config.k, config.k_fractions)
+        }
+    return MatrixResult(
+        name=job.base_key,
+        shape=job.shape,
+        layer=layer_index(job.base_key),
+        module_type=module_type(job.base_key),
+        transposed=job.transpose,
+        intruders=len(ranks),
+        intruder_ranks=ranks,
+        max_abs_cos=[float(x) for x in max_cos],
+        singular_values=[float(x) for x in S_t],
+        base_singular_values=[float(x) for x in S0[: config.k]],
+        effective_rank_delta=None if delta_sigma is None else effective_rank(delta_sigma),
+        intruder_energy_share=intruder_energy_share(S_t, ranks, frobenius_sq),
+        largest_intruder_rank=largest,
+        largest_intruder_sigma_ratio=None if largest is None else float(S_t[largest - 1] / S0[0]),
+        epsilon_sweep=epsilon_sweep(max_cos, config.epsilons),
+        k_sweep=k_sweep_counts,
+        lora_rank=lora_rank,
+        similarity=similarity.tolist(),
+    )
+
+
+def analyze_lora_matrix(
+    job: MatrixJob, W0: torch.Tensor, base_svd, A: torch.Tensor, B: torch.Tensor, scale: float, config: AnalyzeConfig
+) -> MatrixResult:
+    """Structured path: top-k of W₀ + s·B·A from the cached base SVD and the factors (no dense SVD)."""
+    n_sim = min(config.similarity_size, base_svd.rank_dim)
+    if config.method == "dense":
+        return analyze_dense_matrix(
+            job, W0, base_svd, W0.to(torch.float64) + scale * (B.to(torch.float64) @ A.to(torch.float64)), config,
+            delta_sigma=low_rank_singular_values(B, A, scale) if config.effective_rank else None, lora_rank=int(A.shape[0]),
+        )  # fmt: skip
+    core = lora_core(base_svd, B, A, scale)
+    top = core_top_k(core, config.k)
+    max_cos = top.max_abs_cosine(core.p)
+    similarity = top.Y[:n_sim].abs().T
+    max_cos_all = core_full_spectrum(core).max_abs_cosine(core.p) if config.k_sweep else None
+    delta_sigma = low_rank_singular_values(B, A, scale) if config.effective_rank else None
+    return _finish(
+        job, config, top.S, max_cos, base_svd.S, core.frobenius_sq(), delta_sigma, similarity, max_cos_all,
+        lora_rank=int(A.shape[0]),
+    )  # fmt: skip
+
+
+def analyze_dense_matrix(
+    job: MatrixJob,
+    W0: torch.Tensor,
+    base_svd,
+    Wt: torch.Tensor,
+    config: AnalyzeConfig,
+    *,
+    delta_sigma: torch.Tensor | None = None,
+    lora_rank: int | None = None,
+) -> MatrixResult:
+    """Dense path: top-k SVD of W_t (Lanczos), compared with all base left singular vectors."""
+    n_sim = min(config.similarity_size, base_svd.rank_dim)
+    U0 = base_svd.U
+    W0_64, Wt_64 = W0.to(torch.float64), Wt.to(torch.float64)
+    if config.k_sweep:
+        full = thin_svd(Wt_64)
+        top_U, top_S = full.U[:, : config.k], full.S[: config.k]
+        max_cos_all = max_abs_cosine(full.U, U0)
+    else:
+        top = top_k_svd(Wt_64, config.k)
+        top_U, top_S = top.U, top.S
+        max_cos_all = None
+    max_cos = max_abs_cosine(top_U, U0)
+    similarity = (top_U.T @ U0[:, :n_sim].to(torch.float64)).abs()
+    if delta_sigma is None and config.effective_rank:
+        delta_sigma = singular_values(Wt_64 - W0_64)
+    return _finish(
+        job, config, top_S, max_cos, base_svd.S, float((Wt_64**2).sum()), delta_sigma, similarity, max_cos_all,
+        lora_rank=lora_rank,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The job
+
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def resolve_config(config: AnalyzeConfig | None, overrides: dict[str, Any]) -> AnalyzeConfig:
+    """``config`` with keyword overrides applied (or a config built from them); checks that a GPU exists."""
+    if config is None:
+        config = AnalyzeConfig(**overrides)
+    elif overrides:
+        from dataclasses import replace
+
+        config = replace(config, **overrides)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise IntrudimError(f"--device {config.device} was asked for, but no CUDA GPU is available here. Use --device cpu.")
+    return config
+
+
+def open_cache(config: AnalyzeConfig, cache_dir: str | Path | None, use_cache: bool) -> BaseSVDCache:
+    """The base SVD cache every matrix verb reads (``cache_dir`` or the default; none with ``use_cache=False``)."""
+    directory = (cache_dir if cache_dir is not None else default_cache_dir()) if use_cache else None
+    return BaseSVDCache(directory, dtype=CACHE_DTYPES[config.cache_dtype], device=config.device)
+
+
+def analyze(
+    base: str | Path,
+    tuned: str | Path,
+    config: AnalyzeConfig | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool | ProgressCallback = False,
+    **overrides: Any,
+) -> AnalysisResult:
+    """Find intruder dimensions of TUNED (a PEFT LoRA adapter, a run directory, or a dense model) against BASE.
+
+    ``base``: a HuggingFace model directory, a .safetensors file, or an embedded model name (``"minilm"``).
+    Keyword overrides build the config: ``analyze(base, tuned, k=10, epsilon=0.5)``.
+
+    Example::
+
+        result = intrudim.analyze("minilm", "my_adapter/", k=10, epsilon=0.5)
+        print(result.total_intruders, result.to_json()["matrices"][0]["intruder_ranks"])
+    """
+    config = resolve_config(config, overrides)
+    started = time.perf_counter()
+    with open_inputs(base, tuned, config) as inputs:
+        result = _run(inputs, config, open_cache(config, cache_dir, use_cache), progress)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def analyze_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:
+    """One planned matrix: read W₀ (and the factors or W_t), get the base SVD, analyse."""
+    W0 = inputs.base_matrix(job)
+    base_svd = cache.get(W0)
+    if inputs.adapter is not None:
+        factors = inputs.lora_factors(job)
+        return analyze_lora_matrix(job, W0, base_svd, factors.A, factors.B, factors.scale, config)
+    Wt = inputs.tuned_matrix(job)
+    if torch.equal(W0, Wt):
+        return _unchanged(job, base_svd, config)
+    return analyze_dense_matrix(job, W0, base_svd, Wt, config)
+
+
+def _run(
+    inputs: AnalysisInputs, config: AnalyzeConfig, cache: BaseSVDCache, progress: bool | ProgressCallback
+) -> AnalysisResult:
+    jobs = inputs.jobs
+    results: list[MatrixResult] = []
+    reporter = make_reporter(progress, len(jobs), "analyze")
+    try:
+        with analysis_threads():
+            for i, job in enumerate(jobs):
+                if reporter is not None:
+                    reporter(i, len(jobs), job.base_key)
+                results.append(analyze_job(inputs, job, cache, config))
+        if reporter is not None:
+            reporter(len(jobs), len(jobs), "done")
+    finally:
+        if hasattr(reporter, "close"):
+            reporter.close()  # type: ignore[union-attr]
+    return AnalysisResult(
+        base=inputs.base_spec, tuned=inputs.tuned_spec, tuned_kind=inputs.tuned_kind,
+        config=config, matrices=results, skipped=inputs.skipped, seconds=0.0,
+        cache_hits=cache.hits, cache_misses=cache.misses,
+    )  # fmt: skip
+
+
+def _unchanged(job: MatrixJob, base_svd, config: AnalyzeConfig) -> MatrixResult:
+    """A matrix left exactly as in BASE: its top vectors are the base's own (max |cos| = 1, no intruders)."""
+    k = config.k
+    n_sim = min(config.similarity_size, base_svd.rank_dim)
+    p = base_svd.rank_dim
+    similarity = torch.zeros(k, n_sim, dtype=torch.float64)
+    idx = torch.arange(min(k, n_sim))
+    similarity[idx, idx] = 1.0
+    ones = torch.ones(k, dtype=torch.float64)
+    return _finish(
+        job, config, base_svd.S[:k], ones, base_svd.S, float((base_svd.S**2).sum()),
+        torch.zeros(p, dtype=torch.float64) if config.effective_rank else None, similarity,
+        torch.ones(p, dtype=torch.float64) if config.k_sweep else None, lora_rank=None,
+    )  # fmt: skip
+
+
+def make_reporter(progress: bool | ProgressCallback, total: int, label: str = "analyze"):
+    if callable(progress):
+        return progress
+    if not progress:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    bar.start()
+    task = bar.add_task("", total=total)
+
+    class _Reporter:
+        def __call__(self, done: int, _total: int, name: str) -> None:
+            bar.update(task, completed=done, description=name)
+
+        def close(self) -> None:
+            bar.stop()
+
+    return _Reporter()
+

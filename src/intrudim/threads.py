@@ -1,0 +1,40 @@
+"""Thread settings that make the default fast: small BLAS calls on one thread, large SVDs on all cores.
+
+The structured LoRA path (:mod:`intrudim.spectral.structured`) makes many small numpy/scipy BLAS calls:
+ARPACK's matrix-vector products on a core of a few thousand entries. With OpenBLAS's default of one
+thread per core each such call pays for waking and spin-waiting threads, which made a warm ``analyze``
+5× slower on 2 cores than with one thread (benchmarks/bench_vs_peft.py). The large dense SVDs of the cold
+path run in torch (MKL/LAPACK through OpenMP), a different pool, and keep every core.
+
+So intrudim limits numpy/scipy's BLAS pools (``user_api="blas"`` in threadpoolctl: OpenBLAS or MKL as
+loaded by numpy and scipy; torch's statically linked MKL is not one of them) to one thread while it
+analyses matrices, and leaves torch's threads alone. ``INTRUDIM_BLAS_THREADS`` overrides the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+BLAS_THREADS_ENV = "INTRUDIM_BLAS_THREADS"
+
+
+def small_blas_threads() -> int:
+    """Threads for numpy/scipy BLAS during matrix analysis: 1, or ``$INTRUDIM_BLAS_THREADS``."""
+    value = os.environ.get(BLAS_THREADS_ENV, "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return 1
+
+
+@contextlib.contextmanager
+def analysis_threads() -> Iterator[None]:
+    """numpy/scipy BLAS on :func:`small_blas_threads` threads for the block; torch's threads unchanged."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # threadpoolctl is a dependency; without it intrudim is only slower
+        yield
+        return
+    with threadpool_limits(limits=small_blas_threads(), user_api="blas"):
+        yield
