@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -47,30 +51,63 @@ def run_guarded(fn: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
+class PlainHelpCommand(typer.core.TyperCommand):
+    """A command whose --help reads well at 80 columns: click's plain layout (flags shown as flags, help text
+    wrapped to the terminal, not to a narrow column) and a usage line with the arguments' names
+    (``intrudim analyze [OPTIONS] BASE TUNED``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rich_markup_mode = None
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [re.sub(r"^\{(.+)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+
+def quiet_libraries() -> None:
+    """Silence library noise in intrudim's output: transformers' and huggingface_hub's progress bars ("Loading
+    weights", "Writing model shards"), their info/warning logs, and peft's use of transformers' deprecated
+    ``is_gradient_checkpointing``. intrudim's own progress (rich, on stderr) is not affected. A user who wants the
+    library output back sets ``TRANSFORMERS_VERBOSITY=info`` or ``HF_HUB_DISABLE_PROGRESS_BARS=0``."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers when it is imported
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    if "transformers" in sys.modules:  # already imported: the environment is read too late, so say it directly
+        import logging
+
+        from transformers.utils import logging as transformers_logging
+
+        if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+            transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity(getattr(logging, os.environ["TRANSFORMERS_VERBOSITY"].upper(), logging.ERROR))
+
+
 def _command_line() -> str:
     return "intrudim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def analyze(
-    base: Annotated[str, typer.Argument(help="Base model: HF directory, .safetensors file, or 'minilm' (embedded).")],
-    tuned: Annotated[str, typer.Argument(help="PEFT LoRA adapter dir, intrudim run dir, or fine-tuned model.")],
+    base: Annotated[str, typer.Argument(metavar="BASE", show_default=False,
+                    help="Base model: HF directory, .safetensors file, or 'minilm' (embedded).")],
+    tuned: Annotated[str, typer.Argument(metavar="TUNED", show_default=False,
+                     help="PEFT LoRA adapter dir, intrudim run dir, or fine-tuned model (same forms as BASE).")],
     k: Annotated[int, typer.Option(help="Top-k tuned singular vectors examined per matrix.")] = 10,
     epsilon: Annotated[float, typer.Option(help="Intruder threshold on max |cos| to every base vector, in (0, 1].")] = 0.5,
-    modules: Annotated[str | None, typer.Option(help="Regex on parameter names choosing the matrices.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write analysis.json, analysis.csv, figures and report.html here.")] = None,
+    modules: Annotated[str | None, typer.Option(metavar="REGEX", help="Regex on parameter names choosing the matrices (replaces the default choice).")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Write analysis.json, analysis.csv, figures and report.html here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N): where base SVDs are computed.")] = "cpu",
-    cache: Annotated[Path | None, typer.Option("--cache", "--cache-dir", help="Base SVD cache directory (default: $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")] = None,
+    device: Annotated[str, typer.Option(metavar="cpu|cuda[:N]", help="Where base SVDs are computed.")] = "cpu",
+    cache: Annotated[Path | None, typer.Option("--cache", "--cache-dir", metavar="DIR", help="Base SVD cache directory (default: $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the base SVD cache.")] = False,
-    cache_dtype: Annotated[str, typer.Option(help="float32 (half the disk) or float64 for cached base factors.")] = "float32",
-    k_sweep: Annotated[bool, typer.Option("--k-sweep", help="Also count intruders for k = 20%…100% (Fig. 11).")] = False,
-    include_embeddings: Annotated[bool, typer.Option("--include-embeddings")] = False,
-    include_heads: Annotated[bool, typer.Option("--include-heads")] = False,
-    method: Annotated[str, typer.Option(help="auto (LoRA from its factors) or dense (merge + dense SVD, reference).")] = "auto",
+    cache_dtype: Annotated[str, typer.Option(metavar="float32|float64", help="Precision of cached base factors: float32 (half the disk) or float64 (bit-for-bit the same results as no cache).")] = "float32",
+    k_sweep: Annotated[bool, typer.Option("--k-sweep", help="Also count intruders for k = 20%…100% of each matrix's singular vectors (Fig. 11).")] = False,
+    include_embeddings: Annotated[bool, typer.Option("--include-embeddings", help="Also analyse embedding tables (left out by default).")] = False,
+    include_heads: Annotated[bool, typer.Option("--include-heads", help="Also analyse heads: LM head, classifier, pooler (left out by default).")] = False,
+    method: Annotated[str, typer.Option(metavar="auto|structured|dense", help="LoRA adapters: auto = structured (top-k from the factors and the cached base SVD, never merged); dense = merge and take a dense SVD (the slow reference). Dense tuned models always take the dense top-k.")] = "auto",
     effective_rank: Annotated[bool, typer.Option("--effective-rank/--no-effective-rank",
                               help="Effective rank of ΔW (Fig. 6); for dense models it needs all singular values of ΔW.")] = True,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading .bin/.pt pickle checkpoints.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading .bin/.pt pickle checkpoints (they can run code: only for files you trust).")] = False,
 ) -> None:
     """Count intruder dimensions of TUNED against BASE, per matrix (Sec. 3–4, Figs. 1–6, 11)."""
     from intrudim.analyze import AnalyzeConfig
@@ -104,48 +141,120 @@ def analyze(
     run_guarded(work)
 
 
+_ATTENTION_PART = re.compile(r"attn|attention", re.IGNORECASE)
+_MLP_PART = re.compile(r"^(?:mlp|feed_forward|ffn|intermediate|output)$", re.IGNORECASE)
+_SHORT_LEAF = {
+    "query": "q", "key": "k", "value": "v", "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
+    "out_proj": "o", "c_attn": "qkv", "qkv_proj": "qkv", "query_key_value": "qkv", "Wqkv": "qkv",
+    "gate_proj": "gate", "up_proj": "up", "down_proj": "down", "c_fc": "up", "fc1": "up", "fc2": "down",
+    "fc_in": "up", "fc_out": "down", "w1": "gate", "w3": "up", "w2": "down", "wi": "up", "wo": "down",
+    "dense_h_to_4h": "up", "dense_4h_to_h": "down", "gate_up_proj": "gate_up",
+}  # fmt: skip
+
+
+def short_matrix_name(name: str) -> str:
+    """A short label for terminal tables, from the key alone: layer index + module type, e.g.
+    'encoder.layer.4.attention.self.query.weight' → 'L4 attn.q', 'model.layers.4.mlp.up_proj.weight' → 'L4 mlp.up'.
+    Keys outside the blocks keep their name without '.weight'; full names stay in JSON and CSV."""
+    from intrudim.weights.selection import layer_index, module_type
+
+    layer = layer_index(name)
+    kind = module_type(name)
+    if layer is None:
+        return kind
+    parts = kind.split(".")
+    leaf, path = parts[-1], parts[:-1]
+    if any(_ATTENTION_PART.search(part) for part in path) or leaf in ("c_attn", "query", "key", "value"):
+        label = "attn." + {"dense": "o", "c_proj": "o"}.get(leaf, _SHORT_LEAF.get(leaf, leaf))
+    elif path and _MLP_PART.match(path[0]):
+        if path[0].lower() == "intermediate":  # BERT: intermediate.dense (MLP in), output.dense (MLP out)
+            label = "mlp.up"
+        elif path[0].lower() == "output":
+            label = "mlp.down"
+        else:
+            label = "mlp." + {"c_proj": "down"}.get(leaf, _SHORT_LEAF.get(leaf, leaf))
+    else:
+        label = kind
+    return f"L{layer} {label}"
+
+
+def _rank_ranges(ranks: list[int]) -> str:
+    """1,2,3,4,7 → '1-4,7': intruder ranks compactly."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _print_analysis(result: Any) -> None:
-    table = Table(title=f"Intruder dimensions (k={result.k}, ε={result.epsilon})", show_lines=False)
-    table.add_column("matrix", overflow="fold")
-    table.add_column("shape", justify="right")
-    table.add_column("intruders", justify="right")
-    table.add_column("ranks", justify="right")
-    table.add_column("min max|cos|", justify="right")
-    table.add_column("eff. rank ΔW", justify="right")
-    for m in result.matrices:
-        style = "bold red" if m.intruders else None
+    """One line per matrix, readable at 80 columns; full names are in the JSON and CSV."""
+    names = [short_matrix_name(m.name) for m in result.matrices]
+    if len(set(names)) < len(names):  # two matrices share a short label: fall back to the module type
+        from intrudim.weights.selection import module_type
+
+        names = [f"L{m.layer} {module_type(m.name)}" if m.layer is not None else module_type(m.name)
+                 for m in result.matrices]  # fmt: skip
+    table = Table(title=f"Intruder dimensions (k={result.k}, ε={result.epsilon})", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False)  # fmt: skip
+    table.add_column("matrix", no_wrap=True)
+    table.add_column("shape", justify="right", no_wrap=True)
+    table.add_column("intr.", justify="right", no_wrap=True)
+    table.add_column("ranks", justify="right", overflow="fold")
+    table.add_column("min max|cos|", justify="right", no_wrap=True)
+    table.add_column("eff.rank ΔW", justify="right", no_wrap=True)
+    for label, m in zip(names, result.matrices, strict=True):
         table.add_row(
-            m.name, f"{m.shape[0]}×{m.shape[1]}", str(m.intruders), ",".join(map(str, m.intruder_ranks)),
+            label, f"{m.shape[0]}×{m.shape[1]}", str(m.intruders), _rank_ranges(m.intruder_ranks),
             f"{min(m.max_abs_cos):.3f}", "" if m.effective_rank_delta is None else f"{m.effective_rank_delta:.2f}",
-            style=style,
+            style="bold red" if m.intruders else None,
         )  # fmt: skip
     stdout.print(table)
     for line in result.summary_lines():
-        stdout.print(line)
-    for entry in result.skipped:
-        stdout.print(f"[yellow]skipped[/] {entry['name']}: {entry['reason']}", highlight=False)
+        stdout.print(line, highlight=False)
+    for line in skipped_summary(result.skipped):
+        stdout.print(line, highlight=False)
 
 
-@app.command()
+def skipped_summary(skipped: list[dict[str, str]], shown: int = 3) -> list[str]:
+    """One line per reason for the matrices left out (not one line per matrix): count, a few names, the reason."""
+    by_reason: dict[str, list[str]] = {}
+    for entry in skipped:
+        by_reason.setdefault(entry["reason"], []).append(entry["name"])
+    lines = []
+    for reason, names in by_reason.items():
+        labels = [short_matrix_name(n if n.endswith(".weight") else n + ".weight") for n in names]
+        preview = ", ".join(labels[:shown]) + (f", … (+{len(labels) - shown})" if len(labels) > shown else "")
+        what = "1 matrix" if len(names) == 1 else f"{len(names)} matrices"
+        lines.append(f"[yellow]skipped[/] {what} ({preview}): {reason}")
+    return lines
+
+
+@app.command(cls=PlainHelpCommand)
 def toy(
-    n: Annotated[int, typer.Option(help="Matrix size n for W + λ v vᵀ (Sec. 5).")] = 768,
-    k: Annotated[int, typer.Option(help="Top-k vectors examined.")] = 10,
-    epsilon: Annotated[float, typer.Option(help="Intruder threshold.")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    trials: Annotated[int, typer.Option(help="Random vectors per n for the App. C baseline.")] = 200,
-    out: Annotated[Path | None, typer.Option(help="Write toy.json, figures and toy.html here.")] = None,
+    n: Annotated[int, typer.Option(help="Size n of the n×n Gaussian W in W + λ·v vᵀ (Sec. 5).")] = 768,
+    k: Annotated[int, typer.Option(help="Top-k singular vectors of W + λ·v vᵀ examined for intruders.")] = 10,
+    epsilon: Annotated[float, typer.Option(help="Intruder threshold on max |cos| to every singular vector of W, in (0, 1].")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Random seed for W, v and the App. C vectors.")] = 0,
+    trials: Annotated[int, typer.Option(help="Random unit vectors per n for the App. C baseline.")] = 200,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Write toy.json, figures and toy.html here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.")] = False,
 ) -> None:
-    """The toy model: W + λ·v vᵀ creates an intruder once λ > σ_max (Sec. 5); random-vector baseline (App. C)."""
-    from dataclasses import asdict
-
-    from intrudim.spectral.toy import random_vector_baseline, toy_lambda_sweep
+    """The toy model of Sec. 5: sweep λ in W + λ·v vᵀ (W Gaussian, v a random unit vector) and report, per λ,
+    the intruders among the top-k (max |cos| to W's singular vectors < ε) and the rank of v's direction, with the
+    smallest λ/σ_max at which each appears. Sec. 5 argues λ > σ_max(W) suffices; intruders appear earlier, from
+    about λ = 0.5·σ_max. Also the random-vector max-cosine baseline (App. C)."""
+    from intrudim.spectral.toy import random_vector_baseline, toy_findings, toy_lambda_sweep
 
     def work() -> None:
         if n < 2 or not (1 <= k <= n):
             raise IntrudimError(f"--n must be ≥ 2 and --k between 1 and n; got n={n}, k={k}.")
         if not (0 < epsilon <= 1):
             raise IntrudimError(f"--epsilon must be in (0, 1]; got {epsilon}.")
+        if trials < 2:
+            raise IntrudimError(f"--trials must be ≥ 2 (a mean and a standard deviation are reported); got {trials}.")
         if out is not None:
             from intrudim.fileio import ensure_writable_directory
 
@@ -160,17 +269,26 @@ def toy(
 
             paths = write_toy_outputs(sweep, baseline, out)
         if as_json:
-            payload = {"section5": asdict(sweep), "appendix_c": [asdict(p) for p in baseline]}
-            sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+            from intrudim.report.analysis_report import toy_payload
+
+            sys.stdout.write(json.dumps(toy_payload(sweep, baseline), indent=2) + "\n")
             return
-        table = Table(title=f"W + λ·v vᵀ, n={n}, σ_max(W)={sweep.sigma_max:.3f} (Sec. 5)")
-        for col in ("λ/σ_max", "rank of v", "|cos| with v", "max |cos| to base", f"intruders (top {k})"):
-            table.add_column(col, justify="right")
+        table = Table(title=f"W + λ·v vᵀ, n={n}, σ_max(W)={sweep.sigma_max:.3f} (Sec. 5)", box=box.SIMPLE_HEAD)
+        for col in ("λ/σ_max", "v rank", "|cos(u,v)|", "theory", "max|cos| to W", f"intruders (top {k})"):
+            table.add_column(col, justify="right", no_wrap=True)
         for p in sweep.points:
             table.add_row(f"{p.lam_over_sigma_max:g}", str(p.v_rank), f"{p.v_alignment:.3f}",
-                          f"{p.v_max_cos_to_base:.3f}", str(p.intruders), style="bold red" if p.intruders else None)  # fmt: skip
+                          f"{p.v_alignment_theory:.3f}", f"{p.v_max_cos_to_base:.3f}",
+                          str(p.intruders), style="bold red" if p.intruders else None)  # fmt: skip
         stdout.print(table)
-        base_table = Table(title="Random unit vector vs an orthonormal basis (App. C)")
+        stdout.print(
+            "u: the left singular vector of W + λ·v vᵀ most aligned with v; v rank: its rank among all n; theory: "
+            "|cos(u,v)| as n → ∞; max|cos| to W: u against every left singular vector of W (an intruder below ε).",
+            highlight=False,
+        )
+        for line in toy_findings(sweep):
+            stdout.print(line, highlight=False)
+        base_table = Table(title="Random unit vector vs an orthonormal basis (App. C)", box=box.SIMPLE_HEAD)
         for col in ("n", "mean max|cos|", "√(2 ln 2n / n)", "1/√n"):
             base_table.add_column(col, justify="right")
         for p in baseline:
@@ -192,6 +310,7 @@ _register_training_commands()
 
 
 def main() -> None:
+    quiet_libraries()
     app()
 
 

@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from intrudim.fileio import ensure_writable_directory, write_bytes_atomic, write_text_atomic
 from intrudim.report import figures
 from intrudim.spectral.intruders import random_vector_max_cosine
+from intrudim.spectral.toy import toy_findings
 
 
 def _environment() -> Environment:
@@ -129,27 +130,30 @@ def write_analysis_outputs(result, out_dir: str | Path, *, command: str = "") ->
     return paths
 
 
-def write_toy_outputs(sweep, baseline, out_dir: str | Path) -> dict[str, Path]:
-    """Write toy.json, figures and toy.html for the Sec. 5 sweep and the App. C baseline."""
+def toy_payload(sweep, baseline) -> dict[str, Any]:
+    """The toy JSON document (toy.json, `intrudim toy --json`): the sweep with its thresholds, findings, App. C."""
     from dataclasses import asdict
 
+    section5 = asdict(sweep)
+    section5["findings"] = toy_findings(sweep)
+    return {"section5": section5, "appendix_c": [asdict(p) for p in baseline]}
+
+
+def write_toy_outputs(sweep, baseline, out_dir: str | Path) -> dict[str, Path]:
+    """Write toy.json, figures and toy.html for the Sec. 5 sweep and the App. C baseline."""
     out_dir = ensure_writable_directory(out_dir)
     paths: dict[str, Path] = {}
-    payload = {"section5": asdict(sweep), "appendix_c": [asdict(p) for p in baseline]}
+    payload = toy_payload(sweep, baseline)
     paths["json"] = write_text_atomic(out_dir / "toy.json", json.dumps(payload, indent=2) + "\n")
     sweep_png = figures.toy_sweep_plot(sweep)
     baseline_png = figures.random_baseline_plot(baseline)
     paths["toy_sweep"] = write_bytes_atomic(out_dir / "figures" / "toy_sweep.png", sweep_png)
     paths["random_baseline"] = write_bytes_atomic(out_dir / "figures" / "random_baseline.png", baseline_png)
-    first = next((p for p in sweep.points if p.intruders > 0), None)
-    toy_verdict = (
-        f"Here the first intruder appears at λ = {first.lam_over_sigma_max}·σ_max." if first else
-        "No λ in this sweep created an intruder."
-    )  # fmt: skip
+    findings = toy_findings(sweep)
     html = _environment().get_template("toy.html").render(
         version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), sweep=sweep,
         baseline=baseline, sweep_png=base64.b64encode(sweep_png).decode("ascii"),
-        baseline_png=base64.b64encode(baseline_png).decode("ascii"), toy_verdict=toy_verdict,
+        baseline_png=base64.b64encode(baseline_png).decode("ascii"), findings=findings,
     )  # fmt: skip
     paths["html"] = write_text_atomic(out_dir / "toy.html", html)
     return paths

@@ -30,6 +30,11 @@ def highlighted_matrices(matrices: Sequence[Any], count: int = 3) -> list[Any]:
     return ranked[:count]
 
 
+def heatmap_ticks(columns: int, step: int = 5) -> list[int]:
+    """0-based column positions labelled 1, 5, 10, 15, … (1-based ranks, as on the tuned axis)."""
+    return [0] + list(range(step - 1, columns, step)) if columns else []
+
+
 def similarity_heatmap(matrix: Any, epsilon: float) -> bytes:
     """|cos| between the tuned top-k left vectors (rows) and the top base left vectors (columns) — Figs. 1/3."""
     sim = matrix.similarity
@@ -38,6 +43,9 @@ def similarity_heatmap(matrix: Any, epsilon: float) -> bytes:
     image = ax.imshow(sim, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_yticks(range(k), [f"{j + 1}{' ◀ intruder' if (j + 1) in matrix.intruder_ranks else ''}" for j in range(k)],
                   fontsize=7)  # fmt: skip
+    # Base vectors are numbered like the tuned ones: rank 1 is the largest singular value (imshow counts from 0).
+    columns = len(sim[0]) if k else 0
+    ax.set_xticks(heatmap_ticks(columns), [str(i + 1) for i in heatmap_ticks(columns)], fontsize=7)
     ax.set_xlabel("base singular vector rank (W₀)")
     ax.set_ylabel("tuned vector rank")
     ax.set_title(f"{matrix.name}\n{matrix.intruders} intruder(s) at ε={epsilon}", fontsize=9)
@@ -143,23 +151,41 @@ def max_cos_scatter(matrices: Sequence[Any], epsilon: float) -> bytes:
 
 
 def toy_sweep_plot(sweep: Any) -> bytes:
-    """Sec. 5: the vector aligned with v climbs to rank 1 and becomes an intruder once λ > σ_max."""
+    """Sec. 5: the vector most aligned with v climbs to rank 1 and becomes an intruder; the thresholds found are marked."""
     ratios = [p.lam_over_sigma_max for p in sweep.points]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(ratios, [p.v_max_cos_to_base for p in sweep.points], marker="o", color=LORA_COLOR,
-             label="max |cos| to base of v-aligned vector")  # fmt: skip
+             label="max |cos| to W's vectors (vector most aligned with v)")  # fmt: skip
     ax1.plot(ratios, [p.v_alignment for p in sweep.points], marker="s", color="#555555", label="|cos| with v")
     ax1.axhline(sweep.epsilon, color="black", linestyle="--", linewidth=1, label=f"ε = {sweep.epsilon}")
-    ax1.axvline(1.0, color="gray", linestyle=":", label="λ = σ_max(W)")
+    if sweep.gaussian:
+        ax1.plot(ratios, [p.v_alignment_theory for p in sweep.points], color="#555555", linestyle=":",
+                 label="|cos| with v, theory (n → ∞)")  # fmt: skip
+    ax1.axvline(1.0, color="gray", linestyle=":", label="λ = σ_max(W) (Sec. 5)")
+    if sweep.first_intruder_ratio is not None:
+        ax1.axvline(sweep.first_intruder_ratio, color=LORA_COLOR, linestyle="--", linewidth=1,
+                    label=f"first intruder: λ = {sweep.first_intruder_ratio:g}·σ_max")  # fmt: skip
     ax1.set_xlabel("λ / σ_max(W)")
     ax1.set_ylabel("|cos|")
     ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3)
-    ax2.plot(ratios, [p.v_rank for p in sweep.points], marker="o", color=BASE_COLOR, label="rank of v-aligned vector")
-    ax2.plot(ratios, [p.intruders for p in sweep.points], marker="^", color=LORA_COLOR, label=f"intruders in top {sweep.k}")
+    ax2.plot(ratios, [p.v_rank for p in sweep.points], marker="o", color=BASE_COLOR,
+             label="rank of the vector most aligned with v")  # fmt: skip
+    ax2.set_yscale("log")
+    ax2.set_ylabel("rank (1 = top)", color=BASE_COLOR)
     ax2.axvline(1.0, color="gray", linestyle=":")
+    if sweep.v_top_ratio is not None:
+        ax2.axvline(sweep.v_top_ratio, color=BASE_COLOR, linestyle="--", linewidth=1,
+                    label=f"v's direction rank 1: λ = {sweep.v_top_ratio:g}·σ_max")  # fmt: skip
+    counts = ax2.twinx()
+    counts.plot(ratios, [p.intruders for p in sweep.points], marker="^", color=LORA_COLOR,
+                label=f"intruders in top {sweep.k}")  # fmt: skip
+    counts.set_ylabel("intruders", color=LORA_COLOR)
+    counts.set_ylim(bottom=0)
     ax2.set_xlabel("λ / σ_max(W)")
-    ax2.legend(fontsize=7)
+    handles = ax2.get_legend_handles_labels()
+    extra = counts.get_legend_handles_labels()
+    ax2.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7)
     ax2.grid(alpha=0.3)
     fig.suptitle(f"W + λ·v vᵀ, n = {sweep.n} (Sec. 5)")
     return _png(fig)
