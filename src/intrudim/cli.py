@@ -301,9 +301,11 @@ def toy(
 
 
 def _register_training_commands() -> None:
+    from intrudim.evaluate.commands import register as register_forgetting
     from intrudim.train.commands import register
 
     register(app)  # train, tasks, sweep (issue 4; docs/train.md)
+    register_forgetting(app)  # forgetting (issue 13; docs/forgetting.md)
 
 
 _register_training_commands()

@@ -1,0 +1,115 @@
+"""CLI command ``forgetting``: parse, build a ForgettingConfig, measure, print with rich (docs/forgetting.md)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from intrudim.errors import IntrudimError
+
+
+def _fail(error: IntrudimError) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def forgetting_command(
+    base: Annotated[str, typer.Argument(help="Base model: a local HF folder, 'minilm' or 'smollm2' (embedded).")],
+    tuned: Annotated[str, typer.Argument(help="PEFT LoRA adapter folder, intrudim run directory, or fine-tuned model folder.")],
+    text: Annotated[str | None, typer.Option("--text", help="wiki (Wikipedia sample), news (news sample), a UTF-8 file, "
+                    "a folder of .txt, or a saved datasets dataset. Default: wiki for LMs, news for minilm-like encoders.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="At most this many tokens of text are scored.")] = 20_000,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window (LMs), or per sentence (contrastive).")] = 128,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sequences per forward pass (default 8 windows, "
+                          "64 masked copies, 64 sentences).")] = None,
+    pairs_per_batch: Annotated[int, typer.Option("--pairs-per-batch", help="Contrastive measure: in-batch candidates.")] = 64,
+    resamples: Annotated[int, typer.Option("--bootstrap-resamples", help="Paired bootstrap resamples for the 95% CI.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    out: Annotated[Path | None, typer.Option("--out", help="Write forgetting.json and forgetting.html here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading .bin/.pt pickle checkpoints.")] = False,
+) -> None:
+    """Loss on pre-training-like text before and after fine-tuning: perplexity (causal LM), MLM pseudo-loss
+    (Salazar et al. 2020; Sec. 4, Figs. 9, 16), or MiniLM's contrastive objective; tuned − base with a 95% CI."""
+    from intrudim.evaluate.forgetting import ForgettingConfig, measure_forgetting
+
+    try:
+        config = ForgettingConfig(
+            text=text, max_tokens=max_tokens, seq_len=seq_len, batch_size=batch_size, pairs_per_batch=pairs_per_batch,
+            bootstrap_resamples=resamples, bootstrap_seed=seed, device=device, allow_pickle=allow_pickle,
+        )  # fmt: skip
+        if out is not None:
+            from intrudim.fileio import ensure_writable_directory
+
+            ensure_writable_directory(out)
+        result = measure_forgetting(base, tuned, config, progress=not quiet and not as_json)
+        paths: dict[str, Path] = {}
+        if out is not None:
+            from intrudim.report.forgetting_report import write_forgetting_outputs
+
+            command = "intrudim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            paths = write_forgetting_outputs(result, out, command=command)
+    except IntrudimError as error:
+        raise _fail(error) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]: nothing half-written was left behind.")
+        raise typer.Exit(130) from None
+    data = result.to_json()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        if paths:
+            Console(stderr=True).print(f"report: {paths['html']}", highlight=False)
+        return
+    _print_result(data)
+    if paths:
+        Console().print(f"\nreport: [bold]{paths['html']}[/]  (json: {paths['json']})", highlight=False)
+
+
+def _print_result(data: dict[str, Any]) -> None:
+    measure = data["measure"]
+    table = Table(title=f"Forgetting ({measure.replace('_', '-')}) on {data['text']['source']}")
+    table.add_column("model", justify="left")
+    table.add_column("loss", justify="right")
+    lm = data["base"]["perplexity"] is not None
+    if lm:
+        table.add_column("pseudo-perplexity" if measure == "pseudo_loss" else "perplexity", justify="right")
+    contrastive = "retrieval_accuracy" in data["base"]
+    if contrastive:
+        table.add_column(f"retrieval acc. (of {data.get('pairs_per_batch')})", justify="right")
+    for label, key in (("BASE", "base"), ("TUNED", "tuned")):
+        row = [label, f"{data[key]['loss']:.4f}"]
+        if lm:
+            row.append(f"{data[key]['perplexity']:.2f}")
+        if contrastive:
+            row.append(f"{data[key]['retrieval_accuracy']:.3f}")
+        table.add_row(*row)
+    low, high = data["ci95"]
+    row = ["TUNED − BASE", f"{data['delta']:+.4g}"]
+    if lm:
+        row.append(f"{data['tuned']['perplexity'] - data['base']['perplexity']:+.2f}")
+    if contrastive:
+        row.append(f"{data.get('delta_retrieval_accuracy', 0.0):+.3f}")
+    table.add_row(*row, style="bold red" if low > 0 else None)
+    console = Console()
+    console.print(table)
+    console.print(f"95% CI of the difference (paired bootstrap over {data['sequences']} sequences): [{low:+.4g}, {high:+.4g}]")
+    console.print(data["verdict"], highlight=False)
+    console.print(f"{data['tokens']} tokens; {data['measure_description']}.", highlight=False)
+    for note in data.get("notes", []):
+        console.print(f"[yellow]note[/]: {note}", highlight=False)
+    if data["text"].get("licence"):
+        console.print(data["text"]["licence"], style="dim", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``forgetting`` to ``app``."""
+    app.command("forgetting")(forgetting_command)

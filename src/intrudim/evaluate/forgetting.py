@@ -1,0 +1,799 @@
+"""`intrudim forgetting BASE TUNED`: how much worse a fine-tuned model is on pre-training-like text (Sec. 4, Figs. 9, 16).
+
+The paper's claim: LoRA models with intruder dimensions forget more of the pre-training distribution
+than fully fine-tuned ones at equal task accuracy. Which loss measures that depends on what the base
+model was pre-trained to do; the measure is chosen from BASE's architecture:
+
+- causal LM (any ``*ForCausalLM``, e.g. the embedded ``smollm2``): next-token cross-entropy and perplexity
+  over fixed windows (:mod:`intrudim.evaluate.perplexity`);
+- masked LM (any ``*ForMaskedLM``, the paper's RoBERTa): the pseudo-loss of Salazar et al. (2020)
+  (:mod:`intrudim.evaluate.pseudo_loss`);
+- sentence-embedding encoder without an LM head (a bare ``BertModel``/``RobertaModel``/… such as the
+  embedded ``minilm``): its own pre-training objective, the in-batch contrastive loss of adjacent-sentence
+  pairs, plus retrieval accuracy (:mod:`intrudim.evaluate.contrastive`).
+
+TUNED is a PEFT LoRA adapter (merged in memory into the loaded LM, whatever wrapper it was trained on:
+``intrudim train`` trains a ``*ForSequenceClassification`` wrapper, so its adapter names modules
+``bert.encoder…`` and saves a classifier that the LM does not have), an ``intrudim train`` run directory
+(its ``final/``), or a fine-tuned model folder (its body weights replace BASE's; an LM head that TUNED lacks,
+as after a classification fine-tune, is BASE's). The difference tuned − base comes with a paired bootstrap
+95% interval over sequences.
+
+For many models of one base (the repair sweep), prepare the text once and score loaded models::
+
+    probe = ForgettingProbe.prepare("smollm2", "news", ForgettingConfig(max_tokens=8000))
+    base_losses = probe.losses(probe.load_base_model())
+    tuned_losses = probe.losses(my_repaired_model)          # any nn.Module of the same architecture
+    result = probe.summarize(base_losses, tuned_losses)      # delta, ci95, perplexities, tokens
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from intrudim.errors import IncompatibleWeightsError, InputNotFoundError, IntrudimError, InvalidConfigError
+from intrudim.evaluate.contrastive import SENTENCE_TRANSFORMERS_SCALE, PairScores, contrastive_pair_scores
+from intrudim.evaluate.perplexity import causal_lm_window_losses, token_windows
+from intrudim.evaluate.pseudo_loss import pseudo_log_likelihood_losses
+from intrudim.evaluate.text import TextSample, adjacent_sentence_pairs, load_text
+
+Measure = Literal["perplexity", "pseudo_loss", "contrastive"]
+MEASURES: tuple[str, ...] = ("perplexity", "pseudo_loss", "contrastive")
+MEASURE_DESCRIPTIONS = {
+    "perplexity": "causal LM: mean next-token cross-entropy over windows of the text (perplexity = exp(loss))",
+    "pseudo_loss": "masked LM: pseudo-loss −PLL/L of Salazar et al. (2020), every token masked once "
+    "(pseudo-perplexity = exp(loss)), as in the paper (Sec. 4, Figs. 9, 16)",
+    "contrastive": "sentence encoder without an LM head: its own pre-training objective, the symmetric in-batch "
+    "InfoNCE loss (scale 20, mean-pooled normalised embeddings) of adjacent-sentence pairs, and retrieval accuracy",
+}
+SUPPORTED_HEADS = (
+    "a causal LM (*ForCausalLM / *LMHeadModel: perplexity), a masked LM (*ForMaskedLM: the pseudo-loss of "
+    "Salazar et al. 2020), or a sentence-embedding encoder without a head such as minilm (BertModel, RobertaModel, "
+    "… : its contrastive pre-training objective)"
+)
+DEFAULT_BATCH_SIZE = {"perplexity": 8, "pseudo_loss": 64, "contrastive": 64}
+DEFAULT_TEXT = {"perplexity": "wiki", "pseudo_loss": "wiki", "contrastive": "news"}
+# Encoder families whose bare model (no head) is taken as a sentence encoder (the contrastive measure).
+ENCODER_MODEL_TYPES = (
+    "bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2", "camembert",
+    "albert", "modernbert", "nomic_bert", "xlm-roberta-xl", "ernie",
+)  # fmt: skip
+_HEAD_MODULE_NAMES = ("classifier", "score", "pooler", "qa_outputs", "lm_head", "cls", "pre_classifier")
+_POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")  # positions start at pad+1
+
+
+@dataclass(frozen=True)
+class ForgettingConfig:
+    """Settings of a forgetting measurement; the defaults are the definition every result is compared under.
+
+    ``text``: ``wiki``, ``news``, a file, a folder of .txt, or a saved dataset; None picks ``wiki`` for LMs and
+    ``news`` for the contrastive measure (adjacent sentences of news articles). ``max_tokens``: at most this many
+    tokens of text are scored (20k: a ±1% interval on smollm2 in about a minute on 2 cores). ``seq_len``: tokens
+    per window (LMs; special tokens of masked LMs come on top) or the truncation length of a sentence
+    (contrastive; 128 as in MiniLM's training). ``batch_size``: sequences per forward pass (masked LMs: masked
+    copies; None: 8 windows, 64 copies, 64 sentences). ``pairs_per_batch``: in-batch candidates of the
+    contrastive loss (its chance level is ln of it). ``bootstrap_resamples``/``bootstrap_seed``: the paired
+    bootstrap of tuned − base over sequences.
+    """
+
+    text: str | None = None
+    max_tokens: int = 20_000
+    seq_len: int = 128
+    batch_size: int | None = None
+    pairs_per_batch: int = 64
+    contrastive_scale: float = SENTENCE_TRANSFORMERS_SCALE
+    bootstrap_resamples: int = 2000
+    bootstrap_seed: int = 0
+    device: str = "cpu"
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "seq_len", "pairs_per_batch", "bootstrap_resamples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidConfigError(f"{name}={value!r} must be a positive integer.")
+        if self.seq_len < 2:
+            raise InvalidConfigError(f"seq_len={self.seq_len} must be at least 2 (a window predicts seq_len − 1 tokens).")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise InvalidConfigError(f"batch_size={self.batch_size!r} must be a positive integer (or None for the default).")
+        if self.pairs_per_batch < 2:
+            raise InvalidConfigError(f"pairs_per_batch={self.pairs_per_batch} must be at least 2 (one true pair, one negative).")
+        if not (math.isfinite(self.contrastive_scale) and self.contrastive_scale > 0):
+            raise InvalidConfigError(f"contrastive_scale={self.contrastive_scale!r} must be a positive number.")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise InvalidConfigError(f"device={self.device!r} must be cpu, cuda, cuda:N or mps.")
+
+    def batch_size_for(self, measure: str) -> int:
+        return self.batch_size or DEFAULT_BATCH_SIZE[measure]
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def resolve_base_path(base: str | Path) -> Path:
+    """BASE: a local HF folder, or an embedded model name (``minilm``, ``smollm2``) resolved by ``train.config``."""
+    path = Path(base).expanduser()
+    if (path / "config.json").is_file():
+        return path.resolve()
+    from intrudim.train.config import resolve_model_path
+
+    try:
+        return resolve_model_path(str(base))
+    except IntrudimError as exc:
+        message = str(exc).replace("--model", "BASE")
+        raise type(exc)(message) from None
+
+
+def _read_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise IntrudimError(f"Cannot read the model config of '{path}': {exc}") from None
+
+
+def measure_for_config(config: Any, where: str = "BASE") -> Measure:
+    """The forgetting measure that fits a model's architecture; a clear error when none does."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "perplexity"
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return "pseudo_loss"
+    model_type = getattr(config, "model_type", "")
+    is_bare = not architectures or all(a.endswith("Model") and "For" not in a for a in architectures)
+    if is_bare and model_type in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False):
+        return "contrastive"
+    found = ", ".join(architectures) or f"a bare {model_type or 'unknown'} model"
+    raise IntrudimError(
+        f"{where} is {found}, which has no head that `forgetting` can score. Supported: {SUPPORTED_HEADS}. A model "
+        f"saved without its LM head (e.g. LlamaModel) or with only a task head (…ForSequenceClassification) cannot "
+        f"measure loss on text: give the pre-trained LM folder as BASE (its head is used for TUNED too)."
+    )
+
+
+def load_language_model(path: Path, measure: str, device: str = "cpu") -> nn.Module:
+    """Load BASE with the head its measure needs (float32, eval mode); refuse a head that would be random."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    auto = {"perplexity": AutoModelForCausalLM, "pseudo_loss": AutoModelForMaskedLM, "contrastive": AutoModel}[measure]
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # our own progress bar is the one on stderr
+    try:
+        model, info = auto.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise IntrudimError(f"Could not load '{path}' as a {measure} model: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith(("position_ids", "rotary_emb.inv_freq"))]
+    if missing and measure != "contrastive":
+        raise IntrudimError(
+            f"'{path}' lacks weights of its language-model head ({', '.join(sorted(missing)[:4])}…): loading it would "
+            f"score text with a random head. Give the folder of the pre-trained LM with its head. Supported: "
+            f"{SUPPORTED_HEADS}."
+        )
+    return model.to(device).eval()
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise IntrudimError(
+            f"Cannot load a tokenizer from '{path}': {exc}. BASE must be a folder with its tokenizer files "
+            f"(tokenizer.json or vocab files), as save_pretrained writes them."
+        ) from None
+
+
+def _prefix_rewrite(sources: list[str], targets: set[str]) -> tuple[str, str]:
+    """(old, new): the one prefix rewrite ``old + rest → new + rest`` that maps the most ``sources`` onto ``targets``.
+
+    Wrappers rename the same weights by a leading component: a BertForSequenceClassification says
+    ``bert.encoder…`` where a BertModel says ``encoder…`` and a BertForMaskedLM ``bert.encoder…``. One rewrite
+    for the whole model (not a best match per name) keeps, e.g., BERT's pooler from landing on a same-named
+    layer of an MLM head.
+    """
+
+    def prefixes(names: list[str] | set[str]) -> set[str]:
+        out = {""}
+        for name in names:
+            parts = name.split(".")
+            out.update(".".join(parts[:i]) + "." for i in range(1, min(3, len(parts))))
+        return out
+
+    best, best_count = ("", ""), -1
+    for old in sorted(prefixes(sources), key=len):
+        for new in sorted(prefixes(targets), key=len):
+            count = sum(1 for s in sources if s.startswith(old) and new + s[len(old) :] in targets)
+            if count > best_count:
+                best, best_count = (old, new), count
+    return best
+
+
+def _rewrite(name: str, rule: tuple[str, str]) -> str | None:
+    old, new = rule
+    return new + name[len(old) :] if name.startswith(old) else None
+
+
+def _example_module(names: set[str]) -> str:
+    deep = sorted(n for n in names if n.count(".") >= 3)
+    return deep[0] if deep else sorted(names)[-1]
+
+
+def _is_head_name(name: str) -> bool:
+    return any(part in _HEAD_MODULE_NAMES for part in name.split("."))
+
+
+@dataclass
+class TunedWeightsReport:
+    """What applying TUNED changed: LoRA modules merged, tensors replaced, head-only weights ignored."""
+
+    kind: str  # "adapter" or "model"
+    path: str
+    lora_modules: int = 0
+    tensors_replaced: int = 0
+    ignored_head_weights: list[str] = field(default_factory=list)
+    kept_from_base: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path, "lora_modules": self.lora_modules,
+                "tensors_replaced": self.tensors_replaced, "ignored_head_weights": self.ignored_head_weights,
+                "kept_from_base": self.kept_from_base}  # fmt: skip
+
+
+def _copy_into(parameter: torch.Tensor, value: torch.Tensor, name: str, source: str) -> None:
+    if tuple(parameter.shape) != tuple(value.shape):
+        raise IncompatibleWeightsError(
+            f"'{source}' does not fit BASE: its tensor for '{name}' has shape {tuple(value.shape)}, BASE's has "
+            f"{tuple(parameter.shape)}. TUNED must be a fine-tune (or adapter) of this BASE."
+        )
+    with torch.no_grad():
+        parameter.copy_(value.to(parameter.dtype))
+
+
+def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bool = False) -> TunedWeightsReport:
+    """Merge a PEFT LoRA adapter into ``model`` in place: W += s·B·A per module, plus its biases and modules_to_save.
+
+    Module names are mapped onto ``model`` by one prefix rewrite (see :func:`_prefix_rewrite`), so an adapter
+    trained on a ``*ForSequenceClassification`` wrapper merges into the LM of the same base; head-only modules
+    (classifier, score, pooler…) that the LM lacks are ignored and listed. s = α/r (α/√r with rsLoRA), honouring
+    rank_pattern/alpha_pattern; GPT-2 Conv1D (fan_in_fan_out) weights are updated as (in, out). The result
+    equals peft's ``merge_and_unload`` (tested).
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    from intrudim.weights.peft_adapter import ADAPTER_WEIGHTS, LoraAdapter
+
+    adapter = LoraAdapter(adapter_dir, allow_pickle=allow_pickle)
+    report = TunedWeightsReport("adapter", str(adapter_dir))
+    modules = dict(model.named_modules())
+    module_names = set(modules)
+    rule = _prefix_rewrite(sorted(adapter.modules) + adapter.embedding_modules, module_names)
+    for module_name in sorted(adapter.modules):
+        target_name = _rewrite(module_name, rule)
+        target = modules.get(target_name) if target_name is not None else None
+        if target is None or not hasattr(target, "weight"):
+            raise IncompatibleWeightsError(
+                f"Adapter '{adapter_dir}' has LoRA factors for module '{module_name}', which BASE does not have "
+                f"(BASE's modules look like '{_example_module(module_names)}'). The adapter "
+                f"was trained on another base model; give the BASE it was trained from."
+            )
+        factors = adapter.factors(module_name)
+        delta = factors.scale * (factors.B.double() @ factors.A.double())  # (out, in)
+        if isinstance(target, Conv1D) or (adapter.fan_in_fan_out and not isinstance(target, nn.Linear)):
+            delta = delta.T  # Conv1D stores (in, out)
+        _copy_into(target.weight, target.weight.double() + delta, f"{target_name}.weight", str(adapter_dir))
+        report.lora_modules += 1
+    state = _adapter_state(adapter_dir, ADAPTER_WEIGHTS, allow_pickle)
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    embedding_keys = [k for k in state if ".lora_embedding_A" in k]
+    for key_a in embedding_keys:
+        module_name = key_a.removeprefix("base_model.model.").split(".lora_embedding_A")[0]
+        key_b = key_a.replace("lora_embedding_A", "lora_embedding_B")
+        target_name = _rewrite(module_name, rule)
+        target = modules.get(target_name) if target_name is not None else None
+        if target is None or key_b not in state:
+            raise IncompatibleWeightsError(
+                f"Adapter '{adapter_dir}' has embedding LoRA for '{module_name}', which BASE does not have."
+            )
+        A, B = state[key_a].double(), state[key_b].double()  # (r, num_embeddings), (dim, r)
+        delta = adapter.scale_for(module_name, int(A.shape[0])) * (B @ A).T  # (num_embeddings, dim)
+        _copy_into(target.weight, target.weight.double() + delta, f"{target_name}.weight", str(adapter_dir))
+        report.lora_modules += 1
+    for key, value in state.items():
+        if ".lora_" in key:
+            if re.search(r"\.lora_(A|B|embedding_A|embedding_B)(\.|$)", key):
+                continue
+            raise IntrudimError(
+                f"Adapter '{adapter_dir}' holds '{key}', a LoRA variant intrudim does not merge. Merge it with peft "
+                f"(merge_and_unload), save the model, and pass that folder as TUNED."
+            )
+        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        name = name.replace(".modules_to_save.default.", ".").replace(".modules_to_save.", ".")
+        target_name = _rewrite(name, rule)
+        if target_name is None or target_name not in parameters:
+            if _is_head_name(name):
+                report.ignored_head_weights.append(name)
+                continue
+            raise IncompatibleWeightsError(
+                f"Adapter '{adapter_dir}' saves the weight '{name}' (a trained bias or module), which BASE does not "
+                f"have. The adapter was trained on another base model; give the BASE it was trained from."
+            )
+        _copy_into(parameters[target_name], value, target_name, str(adapter_dir))
+        report.tensors_replaced += 1
+    return report
+
+
+def _adapter_state(adapter_dir: Path, weights_name: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (adapter_dir / weights_name).exists():
+        return load_file(str(adapter_dir / weights_name))
+    from intrudim.weights.sources import _load_pickle, _refuse_pickle
+
+    pickle = adapter_dir / "adapter_model.bin"
+    _refuse_pickle(pickle, allow_pickle)
+    return _load_pickle(pickle)
+
+
+def load_dense_weights_(model: nn.Module, tuned: Path, *, allow_pickle: bool = False) -> TunedWeightsReport:
+    """Replace ``model``'s weights by a fine-tuned model's (streamed one tensor at a time); keep BASE's head if absent.
+
+    Every parameter of the model body must be found in TUNED (else the two do not match); weights of the LM
+    head that TUNED lacks (it was fine-tuned with a task head) are kept from BASE and listed.
+    """
+    from intrudim.weights.sources import open_weights
+
+    source = open_weights(tuned, allow_pickle=allow_pickle)
+    report = TunedWeightsReport("model", str(tuned))
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    keys = source.keys()
+    rule = _prefix_rewrite(keys, set(parameters))
+    assigned: set[str] = set()
+    for key in keys:
+        target_name = _rewrite(key, rule)
+        if target_name is None or target_name not in parameters:
+            if _is_head_name(key):
+                report.ignored_head_weights.append(key)
+            continue
+        _copy_into(parameters[target_name], source.load(key), target_name, str(tuned))
+        assigned.add(target_name)
+        report.tensors_replaced += 1
+    source.close()
+    body_prefix = getattr(model, "base_model_prefix", "")
+    tied = {id(p) for name, p in parameters.items() if name in assigned}
+    for name, parameter in parameters.items():
+        if name in assigned or id(parameter) in tied:
+            continue
+        in_body = not body_prefix or name.startswith(f"{body_prefix}.") or not hasattr(model, body_prefix)
+        if in_body:
+            raise IncompatibleWeightsError(
+                f"'{tuned}' does not fit BASE: it has no weight for '{name}' (looked for it with the prefix rule "
+                f"{rule[0] or '∅'!r} → {rule[1] or '∅'!r}). TUNED must be a fine-tune of this BASE, saved with all "
+                f"its weights."
+            )
+        report.kept_from_base.append(name)
+    return report
+
+
+def apply_tuned_weights_(model: nn.Module, tuned: str | Path, *, allow_pickle: bool = False) -> TunedWeightsReport:
+    """Turn the loaded BASE ``model`` into TUNED in place: a LoRA adapter, a run directory, or a fine-tuned model."""
+    from intrudim.analyze import resolve_tuned_path
+    from intrudim.weights.peft_adapter import is_adapter_dir
+
+    path = resolve_tuned_path(tuned)
+    if not path.exists():
+        raise InputNotFoundError(
+            f"TUNED '{tuned}' does not exist. Give a PEFT LoRA adapter folder, an intrudim run directory, or a "
+            f"fine-tuned model folder."
+        )
+    if is_adapter_dir(path):
+        return merge_lora_adapter_(model, path, allow_pickle=allow_pickle)
+    return load_dense_weights_(model, path, allow_pickle=allow_pickle)
+
+
+# ------------------------------------------------------------------------------------------------ probe
+
+
+@dataclass(frozen=True)
+class SequenceScores:
+    """Per sequence (window, or sentence pair): loss, and retrieval accuracy for the contrastive measure."""
+
+    losses: torch.Tensor  # (sequences,) float64
+    accuracies: torch.Tensor | None = None  # (sequences,) float64
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int, description: str) -> Iterator[Callable[[int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@dataclass
+class ForgettingProbe:
+    """The text of a forgetting measurement, tokenized once for one BASE; scores any loaded model of that base.
+
+    Build it with :meth:`prepare`. ``losses(model)`` / ``scores(model)`` take an already-loaded ``nn.Module``
+    (BASE, TUNED, a repaired model…) with the architecture of BASE and return per-sequence float64 values in
+    a fixed order, so two calls pair up for :meth:`summarize`.
+    """
+
+    measure: Measure
+    config: ForgettingConfig
+    base_model_path: Path
+    text: TextSample
+    tokenizer: Any
+    tokens: int
+    inputs: dict[str, Any]
+
+    @classmethod
+    def prepare(
+        cls, base_model_path: str | Path, text_spec: str | Path | None = None, config: ForgettingConfig | None = None
+    ) -> ForgettingProbe:
+        """Choose the measure from BASE's architecture, load its tokenizer, and tokenize the text sample once."""
+        config = config or ForgettingConfig()
+        path = resolve_base_path(base_model_path)
+        model_config = _read_config(path)
+        measure = measure_for_config(model_config, where=f"BASE '{base_model_path}'")
+        spec = text_spec if text_spec is not None else config.text if config.text is not None else DEFAULT_TEXT[measure]
+        text = load_text(spec)
+        tokenizer = _load_tokenizer(path)
+        if measure == "contrastive":
+            inputs, tokens = _prepare_pairs(text, tokenizer, config)
+        else:
+            inputs, tokens = _prepare_windows(text, tokenizer, config, measure, model_config)
+        return cls(measure, config, path, text, tokenizer, tokens, inputs)
+
+    @property
+    def sequences(self) -> int:
+        """Windows (LMs) or sentence pairs (contrastive) scored."""
+        if self.measure == "contrastive":
+            return len(self.inputs["anchors"])
+        return int(self.inputs["windows"].shape[0])
+
+    def load_base_model(self) -> nn.Module:
+        """BASE with the head of this probe's measure, float32, on ``config.device``, in eval mode."""
+        return load_language_model(self.base_model_path, self.measure, self.config.device)
+
+    def load_tuned_model(self, tuned: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, TunedWeightsReport]:
+        """TUNED as a model of this measure: ``model`` (or a fresh BASE) with TUNED's weights applied in place."""
+        model = model if model is not None else self.load_base_model()
+        report = apply_tuned_weights_(model, tuned, allow_pickle=self.config.allow_pickle)
+        return model.eval(), report
+
+    def scores(self, model: nn.Module, *, progress: bool = False, description: str = "") -> SequenceScores:
+        """Per-sequence loss (and retrieval accuracy for the contrastive measure) of ``model`` on the prepared text."""
+        config, device = self.config, self.config.device
+        batch_size = config.batch_size_for(self.measure)
+        was_training = model.training
+        model.eval()
+        try:
+            with _progress_bar(progress, self._progress_total(), description or self.measure) as advance:
+                if self.measure == "perplexity":
+                    return SequenceScores(causal_lm_window_losses(
+                        model, self.inputs["windows"], batch_size=batch_size, device=device, advance=advance))  # fmt: skip
+                if self.measure == "pseudo_loss":
+                    return SequenceScores(pseudo_log_likelihood_losses(
+                        model, self.inputs["windows"], self.inputs["scored_positions"], self.inputs["mask_token_id"],
+                        batch_size=batch_size, device=device, advance=advance,
+                    ))  # fmt: skip
+                pairs: PairScores = contrastive_pair_scores(
+                    model, self.inputs["anchors"], self.inputs["positives"], self.inputs["pad_id"],
+                    pairs_per_batch=config.pairs_per_batch, scale=config.contrastive_scale, batch_size=batch_size,
+                    device=device, advance=advance,
+                )  # fmt: skip
+                return SequenceScores(pairs.losses, pairs.correct)
+        finally:
+            model.train(was_training)
+
+    def losses(self, model: nn.Module, *, progress: bool = False) -> torch.Tensor:
+        """(sequences,) float64 per-sequence losses of ``model`` (the input of :meth:`summarize`)."""
+        return self.scores(model, progress=progress).losses
+
+    def _progress_total(self) -> int:
+        if self.measure == "perplexity":
+            return int(self.inputs["windows"].numel())
+        if self.measure == "pseudo_loss":
+            return self.sequences * int(self.inputs["scored_positions"].numel())
+        return sum(len(s) for s in self.inputs["anchors"]) + sum(len(s) for s in self.inputs["positives"])
+
+    def summarize(
+        self, base: torch.Tensor | SequenceScores, tuned: torch.Tensor | SequenceScores, **metadata: Any
+    ) -> ForgettingResult:
+        """:func:`summarize` with this probe's measure, text, token count and bootstrap settings filled in."""
+        base_scores = base if isinstance(base, SequenceScores) else SequenceScores(base)
+        tuned_scores = tuned if isinstance(tuned, SequenceScores) else SequenceScores(tuned)
+        return summarize(
+            base_scores.losses, tuned_scores.losses, measure=self.measure, tokens=self.tokens,
+            base_accuracies=base_scores.accuracies, tuned_accuracies=tuned_scores.accuracies,
+            resamples=self.config.bootstrap_resamples, seed=self.config.bootstrap_seed,
+            text=self.text.to_json(), seq_len=self.config.seq_len, base_path=str(self.base_model_path),
+            pairs_per_batch=self.config.pairs_per_batch if self.measure == "contrastive" else None, **metadata,
+        )  # fmt: skip
+
+
+def _token_stream(text: TextSample, tokenizer: Any, needed: int) -> list[int]:
+    """Token ids (no special tokens) of the sample's paragraphs joined by blank lines, at least ``needed`` if there are."""
+    from transformers.utils import logging as hf_logging
+
+    paragraphs = text.paragraphs
+    chars = max(4096, 8 * needed)  # BPE/WordPiece English: 3–5 characters a token; grow until enough
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence longer than the model's maximum" is expected for one stream
+    try:
+        while True:
+            chosen, total = [], 0
+            for paragraph in paragraphs:
+                if total >= chars:
+                    break
+                chosen.append(paragraph)
+                total += len(paragraph) + 2
+            ids = tokenizer("\n\n".join(chosen), add_special_tokens=False)["input_ids"]
+            if len(ids) >= needed or len(chosen) == len(paragraphs):
+                return list(ids)
+            chars *= 2
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _special_template(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Special tokens the tokenizer puts before and after a text ([CLS] … [SEP], <s> … </s>)."""
+    encoded = tokenizer("hello", add_special_tokens=True, return_special_tokens_mask=True)
+    ids, special = list(encoded["input_ids"]), list(encoded["special_tokens_mask"])
+    content = [i for i, s in enumerate(special) if not s]
+    if not content:
+        return [], []
+    return ids[: content[0]], ids[content[-1] + 1 :]
+
+
+def _prepare_windows(
+    text: TextSample, tokenizer: Any, config: ForgettingConfig, measure: str, model_config: Any
+) -> tuple[dict[str, Any], int]:
+    if not text.paragraphs:
+        raise IntrudimError(f"--text {text.source} holds no text. Give a text with at least {config.seq_len} tokens.")
+    windows = token_windows(_token_stream(text, tokenizer, config.max_tokens), config.seq_len, config.max_tokens)
+    tokens = int(windows.numel())
+    max_positions = getattr(model_config, "max_position_embeddings", None)
+    if measure == "perplexity":
+        if max_positions is not None and config.seq_len > max_positions:
+            raise IntrudimError(f"--seq-len {config.seq_len} exceeds the model's {max_positions} positions; use a smaller --seq-len.")
+        return {"windows": windows}, tokens
+    mask_token_id = tokenizer.mask_token_id
+    if mask_token_id is None:
+        raise IntrudimError("BASE's tokenizer has no mask token, so the masked-LM pseudo-loss cannot be computed.")
+    before, after = _special_template(tokenizer)
+    width = len(before) + config.seq_len + len(after)
+    if max_positions is not None:
+        limit = max_positions - (2 if getattr(model_config, "model_type", "") in _POSITION_OFFSET_TYPES else 0)
+        if width > limit:
+            raise IntrudimError(
+                f"--seq-len {config.seq_len} plus {len(before) + len(after)} special tokens exceeds the model's "
+                f"{limit} positions; use --seq-len {limit - len(before) - len(after)} or less."
+            )
+    n = windows.shape[0]
+    with_specials = torch.cat([
+        torch.tensor(before, dtype=torch.long).expand(n, len(before)), windows,
+        torch.tensor(after, dtype=torch.long).expand(n, len(after)),
+    ], dim=1)  # fmt: skip
+    positions = torch.arange(len(before), len(before) + config.seq_len)
+    return {"windows": with_specials, "scored_positions": positions, "mask_token_id": int(mask_token_id)}, tokens
+
+
+def _prepare_pairs(text: TextSample, tokenizer: Any, config: ForgettingConfig) -> tuple[dict[str, Any], int]:
+    pairs = adjacent_sentence_pairs(text)
+    group = config.pairs_per_batch
+    anchors: list[list[int]] = []
+    positives: list[list[int]] = []
+    tokens = 0
+    kept_tokens = 0
+    for start in range(0, len(pairs) - group + 1, group):
+        chunk = pairs[start : start + group]
+        a = tokenizer([p[0] for p in chunk], truncation=True, max_length=config.seq_len)["input_ids"]
+        b = tokenizer([p[1] for p in chunk], truncation=True, max_length=config.seq_len)["input_ids"]
+        chunk_tokens = sum(len(x) for x in a) + sum(len(x) for x in b)
+        if anchors and tokens + chunk_tokens > config.max_tokens:
+            break
+        anchors.extend(list(x) for x in a)
+        positives.extend(list(x) for x in b)
+        tokens += chunk_tokens
+        kept_tokens = tokens
+    if not anchors:
+        raise IntrudimError(
+            f"--text {text.source} gives {len(pairs)} pairs of adjacent sentences, fewer than one batch of "
+            f"{group} pairs that the contrastive loss compares. Give a longer text (more paragraphs of several "
+            f"sentences each)."
+        )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {"anchors": anchors, "positives": positives, "pad_id": int(pad_id)}, kept_tokens
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class MeasureSummary:
+    """One model's score: mean loss over sequences, exp(loss) for LMs, retrieval accuracy for the contrastive measure."""
+
+    loss: float
+    perplexity: float | None
+    accuracy: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"loss": self.loss, "perplexity": self.perplexity}
+        if self.accuracy is not None:
+            out["retrieval_accuracy"] = self.accuracy
+        return out
+
+
+@dataclass(frozen=True)
+class ForgettingResult:
+    """Base and tuned scores, the difference tuned − base, and its paired bootstrap 95% interval over sequences."""
+
+    measure: str
+    base: MeasureSummary
+    tuned: MeasureSummary
+    delta: float
+    ci95: tuple[float, float]
+    sequences: int
+    tokens: int | None = None
+    delta_accuracy: float | None = None
+    resamples: int = 2000
+    seed: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def forgets(self) -> bool:
+        """True when the tuned loss is higher and the interval excludes 0."""
+        return self.ci95[0] > 0
+
+    def verdict(self) -> str:
+        what = "pseudo-loss" if self.measure == "pseudo_loss" else "contrastive loss" if self.measure == "contrastive" else "loss"
+        interval = f"95% CI [{self.ci95[0]:+.4g}, {self.ci95[1]:+.4g}]"
+        if self.ci95[0] > 0:
+            return f"TUNED forgot: its {what} on the text is {self.delta:+.4g} higher than BASE's ({interval})."
+        if self.ci95[1] < 0:
+            return f"TUNED fits the text better than BASE: {what} {self.delta:+.4g} ({interval})."
+        return f"No measurable forgetting: {what} changed by {self.delta:+.4g}, and the {interval} contains 0."
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "measure": self.measure, "measure_description": MEASURE_DESCRIPTIONS.get(self.measure, ""),
+            "base": self.base.to_json(), "tuned": self.tuned.to_json(), "delta": self.delta, "ci95": list(self.ci95),
+            "tokens": self.tokens, "sequences": self.sequences,
+            "bootstrap": {"resamples": self.resamples, "seed": self.seed, "paired_over": "sequences"},
+            "verdict": self.verdict(),
+        }  # fmt: skip
+        if self.delta_accuracy is not None:
+            out["delta_retrieval_accuracy"] = self.delta_accuracy
+        out.update(self.metadata)
+        return out
+
+
+def paired_bootstrap_ci(
+    base: torch.Tensor, tuned: torch.Tensor, *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of mean(tuned − base) over ``resamples`` resamplings of the sequences (same draw for both)."""
+    difference = (tuned.double() - base.double()).flatten()
+    n = difference.numel()
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.empty(resamples, dtype=torch.float64)
+    rows = max(1, 2_000_000 // max(n, 1))  # at most ~16 MB of indices at a time
+    for start in range(0, resamples, rows):
+        count = min(rows, resamples - start)
+        index = torch.randint(n, (count, n), generator=generator)
+        means[start : start + count] = difference[index].mean(dim=1)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return float(low), float(high)
+
+
+def summarize(
+    base_losses: torch.Tensor,
+    tuned_losses: torch.Tensor,
+    *,
+    measure: str = "perplexity",
+    tokens: int | None = None,
+    base_accuracies: torch.Tensor | None = None,
+    tuned_accuracies: torch.Tensor | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    **metadata: Any,
+) -> ForgettingResult:
+    """Means, exp(mean) for LM measures, tuned − base and its paired bootstrap 95% CI over sequences."""
+    if base_losses.shape != tuned_losses.shape or base_losses.numel() == 0:
+        raise IntrudimError(
+            f"Base and tuned per-sequence losses must pair up: got shapes {tuple(base_losses.shape)} and "
+            f"{tuple(tuned_losses.shape)}. Score both models with the same ForgettingProbe."
+        )
+    if not (torch.isfinite(base_losses).all() and torch.isfinite(tuned_losses).all()):
+        raise IntrudimError("A loss is NaN or infinite: the model's weights are damaged or training diverged.")
+    base_loss, tuned_loss = float(base_losses.double().mean()), float(tuned_losses.double().mean())
+    is_lm = measure != "contrastive"
+
+    def accuracy(values: torch.Tensor | None) -> float | None:
+        return None if values is None else float(values.double().mean())
+
+    base = MeasureSummary(base_loss, math.exp(base_loss) if is_lm else None, accuracy(base_accuracies))
+    tuned = MeasureSummary(tuned_loss, math.exp(tuned_loss) if is_lm else None, accuracy(tuned_accuracies))
+    delta_accuracy = None if base.accuracy is None or tuned.accuracy is None else tuned.accuracy - base.accuracy
+    ci = paired_bootstrap_ci(base_losses, tuned_losses, resamples=resamples, seed=seed)
+    return ForgettingResult(
+        measure=measure, base=base, tuned=tuned, delta=tuned_loss - base_loss, ci95=ci, sequences=base_losses.numel(),
+        tokens=tokens, delta_accuracy=delta_accuracy, resamples=resamples, seed=seed,
+        metadata={k: v for k, v in metadata.items() if v is not None},
+    )  # fmt: skip
+
+
+def measure_forgetting(
+    base: str | Path, tuned: str | Path, config: ForgettingConfig | None = None, *, progress: bool = False
+) -> ForgettingResult:
+    """BASE's and TUNED's loss on the text, tuned − base with its 95% interval (one model in memory at a time)."""
+    config = config or ForgettingConfig()
+    started = time.perf_counter()
+    from intrudim.analyze import resolve_tuned_path
+
+    tuned_path = resolve_tuned_path(tuned)
+    if not tuned_path.exists():
+        raise InputNotFoundError(
+            f"TUNED '{tuned}' does not exist. Give a PEFT LoRA adapter folder, an intrudim run directory, or a "
+            f"fine-tuned model folder."
+        )
+    probe = ForgettingProbe.prepare(base, config.text, config)
+    prepared = time.perf_counter()
+    model = probe.load_base_model()
+    loaded_base = time.perf_counter()
+    base_scores = probe.scores(model, progress=progress, description="BASE")
+    scored_base = time.perf_counter()
+    model, report = probe.load_tuned_model(tuned_path, model)  # in place: BASE's memory is reused
+    loaded_tuned = time.perf_counter()
+    tuned_scores = probe.scores(model, progress=progress, description="TUNED")
+    finished = time.perf_counter()
+    scoring = (scored_base - loaded_base) + (finished - loaded_tuned)
+    notes = []
+    if report.ignored_head_weights:
+        notes.append(f"TUNED's head-only weights not used by the {probe.measure} model: "
+                     f"{', '.join(sorted(report.ignored_head_weights)[:6])}{'…' if len(report.ignored_head_weights) > 6 else ''}")  # fmt: skip
+    if report.kept_from_base:
+        notes.append(f"TUNED has no {', '.join(report.kept_from_base[:4])}: BASE's LM head is used for it.")
+    return probe.summarize(
+        base_scores, tuned_scores, tuned_path=str(tuned_path), tuned_weights=report.to_json(), notes=notes,
+        batch_size=config.batch_size_for(probe.measure), device=config.device,
+        seconds={"prepare_text": round(prepared - started, 3), "load_base": round(loaded_base - prepared, 3),
+                 "score_base": round(scored_base - loaded_base, 3), "load_tuned": round(loaded_tuned - scored_base, 3),
+                 "score_tuned": round(finished - loaded_tuned, 3), "total": round(finished - started, 3)},
+        tokens_per_second=round(2 * probe.tokens / max(scoring, 1e-9), 1),
+    )  # fmt: skip

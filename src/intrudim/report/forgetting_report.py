@@ -1,0 +1,50 @@
+"""Writing a forgetting measurement: forgetting.json and a small self-contained forgetting.html (atomically).
+
+:func:`forgetting_section_html` renders the same section as an HTML fragment for other reports (repair
+sweeps, the demo) to embed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from intrudim.fileio import ensure_writable_directory, write_text_atomic
+
+
+def _environment() -> Environment:
+    return Environment(loader=PackageLoader("intrudim", "report/templates"), autoescape=select_autoescape(["html"]))
+
+
+def _as_json(result: Any) -> dict[str, Any]:
+    return result if isinstance(result, dict) else result.to_json()
+
+
+def forgetting_section_html(result: Any) -> str:
+    """The forgetting section (verdict, table, interval, text and licence) as an HTML fragment.
+
+    ``result``: a :class:`~intrudim.evaluate.forgetting.ForgettingResult` or its ``to_json()`` dict.
+    """
+    template = _environment().get_template("forgetting.html")
+    return str(template.module.section(_as_json(result)))  # type: ignore[attr-defined]
+
+
+def write_forgetting_outputs(result: Any, out_dir: str | Path, *, command: str = "") -> dict[str, Path]:
+    """Write forgetting.json and forgetting.html into ``out_dir``; return their paths."""
+    out_dir = ensure_writable_directory(out_dir)
+    data = _as_json(result)
+    paths = {"json": write_text_atomic(out_dir / "forgetting.json", json.dumps(data, indent=2) + "\n")}
+    from intrudim import __version__
+
+    tuned = str(data.get("tuned_path") or "")
+    html = _environment().get_template("forgetting.html").render(
+        result=data, title=Path(tuned).name or tuned or data.get("measure", ""), version=__version__,
+        generated=_dt.datetime.now().isoformat(timespec="seconds"),
+        command=command or f"intrudim forgetting {data.get('base_path', '')} {tuned}",
+    )  # fmt: skip
+    paths["html"] = write_text_atomic(out_dir / "forgetting.html", html)
+    return paths
