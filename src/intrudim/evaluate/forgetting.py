@@ -258,14 +258,25 @@ class TunedWeightsReport:
                 "kept_from_base": self.kept_from_base}  # fmt: skip
 
 
-def _copy_into(parameter: torch.Tensor, value: torch.Tensor, name: str, source: str) -> None:
+def _check_shape(parameter: torch.Tensor, value: torch.Tensor, name: str, source: str) -> None:
     if tuple(parameter.shape) != tuple(value.shape):
         raise IncompatibleWeightsError(
             f"'{source}' does not fit BASE: its tensor for '{name}' has shape {tuple(value.shape)}, BASE's has "
             f"{tuple(parameter.shape)}. TUNED must be a fine-tune (or adapter) of this BASE."
         )
+
+
+def _copy_into(parameter: torch.Tensor, value: torch.Tensor, name: str, source: str) -> None:
+    _check_shape(parameter, value, name, source)
     with torch.no_grad():
         parameter.copy_(value.to(parameter.dtype))
+
+
+def _add_into(parameter: torch.Tensor, delta: torch.Tensor, name: str, source: str) -> None:
+    """parameter += delta, computed in float64 and rounded once to the parameter's dtype."""
+    _check_shape(parameter, delta, name, source)
+    with torch.no_grad():
+        parameter.copy_((parameter.double() + delta).to(parameter.dtype))
 
 
 def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bool = False) -> TunedWeightsReport:
@@ -299,7 +310,7 @@ def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bo
         delta = factors.scale * (factors.B.double() @ factors.A.double())  # (out, in)
         if isinstance(target, Conv1D) or (adapter.fan_in_fan_out and not isinstance(target, nn.Linear)):
             delta = delta.T  # Conv1D stores (in, out)
-        _copy_into(target.weight, target.weight.double() + delta, f"{target_name}.weight", str(adapter_dir))
+        _add_into(target.weight, delta, f"{target_name}.weight (LoRA B·A)", str(adapter_dir))
         report.lora_modules += 1
     state = _adapter_state(adapter_dir, ADAPTER_WEIGHTS, allow_pickle)
     parameters = dict(model.named_parameters(remove_duplicate=False))
@@ -315,7 +326,7 @@ def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bo
             )
         A, B = state[key_a].double(), state[key_b].double()  # (r, num_embeddings), (dim, r)
         delta = adapter.scale_for(module_name, int(A.shape[0])) * (B @ A).T  # (num_embeddings, dim)
-        _copy_into(target.weight, target.weight.double() + delta, f"{target_name}.weight", str(adapter_dir))
+        _add_into(target.weight, delta, f"{target_name}.weight (embedding LoRA)", str(adapter_dir))
         report.lora_modules += 1
     for key, value in state.items():
         if ".lora_" in key:

@@ -107,6 +107,8 @@ def _wiki_pages(path: Path) -> Iterator[tuple[str, str]]:
 
 _SPACES = re.compile(r"[ \t]+")
 _LEFTOVER = re.compile(r"^(Category:|File:|Image:|thumb\||\||\{|!|=)")
+_REFS = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>|<[^>]{1,200}>", re.DOTALL | re.IGNORECASE)
+_MARKUP = ("[[", "]]", "{{", "}}", "{|", "|}", "'''", "<ref", "</")
 
 
 def wiki_paragraphs_of(wikitext: str) -> list[str]:
@@ -114,23 +116,25 @@ def wiki_paragraphs_of(wikitext: str) -> list[str]:
     import mwparserfromhell
 
     code = mwparserfromhell.parse(wikitext)
-    for tag in code.filter_tags(recursive=False):
+    for tag in code.filter_tags(recursive=True):
         if str(tag.tag).lower() in ("ref", "gallery", "table", "math", "timeline", "imagemap"):
             try:
                 code.remove(tag)
             except ValueError:
                 pass
-    text = code.strip_code(normalize=True, collapse=True)
+    text = _REFS.sub("", code.strip_code(normalize=True, collapse=True))
     paragraphs = []
     for block in text.split("\n"):
         block = _SPACES.sub(" ", block).strip()
         if len(block) < MIN_PARAGRAPH_CHARS or _LEFTOVER.match(block) or block.startswith(("*", "#", ";", ":")):
             continue
+        if any(markup in block for markup in _MARKUP):  # markup the parser could not take apart (malformed source)
+            continue
         paragraphs.append(block)
     return paragraphs
 
 
-PARSED_FORMAT = "1"
+PARSED_FORMAT = "2"
 """Version of the paragraph extraction; part of the cache key of the parsed Wikipedia sample."""
 
 
@@ -171,6 +175,7 @@ def _embedded_paragraphs(keyword: str) -> tuple[str, ...]:
     else:
         lines = (folder / NEWS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
         paragraphs = [_SPACES.sub(" ", line).strip() for line in lines if line.strip()]
+    paragraphs = list(dict.fromkeys(paragraphs))  # the news corpus repeats some articles; keep the first
     random.Random(SHUFFLE_SEED).shuffle(paragraphs)
     return tuple(paragraphs)
 
@@ -269,10 +274,18 @@ def split_sentences(paragraph: str) -> list[str]:
 def adjacent_sentence_pairs(sample: TextSample, min_words: int = 4) -> list[tuple[str, str]]:
     """(sentence, next sentence) within each paragraph, in the sample's order; fragments under ``min_words`` dropped.
 
-    Each sentence is the anchor of at most one pair (pairs do not overlap), so no sentence is its own negative.
+    Pairs do not overlap, and a pair whose sentence already appeared in an earlier pair is dropped: a sentence
+    that occurs twice would be a false negative of the in-batch loss (MiniLM's training also kept every text
+    once per batch).
     """
     pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for paragraph in sample.paragraphs:
         sentences = [s for s in split_sentences(paragraph) if len(s.split()) >= min_words]
-        pairs.extend((sentences[i], sentences[i + 1]) for i in range(0, len(sentences) - 1, 2))
+        for i in range(0, len(sentences) - 1, 2):
+            first, second = sentences[i], sentences[i + 1]
+            if first in seen or second in seen or first == second:
+                continue
+            seen.update((first, second))
+            pairs.append((first, second))
     return pairs

@@ -29,8 +29,21 @@ def forgetting_section_html(result: Any) -> str:
 
     ``result``: a :class:`~intrudim.evaluate.forgetting.ForgettingResult` or its ``to_json()`` dict.
     """
-    template = _environment().get_template("forgetting.html")
-    return str(template.module.section(_as_json(result)))  # type: ignore[attr-defined]
+    data = _as_json(result)
+    # The template is the page and the macro; making its module renders the page once, with this result.
+    module = _environment().get_template("forgetting.html").make_module(_page_context(data, command=""))
+    return str(module.section(data))  # type: ignore[attr-defined]
+
+
+def _page_context(data: dict[str, Any], *, command: str) -> dict[str, Any]:
+    from intrudim import __version__
+
+    tuned = str(data.get("tuned_path") or "")
+    return {
+        "result": data, "title": Path(tuned).name or tuned or data.get("measure", ""), "version": __version__,
+        "generated": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": command or f"intrudim forgetting {data.get('base_path', '')} {tuned}",
+    }  # fmt: skip
 
 
 def write_forgetting_outputs(result: Any, out_dir: str | Path, *, command: str = "") -> dict[str, Path]:
@@ -38,13 +51,6 @@ def write_forgetting_outputs(result: Any, out_dir: str | Path, *, command: str =
     out_dir = ensure_writable_directory(out_dir)
     data = _as_json(result)
     paths = {"json": write_text_atomic(out_dir / "forgetting.json", json.dumps(data, indent=2) + "\n")}
-    from intrudim import __version__
-
-    tuned = str(data.get("tuned_path") or "")
-    html = _environment().get_template("forgetting.html").render(
-        result=data, title=Path(tuned).name or tuned or data.get("measure", ""), version=__version__,
-        generated=_dt.datetime.now().isoformat(timespec="seconds"),
-        command=command or f"intrudim forgetting {data.get('base_path', '')} {tuned}",
-    )  # fmt: skip
+    html = _environment().get_template("forgetting.html").render(_page_context(data, command=command))
     paths["html"] = write_text_atomic(out_dir / "forgetting.html", html)
     return paths
