@@ -153,12 +153,18 @@ def test_bad_config_values():
             AnalyzeConfig(**kwargs)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_out_directory_non_root(tiny_models, tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    assert_clean_error(cli("analyze", str(tiny_models["bert"]), str(tiny_models["bert"]), "--out", str(locked / "x")),
+def test_unwritable_out_directory_runs_as_root_too(tiny_models, tmp_path):
+    """A read-only parent refuses a non-root user; root writes anywhere, so for root (CI) the parent is a regular
+    file, which nobody can create a directory under. Either way: one message, exit 2, before any work."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        target = locked / "x"
+    else:
+        (tmp_path / "plain_file").write_text("")
+        target = tmp_path / "plain_file" / "x"
+    assert_clean_error(cli("analyze", str(tiny_models["bert"]), str(tiny_models["bert"]), "--out", str(target)),
                        "Cannot write")  # fmt: skip
 
 
