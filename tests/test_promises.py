@@ -55,6 +55,7 @@ def test_python_api_names_in_the_readme_exist():
 # --- the toy: the thresholds are measured, and planted cases give the known answer -----------------------------
 
 
+@pytest.mark.parity
 def test_toy_thresholds_on_a_planted_case_with_a_known_answer():
     """W = diag(d), v = e_m: v's direction is exactly e_m (|cos| 1) with σ = d_m + λ, so it is rank 1 exactly when
     λ > d₀ − d_m, and it is W's own singular vector, so never an intruder: the two measures differ."""
@@ -126,6 +127,7 @@ def _perturbed_copy(base_dir: Path, out: Path, keys: list[str], strength: float 
     return out
 
 
+@pytest.mark.parity
 def test_include_embeddings_and_include_heads(tiny_models, tmp_path):
     keys = ["embeddings.word_embeddings.weight", "pooler.dense.weight", "encoder.layer.0.attention.self.query.weight"]
     tuned = _perturbed_copy(tiny_models["bert"], tmp_path / "tuned", keys)
@@ -161,6 +163,7 @@ def test_include_embeddings_works_at_the_default_k(tiny_models):
 # --- the base SVD cache -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parity
 def test_changed_matrix_misses_the_cache_and_a_damaged_entry_is_recomputed(tiny_models, tmp_path):
     cache = tmp_path / "cache"
     first = analyze(tiny_models["bert"], tiny_models["bert"], cache_dir=cache)
@@ -192,6 +195,7 @@ def test_changed_matrix_misses_the_cache_and_a_damaged_entry_is_recomputed(tiny_
     assert warm.cache_misses == 0
 
 
+@pytest.mark.parity
 def test_float64_cache_gives_the_same_answer_as_no_cache(tiny_models, tmp_path):
     """Counts, ranks and sweeps are identical; max |cos| and σ agree to float64 rounding (1e-14). (Not bit for bit:
     measured differences of one ulp on the LoRA path, so the README promises rounding, not identity.)"""
@@ -228,6 +232,7 @@ def test_non_lora_peft_adapters_are_refused_with_advice(tiny_models, tmp_path, p
         analyze(tiny_models["bert"], tmp_path / "adapter", use_cache=False)
 
 
+@pytest.mark.parity
 def test_pickled_adapter_is_refused_unless_allowed(tiny_models, tmp_path):
     from safetensors.torch import load_file
 
@@ -246,6 +251,7 @@ def test_pickled_adapter_is_refused_unless_allowed(tiny_models, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parity
 def test_a_real_train_run_directory_is_accepted_by_analyze(tmp_path):
     """A run written by `intrudim.train` itself (tiny BERT, 4 steps), given to `analyze` as TUNED, equals the
     analysis of its final adapter, which equals the dense reference of peft's merge."""
