@@ -27,7 +27,7 @@ def forgetting_command(
                     "a folder of .txt, or a saved datasets dataset. Default: wiki for LMs, news for minilm-like encoders.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="At most this many tokens of text are scored.")] = 20_000,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window (LMs), or per sentence (contrastive).")] = 128,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sequences per forward pass (default 8 windows, "
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sequences per forward pass (default 4 windows, "
                           "64 masked copies, 64 sentences).")] = None,
     pairs_per_batch: Annotated[int, typer.Option("--pairs-per-batch", help="Contrastive measure: in-batch candidates.")] = 64,
     resamples: Annotated[int, typer.Option("--bootstrap-resamples", help="Paired bootstrap resamples for the 95% CI.")] = 2000,

@@ -61,7 +61,7 @@ SUPPORTED_HEADS = (
     "Salazar et al. 2020), or a sentence-embedding encoder without a head such as minilm (BertModel, RobertaModel, "
     "… : its contrastive pre-training objective)"
 )
-DEFAULT_BATCH_SIZE = {"perplexity": 8, "pseudo_loss": 64, "contrastive": 64}
+DEFAULT_BATCH_SIZE = {"perplexity": 4, "pseudo_loss": 64, "contrastive": 64}
 DEFAULT_TEXT = {"perplexity": "wiki", "pseudo_loss": "wiki", "contrastive": "news"}
 # Encoder families whose bare model (no head) is taken as a sentence encoder (the contrastive measure).
 ENCODER_MODEL_TYPES = (
@@ -81,7 +81,7 @@ class ForgettingConfig:
     tokens of text are scored (20k: a ±1% interval on smollm2 in about a minute on 2 cores). ``seq_len``: tokens
     per window (LMs; special tokens of masked LMs come on top) or the truncation length of a sentence
     (contrastive; 128 as in MiniLM's training). ``batch_size``: sequences per forward pass (masked LMs: masked
-    copies; None: 8 windows, 64 copies, 64 sentences). ``pairs_per_batch``: in-batch candidates of the
+    copies; None: 4 windows, 64 copies, 64 sentences). ``pairs_per_batch``: in-batch candidates of the
     contrastive loss (its chance level is ln of it). ``bootstrap_resamples``/``bootstrap_seed``: the paired
     bootstrap of tuned − base over sequences.
     """
