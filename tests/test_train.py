@@ -249,12 +249,14 @@ def test_rank_larger_than_a_matrix_is_refused_by_name(tiny_bert: Path) -> None:
 
 
 def test_any_hf_architecture_llama(tiny_llama: Path, tmp_path: Path) -> None:
-    parts = build_model(_config(tiny_llama), tiny_llama, head_outputs=2)
+    """A causal LM with a classification head (``objective="classification"``; by default it trains as an LM)."""
+    parts = build_model(_config(tiny_llama, objective="classification"), tiny_llama, head_outputs=2)
     assert {name.rsplit(".", 1)[-1] for name in parts.target_modules} == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # fmt: skip
     assert any("score" in n for n in _trainable(parts.model))
     assert any("input_layernorm" in n for n in _trainable(parts.model))
-    result = train(_config(tiny_llama, max_steps=4, checkpoint_every=None), tmp_path / "llama", progress=False, figures=False)
+    result = train(_config(tiny_llama, max_steps=4, checkpoint_every=None, objective="classification"), tmp_path / "llama",
+                   progress=False, figures=False)  # fmt: skip
     assert (result.final_dir / "adapter_config.json").exists() and result.steps == 4
 
 
@@ -265,7 +267,8 @@ def test_gpt2_conv1d_b_only_run_is_tracked_like_the_dense_reference(tiny_gpt2: P
 
     from intrudim.train.methods import load_base_model
 
-    config = _config(tiny_gpt2, method="lora-b-only", rank=2, lr=2e-2, max_steps=6, checkpoint_every=None)
+    config = _config(tiny_gpt2, method="lora-b-only", rank=2, lr=2e-2, max_steps=6, checkpoint_every=None,
+                     objective="classification")  # fmt: skip
     parts = build_model(config, tiny_gpt2, head_outputs=2)
     assert {name.rsplit(".", 1)[-1] for name in parts.target_modules} == {"c_attn", "c_proj", "c_fc"}
     a_matrices = [p for n, p in parts.model.named_parameters() if "lora_A" in n]
@@ -302,7 +305,9 @@ def test_run_directory_layout(lora_run: tuple[TrainConfig, Path], tiny_bert: Pat
     config, out = lora_run
     stored = json.loads((out / "config.json").read_text())
     assert stored["base_model"] == str(tiny_bert.resolve()) and Path(stored["base_model"]).is_absolute()
-    assert TrainConfig.from_json(stored) == config and stored["resolved"]["learning_rate"] == 5e-3
+    assert stored["objective"] == "classification"  # "auto", resolved for an encoder and recorded
+    assert TrainConfig.from_json(stored) == replace(config, objective="classification")
+    assert stored["resolved"]["learning_rate"] == 5e-3
     for folder in ("final", "best", "checkpoints/step-4", "checkpoints/step-8", "checkpoints/step-12"):
         assert (out / folder / "adapter_config.json").is_file(), folder
         assert (out / folder / "adapter_model.safetensors").is_file(), folder

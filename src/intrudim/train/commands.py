@@ -12,7 +12,8 @@ from rich.table import Table
 
 from intrudim.errors import IntrudimError
 
-Model = Annotated[str, typer.Option("--model", help="'minilm' (embedded) or a local Hugging Face model folder.")]
+Model = Annotated[str, typer.Option("--model", help="'minilm' or 'smollm2' (embedded) or a local Hugging Face model folder.")]
+ObjectiveOpt = Annotated[str, typer.Option("--objective", help="auto (causal LMs as language models, others with a classification head), classification, or causal-lm.")]
 TaskName = Annotated[str, typer.Option("--task", help="Task name; see `intrudim tasks`.")]
 Out = Annotated[Path, typer.Option("--out", help="Run directory to create.")]
 Alpha = Annotated[float | None, typer.Option("--alpha", help="Fixed LoRA α (implies --alpha-rule fixed unless rslora).")]
@@ -71,6 +72,7 @@ def train_command(
     out: Out,
     model: Model = "minilm",
     task: TaskName = "sentiment",
+    objective: ObjectiveOpt = "auto",
     method: Annotated[str, typer.Option("--method", help="full, lora or lora-b-only (Fig. 10).")] = "lora",
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank r.")] = 8,
     alpha: Alpha = None,
@@ -106,7 +108,7 @@ def train_command(
 
     try:
         config = _config(
-            model=model, task=task, method=method, rank=rank, alpha=alpha, alpha_rule=alpha_rule, lr=lr,
+            model=model, task=task, objective=objective, method=method, rank=rank, alpha=alpha, alpha_rule=alpha_rule, lr=lr,
             total_lr=total_lr, other_lr=other_lr, schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs,
             steps=steps, target_accuracy=target_accuracy, eval_every=eval_every,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, batch_size=batch_size,
@@ -152,6 +154,7 @@ def sweep_command(
     out: Out,
     model: Model = "minilm",
     task: TaskName = "sentiment",
+    objective: ObjectiveOpt = "auto",
     ranks: Annotated[str, typer.Option("--ranks", help="Comma-separated ranks; 'full' = full fine-tuning.")] = "1,2,4,8,16,64,full",
     method: Annotated[str, typer.Option("--method", help="LoRA variant of the rank runs: lora or lora-b-only.")] = "lora",
     alpha: Alpha = None,
@@ -183,7 +186,7 @@ def sweep_command(
         if method not in ("lora", "lora-b-only"):
             raise IntrudimError(f"--method {method!r}: a sweep's rank runs use lora or lora-b-only; add 'full' to --ranks.")
         config = _config(
-            model=model, task=task, method=method, alpha=alpha, alpha_rule=alpha_rule, total_lr=total_lr,
+            model=model, task=task, objective=objective, method=method, alpha=alpha, alpha_rule=alpha_rule, total_lr=total_lr,
             other_lr=other_lr, schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps,
             target_accuracy=target_accuracy, eval_every=eval_every,
             checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, max_length=max_length,

@@ -16,16 +16,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from intrudim.errors import IntrudimError, InvalidConfigError
-from intrudim.weights.sources import embedded_model_path
+from intrudim.weights.sources import EMBEDDED_MODELS, embedded_model_path
 
 Method = Literal["full", "lora", "lora-b-only"]
 AlphaRule = Literal["2r", "fixed", "rslora"]
 Schedule = Literal["linear", "constant"]
+Objective = Literal["auto", "classification", "causal-lm"]
 
 METHODS: tuple[str, ...] = ("full", "lora", "lora-b-only")
 ALPHA_RULES: tuple[str, ...] = ("2r", "fixed", "rslora")
 SCHEDULES: tuple[str, ...] = ("linear", "constant")
+OBJECTIVES: tuple[str, ...] = ("auto", "classification", "causal-lm")
 EMBEDDED_MODEL_NAME = "minilm"
+EMBEDDED_CAUSAL_LM_NAME = "smollm2"
 
 PAPER_FULL_FT_LR = 1e-5
 """Appendix A: the full fine-tuning learning rate for RoBERTa-base."""
@@ -43,15 +46,17 @@ FIXED_ALPHA = 8.0
 """The fixed α of the paper's α = 8 experiments (Table 1, Figs. 16-18); also the default α of rsLoRA."""
 
 
-def resolve_model_path(model: str) -> Path:
-    """``minilm`` → the embedded folder; anything else must be a local Hugging Face model folder."""
-    if model == EMBEDDED_MODEL_NAME:
-        return embedded_model_path(EMBEDDED_MODEL_NAME).resolve()
+def resolve_model_path(model: str, *, progress: bool = True) -> Path:
+    """``minilm`` / ``smollm2`` → the embedded folder (smollm2 is converted once into the cache, with a status
+    line when ``progress``); anything else must be a local Hugging Face model folder."""
+    if model in EMBEDDED_MODELS:
+        return embedded_model_path(model, progress=progress).resolve()
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
         raise IntrudimError(
-            f"--model '{model}' is neither 'minilm' nor a local Hugging Face model folder with a config.json. "
-            f"Give the path of a folder written by save_pretrained (nothing is downloaded)."
+            f"--model '{model}' is neither an embedded model ({', '.join(EMBEDDED_MODELS)}) nor a local Hugging "
+            f"Face model folder with a config.json. Give the path of a folder written by save_pretrained "
+            f"(nothing is downloaded)."
         )
     return path.resolve()
 
@@ -67,8 +72,12 @@ def _check_positive(name: str, value: float | int | None, allow_none: bool = Tru
 class TrainConfig:
     """Everything that decides a training run; ``config.json`` of a run directory is this, frozen.
 
-    ``model``: ``"minilm"`` (embedded) or a local HF folder; a sequence-classification head is added
-    (fresh when the folder has none) and is trained, as is BERT's pooler that feeds it.
+    ``model``: ``"minilm"`` / ``"smollm2"`` (embedded) or a local HF folder. ``objective``: ``classification``
+    adds a sequence-classification head (fresh when the folder has none), trained with BERT's pooler that
+    feeds it; ``causal-lm`` fine-tunes a causal LM as a language model on "prompt + answer text", the loss on
+    the answer tokens only, its own LM head frozen (issue 13); ``auto`` (default) takes ``causal-lm`` for
+    models whose config names a causal-LM architecture (``*ForCausalLM``, GPT-2's ``LMHeadModel``) and
+    ``classification`` otherwise. A run records the objective it resolved to.
     ``rank``: LoRA rank r (ignored for ``full``). ``alpha``: a fixed α; ``alpha_rule``: ``2r`` (default,
     α = 2r), ``fixed`` (α = ``alpha`` or 8), ``rslora`` (scale α/√r, α = ``alpha`` or 8).
     ``lr``: overrides the method's default (LoRA: ``total_lr``/α; full: 1e-5, or 1e-4 on the embedded
@@ -81,6 +90,7 @@ class TrainConfig:
 
     model: str = EMBEDDED_MODEL_NAME
     task: str = "sentiment"
+    objective: Objective = "auto"
     method: Method = "lora"
     rank: int = 8
     alpha: float | None = None
@@ -112,7 +122,8 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        for name, choices in (("method", METHODS), ("alpha_rule", ALPHA_RULES), ("schedule", SCHEDULES)):
+        for name, choices in (("method", METHODS), ("alpha_rule", ALPHA_RULES), ("schedule", SCHEDULES),
+                              ("objective", OBJECTIVES)):
             if getattr(self, name) not in choices:
                 raise InvalidConfigError(
                     f"{name}={getattr(self, name)!r} is unknown; choose one of {', '.join(choices)}."

@@ -4,6 +4,11 @@ One loop for every method. AdamW without weight decay, a linear schedule with 6%
 (global, split over processes when ``accelerate launch`` runs several). The order of the data is a
 function of (seed, epoch) and every checkpoint stores the RNG, optimizer and scheduler states, so a
 run is deterministic for a seed on CPU and a resumed run continues exactly where it stopped.
+
+Encoders are trained with a classification head and cross-entropy over the classes. A causal LM
+(``objective="causal-lm"``, issue 13) is trained as a language model on "prompt + answer text" with the
+cross-entropy of the answer tokens only, and evaluated by the answers' log-likelihoods
+(:mod:`intrudim.tasks.prompts`, :mod:`intrudim.evaluate.batching`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +26,10 @@ from torch import nn
 
 from intrudim.errors import IntrudimError
 from intrudim.evaluate.accuracy import count_correct
-from intrudim.evaluate.batching import example_labels, example_logits
+from intrudim.evaluate.batching import answer_loss, example_labels, example_logits
 from intrudim.fileio import write_json_atomic
 from intrudim.tasks import Task, get_task
+from intrudim.tasks.prompts import PromptFormat, prompt_format
 from intrudim.train.checkpoints import (
     LoopState,
     checkpoint_dir,
@@ -34,7 +40,7 @@ from intrudim.train.checkpoints import (
 )
 from intrudim.train.config import TrainConfig, resolve_model_path
 from intrudim.train.figures import write_run_figures
-from intrudim.train.methods import build_model
+from intrudim.train.methods import build_model, resolve_objective
 from intrudim.train.metrics import MetricsLog
 from intrudim.train.progress import TrainingProgress
 from intrudim.train.run_dir import METRICS_FILE, check_run_dir, prepare_run_dir
@@ -95,6 +101,7 @@ class _Run:
     max_steps: int
     steps_per_epoch: int
     track: bool
+    prompt_format: PromptFormat | None = None  # set for a causal LM trained as a language model
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -140,6 +147,11 @@ def _training_loss(run: _Run, step: int) -> torch.Tensor:
     accelerator = run.accelerator
     local = indices[accelerator.process_index :: accelerator.num_processes] or indices[:1]
     examples = [run.task.train[i] for i in local]
+    if run.prompt_format is not None:
+        return answer_loss(
+            run.model, run.tokenizer, examples, run.task.kind, run.prompt_format, run.config.max_length,
+            accelerator.device,
+        )  # fmt: skip
     logits = example_logits(
         run.model, run.tokenizer, examples, run.task.kind, run.config.max_length, accelerator.device
     )
@@ -152,6 +164,7 @@ def _evaluate(run: _Run) -> float:
     correct, total = count_correct(
         run.model, run.tokenizer, shard, run.task.kind,
         max_length=run.config.max_length, batch_size=run.config.eval_batch_size, device=accelerator.device,
+        prompt_format=run.prompt_format,
     )  # fmt: skip
     counts = torch.tensor([correct, total], dtype=torch.float64, device=accelerator.device)
     counts = accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
@@ -203,10 +216,13 @@ def _stop_on_non_finite(run: _Run, state: LoopState, loss: torch.Tensor) -> None
     )
 
 
-def _set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, cache_dir: Path | None) -> tuple[_Run, LoopState]:
+def _set_up(
+    config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, cache_dir: Path | None, progress: bool = True
+) -> tuple[_Run, LoopState]:
     from accelerate import Accelerator
 
-    base_model = resolve_model_path(config.model)
+    base_model = resolve_model_path(config.model, progress=progress)
+    config = replace(config, objective=resolve_objective(config.objective, base_model))  # the run records which
     task = get_task(
         config.task, seed=config.seed, train_fraction=config.train_fraction, data_path=config.data_path,
         max_train_examples=config.max_train_examples, max_validation_examples=config.max_validation_examples,
@@ -214,6 +230,7 @@ def _set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, c
     accelerator = Accelerator()
     check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)  # before any slow work
     max_steps, steps_per_epoch = total_training_steps(config, len(task.train))
+    formats = prompt_format(task) if config.objective == "causal-lm" else None  # a task without answers: refused here
     parts = build_model(config, base_model, task.head_outputs)  # a bad --rank is refused here, nothing written
     resuming = prepare_run_dir(run_dir, config, base_model, resume=resume, overwrite=overwrite)
     optimizer, scheduler = _make_optimizer(parts.model, config, max_steps)
@@ -226,7 +243,7 @@ def _set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, c
     else:
         metrics.reset()
         metrics.write({
-            "event": "start", "step": 0, "task": task.name, "train_size": len(task.train),
+            "event": "start", "step": 0, "task": task.name, "objective": config.objective, "train_size": len(task.train),
             "validation_size": len(task.validation), "max_steps": max_steps, "method": config.method,
             "learning_rate": config.learning_rate, "trainable_parameters": parts.trainable_parameters,
             "total_parameters": parts.total_parameters, "target_modules": len(parts.target_modules),
@@ -235,7 +252,7 @@ def _set_up(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, c
     track = config.track_intruders and analysis_available()
     run = _Run(
         config, run_dir, base_model, task, model, parts.tokenizer, optimizer, scheduler, accelerator, metrics,
-        cache_dir if cache_dir is not None else run_dir / "svd_cache", max_steps, steps_per_epoch, track,
+        cache_dir if cache_dir is not None else run_dir / "svd_cache", max_steps, steps_per_epoch, track, formats,
     )  # fmt: skip
     return run, state
 
@@ -346,7 +363,9 @@ def train(
     ``figures=False`` skips the PNGs. ``on_step`` is called after every step (tests use it to interrupt a run).
     """
     started = time.perf_counter()
-    run, state = _set_up(config, Path(out_dir), resume, overwrite, None if cache_dir is None else Path(cache_dir))
+    run, state = _set_up(config, Path(out_dir), resume, overwrite, None if cache_dir is None else Path(cache_dir),
+                         progress)  # fmt: skip
+    config = run.config
     if config.track_intruders and not run.track and run.is_main:
         run.metrics.write({"event": "note", "step": state.step,
                            "message": "intruder tracking skipped: intrudim.analyze is not importable"})  # fmt: skip

@@ -6,11 +6,19 @@ inside the blocks (attention q/k/v/o and the MLP), biases via ``bias="all"``, La
 classification head (with BERT's pooler, which feeds it) via ``modules_to_save`` so that they are saved
 in the adapter. B-only LoRA (Fig. 10) sets each A to a random matrix with orthonormal rows (all
 singular values 1) and freezes it.
+
+A causal LM fine-tuned as a language model (``objective="causal-lm"``, issue 13) has no classification
+head: its own LM head scores the answer texts and stays frozen with the embeddings (SmolLM2 ties them),
+while the block linears and the norms are trained exactly as for an encoder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +41,35 @@ class ModelParts:
     target_modules: tuple[str, ...]
     trainable_parameters: int
     total_parameters: int
+    objective: str = "classification"  # "classification" | "causal-lm"
+
+
+def causal_lm_architectures() -> set[str]:
+    """Class names transformers loads with ``AutoModelForCausalLM`` (LlamaForCausalLM, GPT2LMHeadModel, ...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names: set[str] = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update(value if isinstance(value, (tuple, list)) else (value,))
+    return names
+
+
+def is_causal_lm(model_path: Path) -> bool:
+    """Whether the folder's config.json names a causal-LM architecture (its ``architectures`` list)."""
+    try:
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    known = causal_lm_architectures()
+    return any(isinstance(name, str) and (name in known or name.endswith("ForCausalLM")) for name in architectures or ())
+
+
+def resolve_objective(objective: str, model_path: Path) -> str:
+    """``auto`` → ``causal-lm`` for a causal-LM folder, else ``classification``; the others as given."""
+    if objective != "auto":
+        return objective
+    return "causal-lm" if is_causal_lm(model_path) else "classification"
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -80,36 +117,75 @@ def _linear_shape(module: nn.Module) -> tuple[int, int]:
     return (weight.shape[0], weight.shape[1]) if isinstance(module, nn.Linear) else (weight.shape[1], weight.shape[0])
 
 
-def load_base_model(model_path: Path, head_outputs: int) -> tuple[nn.Module, object]:
-    """Load a local HF folder as a sequence-classification model with ``head_outputs`` outputs."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers without its "Loading weights" bar and warnings ("newly initialized classifier" is expected:
+    the head is fresh); restored afterwards."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected: the head is fresh
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=head_outputs, ignore_mismatched_sizes=True
-        )
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_base_model(model_path: Path, head_outputs: int) -> tuple[nn.Module, object]:
+    """Load a local HF folder as a sequence-classification model with ``head_outputs`` outputs."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=head_outputs, ignore_mismatched_sizes=True
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise IntrudimError(
             f"Could not load '{model_path}' as a sequence-classification model with its tokenizer: {exc}. "
             f"Give a Hugging Face model folder whose architecture has a *ForSequenceClassification class."
         ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if tokenizer.pad_token is None:  # causal LMs (LLaMA, GPT-2) ship without a pad token
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def _freeze_embeddings_train_rest(model: nn.Module) -> None:
-    """Full fine-tuning: everything trainable except embedding tables (App. A)."""
+def load_causal_lm(model_path: Path) -> tuple[nn.Module, object]:
+    """Load a local HF folder as a causal LM (``AutoModelForCausalLM``) with its tokenizer, in float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise IntrudimError(
+            f"Could not load '{model_path}' as a causal language model with its tokenizer: {exc}. Give a Hugging "
+            f"Face model folder whose architecture has a *ForCausalLM class, or train it with a classification "
+            f"head (--objective classification)."
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _freeze_embeddings_train_rest(model: nn.Module, freeze_output_embeddings: bool = False) -> None:
+    """Full fine-tuning: everything trainable except embedding tables (App. A), and a causal LM's LM head."""
     for module in model.modules():
         for parameter in module.parameters(recurse=False):
             parameter.requires_grad = not isinstance(module, nn.Embedding)
+    output = model.get_output_embeddings() if freeze_output_embeddings else None
+    if output is not None:
+        for parameter in output.parameters():
+            parameter.requires_grad = False
 
 
 def _check_rank(targets: dict[str, nn.Module], rank: int) -> None:
@@ -131,14 +207,15 @@ def orthonormal_rows(rows: int, columns: int, generator: torch.Generator) -> tor
     return q.T.contiguous().to(torch.float32)  # (rows, columns)
 
 
-def _apply_lora(model: nn.Module, config: TrainConfig, targets: dict[str, nn.Module]) -> nn.Module:
+def _apply_lora(model: nn.Module, config: TrainConfig, targets: dict[str, nn.Module], objective: str) -> nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     _check_rank(targets, config.rank)
-    modules_to_save = [*norm_modules(model), *head_modules(model)]
+    causal = objective == "causal-lm"
+    modules_to_save = [*norm_modules(model), *([] if causal else head_modules(model))]
     lora_config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS,
         r=config.rank,
         lora_alpha=config.resolved_alpha,
         lora_dropout=config.lora_dropout,
@@ -148,7 +225,9 @@ def _apply_lora(model: nn.Module, config: TrainConfig, targets: dict[str, nn.Mod
         modules_to_save=modules_to_save,
         fan_in_fan_out=any(isinstance(module, Conv1D) for module in targets.values()),
     )
-    peft_model = get_peft_model(model, lora_config)
+    with warnings.catch_warnings():  # peft 0.21 calls transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        peft_model = get_peft_model(model, lora_config)
     if config.method == "lora-b-only":
         _freeze_orthonormal_a(peft_model, config.seed)
     return peft_model
@@ -166,9 +245,16 @@ def _freeze_orthonormal_a(peft_model: nn.Module, seed: int) -> None:
 
 
 def build_model(config: TrainConfig, model_path: Path, head_outputs: int) -> ModelParts:
-    """Load the base model and prepare it for ``config.method``, seeded by ``config.seed``."""
+    """Load the base model and prepare it for ``config.method`` and ``config.objective``, seeded by ``config.seed``.
+
+    ``head_outputs`` sizes the classification head (unused for a causal LM trained as a language model).
+    """
+    objective = resolve_objective(config.objective, model_path)
     torch.manual_seed(config.seed)  # the fresh head and LoRA's A are initialised from the seed
-    model, tokenizer = load_base_model(model_path, head_outputs)
+    if objective == "causal-lm":
+        model, tokenizer = load_causal_lm(model_path)
+    else:
+        model, tokenizer = load_base_model(model_path, head_outputs)
     targets = block_linear_layers(model)
     if not targets:
         raise IntrudimError(
@@ -176,9 +262,9 @@ def build_model(config: TrainConfig, model_path: Path, head_outputs: int) -> Mod
             f".layer.N., .layers.N. or .h.N.); intrudim cannot tell which matrices to train."
         )
     if config.is_lora:
-        model = _apply_lora(model, config, targets)
+        model = _apply_lora(model, config, targets, objective)
     else:
-        _freeze_embeddings_train_rest(model)
+        _freeze_embeddings_train_rest(model, freeze_output_embeddings=objective == "causal-lm")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return ModelParts(model, tokenizer, tuple(sorted(targets)), trainable, total)
+    return ModelParts(model, tokenizer, tuple(sorted(targets)), trainable, total, objective)

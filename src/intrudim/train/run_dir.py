@@ -28,11 +28,12 @@ def _read_run_config(run_dir: Path) -> dict[str, Any] | None:
 
 # Fields added to TrainConfig after format 1 was first written, with the behaviour that runs written before
 # them had: a run directory without the key trained that way, so resuming compares against it.
-FIELDS_ADDED_LATER: dict[str, Any] = {"schedule": "linear", "max_grad_norm": None}
+FIELDS_ADDED_LATER: dict[str, Any] = {"schedule": "linear", "max_grad_norm": None, "objective": "classification"}
 # Fields whose command-line option is worth naming because it is not the field's name, or needs a word.
 _OPTION_OF_FIELD = {
     "max_grad_norm": "--max-grad-norm (0 turns clipping off)", "max_steps": "--steps", "intruder_k": "--k",
     "intruder_epsilon": "--epsilon", "track_intruders": "--track/--no-track",
+    "objective": "--objective",
 }  # fmt: skip
 
 
@@ -102,5 +103,9 @@ def run_config_json(config: TrainConfig, base_model: Path) -> dict[str, Any]:
         "producer": _package,
         **config.to_json(),
         "base_model": str(base_model),
-        "head": "a sequence-classification head (fresh if the base has none) is trained, with BERT's pooler",
+        "head": (
+            "none: the causal LM's own LM head (frozen) scores each label's answer text after the prompt"
+            if config.objective == "causal-lm"
+            else "a sequence-classification head (fresh if the base has none) is trained, with BERT's pooler"
+        ),
     }

