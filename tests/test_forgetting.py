@@ -498,3 +498,39 @@ def test_real_run_directory_from_intrudim_train(models, tmp_path):
     assert result.metadata["tuned_weights"]["lora_modules"] == 12
     assert "classifier.weight" in result.metadata["tuned_weights"]["ignored_head_weights"]
     assert result.metadata["tuned_path"].endswith("final")
+
+
+# ------------------------------------------------------------------------------------- embedded models (slow)
+
+
+@needs_gensim
+@pytest.mark.slow
+def test_minilm_contrastive_objective_is_learned_and_noise_forgets(tokenizer_dir):
+    """The embedded MiniLM on its own objective: far better than chance (ln 64) on news pairs; noise forgets."""
+    probe = ForgettingProbe.prepare("minilm", None, ForgettingConfig(max_tokens=6000))
+    assert probe.measure == "contrastive" and probe.text.source == "news"
+    model = probe.load_base_model()
+    base = probe.scores(model)
+    assert float(base.losses.mean()) < math.log(64) - 1.0 and float(base.accuracies.mean()) > 0.25
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            weight = layer.output.dense.weight
+            weight.add_(torch.randn(weight.shape, generator=generator) * weight.std())
+    result = probe.summarize(base, probe.scores(model))
+    assert result.forgets and result.delta_accuracy < 0
+
+
+@pytest.mark.slow
+def test_smollm2_perplexity_on_wikipedia_is_sane():
+    """DESIGN.md: SmolLM2-135M has perplexity ~30 on Wikipedia paragraphs (780 with the words shuffled)."""
+    from intrudim.train.config import resolve_model_path
+
+    try:
+        resolve_model_path("smollm2")
+    except IntrudimError as exc:
+        pytest.skip(f"smollm2 is not available: {exc}")
+    probe = ForgettingProbe.prepare("smollm2", "wiki", ForgettingConfig(max_tokens=1024))
+    assert probe.measure == "perplexity" and probe.tokens == 1024
+    result = probe.summarize(*(2 * [probe.losses(probe.load_base_model())]))
+    assert 8 < result.base.perplexity < 80

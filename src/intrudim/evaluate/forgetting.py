@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +71,7 @@ ENCODER_MODEL_TYPES = (
 )  # fmt: skip
 _HEAD_MODULE_NAMES = ("classifier", "score", "pooler", "qa_outputs", "lm_head", "cls", "pre_classifier")
 _POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")  # positions start at pad+1
+PAIR_SHUFFLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -626,6 +628,9 @@ def _prepare_windows(
 
 def _prepare_pairs(text: TextSample, tokenizer: Any, config: ForgettingConfig) -> tuple[dict[str, Any], int]:
     pairs = adjacent_sentence_pairs(text)
+    # Shuffled (fixed seed) so that a batch's negatives come from many articles, as in MiniLM's training batches;
+    # in text order the pairs of one article would share a batch and be each other's hard negatives.
+    random.Random(PAIR_SHUFFLE_SEED).shuffle(pairs)
     group = config.pairs_per_batch
     anchors: list[list[int]] = []
     positives: list[list[int]] = []
