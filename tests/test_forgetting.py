@@ -386,6 +386,32 @@ def test_local_text_file_folder_and_dataset(tmp_path):
         load_text(tmp_path / "ds2")
 
 
+def test_missing_gensim_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from intrudim.evaluate import text
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
+    with pytest.raises(IntrudimError, match="pip install --no-deps gensim==4.4.0"):
+        text.gensim_test_data()
+
+
+def test_contrastive_section_shows_retrieval_accuracy():
+    from intrudim.report.forgetting_report import forgetting_section_html
+
+    losses = torch.tensor([2.0, 2.5, 3.0, 2.2], dtype=torch.float64)
+    result = summarize(losses, losses + 0.5, measure="contrastive", tokens=100, pairs_per_batch=4,
+                       base_accuracies=torch.tensor([1.0, 0.5, 0.0, 1.0], dtype=torch.float64),
+                       tuned_accuracies=torch.zeros(4, dtype=torch.float64),
+                       text={"source": "news", "description": "news sample", "licence": "CC BY-SA"}, seq_len=128)  # fmt: skip
+    data = result.to_json()
+    assert data["base"]["perplexity"] is None and data["base"]["retrieval_accuracy"] == 0.625
+    assert data["delta_retrieval_accuracy"] == -0.625 and math.isclose(data["delta"], 0.5)
+    html = forgetting_section_html(result)
+    assert "retrieval accuracy (of 4)" in html and "0.625" in html and "CC BY-SA" in html and "perplexity" not in html
+
+
 def test_sentence_split_and_pairs():
     assert split_sentences("Mr. Smith went to Washington. He met Dr. Jones! Then 3 people left? Yes.") == [
         "Mr. Smith went to Washington.", "He met Dr. Jones!", "Then 3 people left?", "Yes."]  # fmt: skip
