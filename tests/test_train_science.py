@@ -46,6 +46,8 @@ import torch
 from intrudim.train import TrainConfig, read_metrics, train
 from intrudim.train.engine import TrainResult
 
+pytestmark = [pytest.mark.slow, pytest.mark.science]
+
 SEEDS = (0, 1)
 COMPRESSED_TOTAL_LR = 6e-3  # 2.5× Appendix A's α·η = 2.4e-3; see the module docstring
 RECIPE = dict(

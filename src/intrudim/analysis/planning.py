@@ -17,7 +17,7 @@ from intrudim.analysis.config import AnalyzeConfig
 from intrudim.errors import IncompatibleWeightsError, IntrudimError, InvalidConfigError, NonFiniteWeightsError
 from intrudim.weights.matching import KeyMatcher
 from intrudim.weights.peft_adapter import EMBEDDING_LORA_ADVICE, LoraAdapter, is_adapter_dir
-from intrudim.weights.selection import MatrixSelection, is_conv1d
+from intrudim.weights.selection import BLOCK_PATTERN, MatrixSelection, is_conv1d
 from intrudim.weights.sources import EMBEDDED_MODELS, WeightSource, open_weights
 
 
@@ -197,6 +197,13 @@ def open_inputs(base_spec: str | Path, tuned_spec: str | Path, config: AnalyzeCo
                 + ". By default intrudim analyses the 2-D linear weights inside the transformer blocks; use --modules "
                 "REGEX to choose others."
             )
+        # Embedding tables and heads taken in with --include-* may have fewer than k singular vectors (BERT's
+        # token_type_embeddings is (2, hidden)): they are skipped with the reason; a block matrix is an error.
+        small_extras = [job for job in jobs if config.k > min(job.shape) and not BLOCK_PATTERN.search(job.base_key)]
+        for job in small_extras:
+            skipped.append({"name": job.base_key, "reason": f"only {min(job.shape)} singular vectors, fewer than "
+                            f"k={config.k}"})  # fmt: skip
+        jobs = [job for job in jobs if job not in small_extras]
         too_small = next((job for job in jobs if config.k > min(job.shape)), None)
         if too_small is not None:
             raise InvalidConfigError(

@@ -38,6 +38,8 @@ class LoraCore:
     B_coords: torch.Tensor  # (p + r_B, r): [B₀; T_B] scaled by s
     A_coords: torch.Tensor  # (p + r_A, r): [A₀; T_A]
     p: int
+    Q_out: torch.Tensor | None = None  # (out, r_B) float64: B's part outside span(U₀), orthonormal; None if r_B = 0
+    Q_in: torch.Tensor | None = None  # (in, r_A) float64: A's rows outside span(V₀); None if r_A = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -59,8 +61,12 @@ class LoraCore:
         return float((self.S0**2).sum() + 2.0 * (self.S0 * cross).sum() + lowrank_sq)
 
 
-def _split_against_basis(X: torch.Tensor, basis: torch.Tensor, full_span: bool) -> torch.Tensor:
+def _split_against_basis(
+    X: torch.Tensor, basis: torch.Tensor, full_span: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Coordinates (float64) of the columns of X (dim, r) in [basis, Q], Q an orthonormal basis of the residual.
+
+    Returns the coordinates and Q (float64, or None when X lies inside span(basis)).
 
     Products run in the basis's dtype (float32 when the cache stores float32 factors: no large float64
     copy of the basis is made) and are written as (Xᵀ·basis)ᵀ, which is several times faster in torch than
@@ -69,7 +75,7 @@ def _split_against_basis(X: torch.Tensor, basis: torch.Tensor, full_span: bool) 
     X = X.to(basis.dtype)
     inside = (X.T @ basis).T  # (p, r)
     if full_span:
-        return inside.to(torch.float64)
+        return inside.to(torch.float64), None
     residual = X - basis @ inside  # (dim, r)
     # One re-orthogonalisation pass keeps Q ⟂ basis to working precision (classical Gram-Schmidt twice).
     correction = (residual.T @ basis).T
@@ -79,8 +85,8 @@ def _split_against_basis(X: torch.Tensor, basis: torch.Tensor, full_span: bool) 
     scale = max(float(X.norm()), 1e-300)
     rtol = _RESIDUAL_RTOL if basis.dtype == torch.float64 else 1e-5
     if float(T.abs().max()) <= rtol * scale:
-        return inside.to(torch.float64)
-    return torch.cat([inside.to(torch.float64), T], dim=0)
+        return inside.to(torch.float64), None
+    return torch.cat([inside.to(torch.float64), T], dim=0), Q
 
 
 def lora_core(base: SVDFactors, B: torch.Tensor, A: torch.Tensor, scale: float) -> LoraCore:
@@ -95,9 +101,9 @@ def lora_core(base: SVDFactors, B: torch.Tensor, A: torch.Tensor, scale: float) 
             f"LoRA factors B {tuple(B.shape)} and A {tuple(A.shape)} do not fit a base matrix of shape "
             f"({out_dim}, {in_dim}): expected B (out, r) and A (r, in)."
         )
-    B_coords = _split_against_basis(B, U0, full_span=(p == out_dim)) * scale
-    A_coords = _split_against_basis(A.T, V0, full_span=(p == in_dim))
-    return LoraCore(S0=S0, B_coords=B_coords, A_coords=A_coords, p=p)
+    B_coords, Q_out = _split_against_basis(B, U0, full_span=(p == out_dim))
+    A_coords, Q_in = _split_against_basis(A.T, V0, full_span=(p == in_dim))
+    return LoraCore(S0=S0, B_coords=B_coords * scale, A_coords=A_coords, p=p, Q_out=Q_out, Q_in=Q_in)
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,15 @@ def core_top_k(core: LoraCore, k: int, *, method: str = "auto") -> CoreTopK:
 
     U, S, _ = _arpack_top_k(matvec, rmatvec, (rows, cols), k)
     return CoreTopK(S=torch.from_numpy(S.copy()), Y=torch.from_numpy(U.copy()))
+
+
+def core_right_vectors(core: LoraCore, top: CoreTopK) -> torch.Tensor:
+    """Right singular vectors X (cols, k) of the core for the left vectors of ``top``: x_j = Mᵀ y_j / σ_j."""
+    p = core.p
+    Y = top.Y  # (rows, k)
+    X = core.A_coords @ (core.B_coords.T @ Y)  # (cols, k): the rank-r part of Mᵀ Y
+    X[:p] += core.S0[:, None] * Y[:p]
+    return X / top.S.clamp_min(torch.finfo(torch.float64).tiny)[None, :]
 
 
 def core_full_spectrum(core: LoraCore) -> CoreTopK:

@@ -1,0 +1,282 @@
+"""`intrudim repair BASE TUNED`: scale the intruders' singular values by λ and write the result exactly (v2).
+
+For each matrix planned as ``analyze`` plans it (same k, ε, selection), the top singular triplets of W_t
+come from the structured top-k (LoRA) or a Lanczos top-k (dense), the intruders among the top-k are found
+as in ``analyze``, and W' = W_t + (λ − 1)·Σ_{j∈I} σ_j u_j v_jᵀ is written:
+- for a LoRA adapter, as a PEFT adapter of rank r + |I| on the repaired modules (``rank_pattern`` /
+  ``alpha_pattern``), exact: merged, it equals W' up to the output dtype's rounding;
+- for a dense (fully fine-tuned) model, as merged weights, sharded like the input.
+An adapter or model without intruders is copied unchanged, bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
+from intrudim.analysis.running import make_reporter, open_cache
+from intrudim.errors import IntrudimError
+from intrudim.repair.config import RepairConfig
+from intrudim.spectral.repair import (
+    RankUpdate,
+    SingularTriplets,
+    control_indices,
+    dense_top_triplets,
+    intruder_indices,
+    lora_delta_norm,
+    lora_top_triplets,
+    removed_norm,
+    scaled_directions_update,
+    shrink_factor,
+)
+from intrudim.threads import analysis_threads
+from intrudim.weights.peft_adapter import LoraFactors
+from intrudim.weights.svd_cache import BaseSVDCache
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass
+class MatrixRepairPlan:
+    """What repair knows of one matrix: its top triplets, intruders and ΔW norm; any λ/control is cheap after."""
+
+    job: MatrixJob
+    triplets: SingularTriplets
+    intruders: list[int]  # 0-based, among the top-k
+    non_intruders: list[int]  # the ``non-intruder`` control's directions (as many as intruders)
+    delta_norm: float  # ‖ΔW‖_F
+    factors: LoraFactors | None  # LoRA modules: the adapter's factors
+
+    def directions(self, control: str) -> list[int]:
+        return self.non_intruders if control == "non-intruder" else self.intruders
+
+    def removed_norm(self, lam: float) -> float:
+        """‖W' − W_t‖_F of the intruder repair at λ (the shrink control matches it)."""
+        return removed_norm(self.triplets, self.intruders, lam)
+
+    def shrink(self, lam: float) -> tuple[float, bool]:
+        """The ``shrink`` control's c (W₀ + c·ΔW) at λ, and whether it matches the removed norm."""
+        return shrink_factor(self.delta_norm, self.removed_norm(lam))
+
+    def update(self, lam: float, control: str) -> RankUpdate | None:
+        """W' − W_t as factors for ``none``/``non-intruder`` (None when nothing changes); not for ``shrink``."""
+        indices = self.directions(control)
+        if not indices or lam == 1.0:
+            return None
+        return scaled_directions_update(self.triplets, indices, lam)
+
+
+def plan_matrix(
+    inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, k: int, epsilon: float, with_control: bool
+) -> MatrixRepairPlan:
+    """Top triplets and intruders of one planned matrix (structured for LoRA; Lanczos for dense)."""
+    W0 = inputs.base_matrix(job)
+    base_svd = cache.get(W0)
+    p = base_svd.rank_dim
+    factors = inputs.lora_factors(job) if inputs.adapter is not None else None
+    Wt = None if factors is not None else inputs.tuned_matrix(job)
+
+    def top(count: int) -> SingularTriplets:
+        if factors is not None:
+            return lora_top_triplets(base_svd, factors.B, factors.A, factors.scale, count)
+        assert Wt is not None
+        return dense_top_triplets(Wt, base_svd.U, count)
+
+    triplets = top(k)
+    intruders = intruder_indices(triplets.max_cos, epsilon, k)
+    non_intruders: list[int] = []
+    if with_control and intruders:
+        wanted = min(p, k + len(intruders))
+        if wanted > triplets.k:
+            triplets = top(wanted)
+        non_intruders = control_indices(triplets.max_cos, epsilon, k)
+    if factors is not None:
+        delta_norm = lora_delta_norm(factors.B, factors.A, factors.scale)
+    else:
+        assert Wt is not None
+        delta_norm = float(torch.linalg.matrix_norm(Wt.to(torch.float64) - W0.to(torch.float64)))
+    return MatrixRepairPlan(job, triplets, intruders, non_intruders, delta_norm, factors)
+
+
+def plan_repairs(
+    inputs: AnalysisInputs,
+    cache: BaseSVDCache,
+    config: RepairConfig,
+    *,
+    with_control: bool,
+    progress: bool | ProgressCallback = False,
+) -> list[MatrixRepairPlan]:
+    """:func:`plan_matrix` for every planned matrix, with numpy/scipy BLAS single-threaded (intrudim.threads)."""
+    reporter = make_reporter(progress, len(inputs.jobs), "repair")
+    plans = []
+    try:
+        with analysis_threads():
+            for i, job in enumerate(inputs.jobs):
+                if reporter is not None:
+                    reporter(i, len(inputs.jobs), job.base_key)
+                plans.append(plan_matrix(inputs, job, cache, config.k, config.epsilon, with_control))
+        if reporter is not None:
+            reporter(len(inputs.jobs), len(inputs.jobs), "done")
+    finally:
+        if hasattr(reporter, "close"):
+            reporter.close()  # type: ignore[union-attr]
+    return plans
+
+
+@dataclass
+class MatrixRepair:
+    """What was done to one matrix. Ranks are 1-based (1 = largest singular value of W_t)."""
+
+    name: str
+    module: str | None
+    shape: tuple[int, int]
+    transposed: bool
+    intruder_ranks: list[int]
+    scaled_ranks: list[int]  # the directions scaled (= intruder_ranks unless the control is non-intruder)
+    sigma_before: list[float]
+    sigma_after: list[float]
+    rank_added: int
+    removed_frobenius: float  # ‖W' − W_t‖_F
+    shrink_c: float | None = None  # the shrink control's c (W₀ + c·ΔW)
+    norm_matched: bool | None = None  # shrink: whether it removes exactly the intruder repair's norm
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        return data
+
+
+def describe(plan: MatrixRepairPlan, lam: float, control: str) -> MatrixRepair:
+    """The repair.json entry for one matrix at (λ, control)."""
+    job = plan.job
+    intruder_ranks = [j + 1 for j in plan.intruders]
+    if control == "shrink":
+        c, matched = plan.shrink(lam) if plan.intruders else (1.0, True)
+        return MatrixRepair(
+            name=job.base_key, module=job.module, shape=job.shape, transposed=job.transpose,
+            intruder_ranks=intruder_ranks, scaled_ranks=[], sigma_before=[], sigma_after=[], rank_added=0,
+            removed_frobenius=(1.0 - c) * plan.delta_norm, shrink_c=c, norm_matched=matched,
+        )  # fmt: skip
+    indices = plan.directions(control) if lam != 1.0 else []
+    sigma = [float(plan.triplets.S[j]) for j in indices]
+    return MatrixRepair(
+        name=job.base_key, module=job.module, shape=job.shape, transposed=job.transpose,
+        intruder_ranks=intruder_ranks, scaled_ranks=[j + 1 for j in indices], sigma_before=sigma,
+        sigma_after=[lam * s for s in sigma], rank_added=len(indices) if plan.factors is not None else 0,
+        removed_frobenius=removed_norm(plan.triplets, indices, lam),
+    )  # fmt: skip
+
+
+@dataclass
+class RepairResult:
+    """A repair of TUNED against BASE: per matrix what was scaled, and where the output was written."""
+
+    base: str
+    tuned: str
+    tuned_kind: str  # "lora" or "dense"
+    config: RepairConfig
+    matrices: list[MatrixRepair]
+    skipped: list[dict[str, str]]
+    output: str | None = None
+    output_kind: str | None = None  # "adapter" or "model"
+    unchanged: bool = False  # nothing to scale: the output is a bit-for-bit copy of the input
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_intruders(self) -> int:
+        return sum(len(m.intruder_ranks) for m in self.matrices)
+
+    @property
+    def matrices_changed(self) -> int:
+        return sum(1 for m in self.matrices if m.removed_frobenius > 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "tuned": self.tuned,
+            "tuned_kind": self.tuned_kind,
+            "lambda": self.config.lam,
+            "k": self.config.k,
+            "epsilon": self.config.epsilon,
+            "control": self.config.control,
+            "total_intruders": self.total_intruders,
+            "matrices_changed": self.matrices_changed,
+            "rank_added": sum(m.rank_added for m in self.matrices),
+            "unchanged": self.unchanged,
+            "output": self.output,
+            "output_kind": self.output_kind,
+            "matrices": [m.to_json() for m in self.matrices],
+            "skipped": self.skipped,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 4),
+            "config": asdict(self.config),
+            "definition": "W' = W_t + (lambda - 1) * sum_{j in I} sigma_j u_j v_j^T, I = intruders among the top-k "
+            "singular vectors of W_t (max |cos| to every base left singular vector < epsilon); written exactly "
+            "(LoRA rank r + |I|), never truncated",
+        }
+
+    def summary_lines(self) -> list[str]:
+        what = {"none": "intruder", "non-intruder": "non-intruder control", "shrink": "shrink control"}[self.config.control]
+        lines = [
+            f"{self.total_intruders} intruder dimensions (k={self.config.k}, ε={self.config.epsilon}) in "
+            f"{sum(1 for m in self.matrices if m.intruder_ranks)} of {len(self.matrices)} matrices; "
+            f"{what} repair at λ={self.config.lam:g} changed {self.matrices_changed} matrices",
+        ]
+        if self.unchanged:
+            lines.append("nothing to scale: the output is an unchanged, bit-for-bit copy of the input")
+        if self.output:
+            lines.append(f"wrote the repaired {self.output_kind} to {self.output}")
+        return lines
+
+
+def repair(
+    base: str | Path,
+    tuned: str | Path,
+    config: RepairConfig | None = None,
+    *,
+    out: str | Path,
+    merged: bool = False,
+    overwrite: bool = False,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool | ProgressCallback = False,
+    **overrides: Any,
+) -> RepairResult:
+    """Scale TUNED's intruders by λ against BASE and write OUT/adapter (LoRA) or OUT/model (dense, or ``merged``),
+    plus OUT/repair.json.
+
+    Example::
+
+        result = intrudim.repair("smollm2", "runs/lora-r1", lam=0.5, out="runs/lora-r1-repaired")
+        print(result.total_intruders, result.output)
+    """
+    from dataclasses import replace
+
+    from intrudim.repair.writers import prepare_output, write_outputs
+
+    config = replace(config, **overrides) if config is not None else RepairConfig(**overrides)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise IntrudimError(f"--device {config.device} was asked for, but no CUDA GPU is available here. Use --device cpu.")
+    started = time.perf_counter()
+    analyze_config = config.analyze_config
+    with open_inputs(base, tuned, analyze_config) as inputs:
+        out_dir = prepare_output(Path(out), inputs, merged=merged, overwrite=overwrite)
+        cache = open_cache(analyze_config, cache_dir, use_cache)
+        plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress)
+        result = RepairResult(
+            base=str(base), tuned=str(tuned), tuned_kind=inputs.tuned_kind, config=config,
+            matrices=[describe(plan, config.lam, config.control) for plan in plans], skipped=list(inputs.skipped),
+        )  # fmt: skip
+        write_outputs(result, plans, inputs, out_dir, merged=merged, overwrite=overwrite)
+    result.seconds = time.perf_counter() - started
+    from intrudim.fileio import write_json_atomic
+
+    write_json_atomic(out_dir / "repair.json", result.to_json())
+    return result

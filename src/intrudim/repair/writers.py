@@ -1,0 +1,262 @@
+"""Writing a repair: an exact PEFT adapter of rank r + |I| (rank_pattern / alpha_pattern), or merged weights
+sharded like the input, or a bit-for-bit copy when nothing changes. Every output directory is built beside
+its destination and moved into place at the end, so an interrupted repair leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from intrudim.analysis.planning import AnalysisInputs
+from intrudim.errors import IntrudimError
+from intrudim.fileio import ensure_writable_directory, write_json_atomic
+from intrudim.repair.core import MatrixRepairPlan, RepairResult
+from intrudim.spectral.repair import alpha_for_scale, extend_lora_factors
+from intrudim.weights.peft_adapter import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, LoraAdapter
+from intrudim.weights.sources import SAFETENSORS_INDEX, WeightSource
+
+
+def output_name(inputs: AnalysisInputs, merged: bool) -> str:
+    return "adapter" if inputs.adapter is not None and not merged else "model"
+
+
+def prepare_output(out: Path, inputs: AnalysisInputs, *, merged: bool, overwrite: bool) -> Path:
+    """Check --out before any slow work: writable, and no earlier output that would be replaced."""
+    ensure_writable_directory(out)
+    if merged and inputs.adapter is not None and not inputs.base.path.is_dir():
+        raise IntrudimError(
+            f"--merged needs BASE as a model directory (config.json + weights) to merge into; '{inputs.base.path}' "
+            f"is a single file. Give the model folder, or leave out --merged to get a repaired adapter."
+        )
+    target = out / output_name(inputs, merged)
+    for existing in (target, out / "repair.json"):
+        if existing.exists() and not overwrite:
+            raise IntrudimError(
+                f"'{existing}' already exists and would be replaced. Choose another --out, or pass --overwrite to "
+                f"replace the earlier repair."
+            )
+    return out
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a fresh directory beside ``target``; on success it replaces ``target`` (an older one is removed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            target.rename(trash / target.name)
+            tmp.rename(target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    """Every file of ``source`` into ``dest``, bytes and modification times preserved."""
+    if source.is_file():
+        shutil.copy2(source, dest / source.name)
+        if (source.parent / "config.json").exists():
+            shutil.copy2(source.parent / "config.json", dest / "config.json")
+        return
+    shutil.copytree(source, dest, dirs_exist_ok=True)
+
+
+def write_outputs(
+    result: RepairResult,
+    plans: list[MatrixRepairPlan],
+    inputs: AnalysisInputs,
+    out: Path,
+    *,
+    merged: bool,
+    overwrite: bool,
+) -> None:
+    """Write OUT/adapter or OUT/model for ``result.config``'s λ and control; fill in result.output*."""
+    lam, control = result.config.lam, result.config.control
+    target = out / output_name(inputs, merged)
+    result.output, result.output_kind = str(target), output_name(inputs, merged)
+    changed = any(m.removed_frobenius > 0 for m in result.matrices)
+    if inputs.adapter is not None:
+        adapter = inputs.adapter
+        new_factors = lora_replacements(plans, adapter, lam, control)
+        with atomic_directory(target) as tmp:
+            if not changed:
+                result.unchanged = True
+                if merged:
+                    merge_with_peft(inputs.base, adapter.path, tmp)
+                else:
+                    _copy_tree(adapter.path, tmp)
+            elif merged:
+                with tempfile.TemporaryDirectory(dir=out) as staging:
+                    write_adapter(adapter, new_factors, Path(staging))
+                    merge_with_peft(inputs.base, Path(staging), tmp)
+            else:
+                write_adapter(adapter, new_factors, tmp)
+        return
+    assert inputs.tuned is not None
+    with atomic_directory(target) as tmp:
+        if not changed:
+            result.unchanged = True
+            _copy_tree(inputs.tuned.path, tmp)
+            return
+        write_like(inputs.tuned, dense_replacements(plans, inputs, lam, control), tmp)
+
+
+def lora_replacements(
+    plans: list[MatrixRepairPlan], adapter: LoraAdapter, lam: float, control: str
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, float | None]]:
+    """module → (B', A', α' or None): the factors that make the repaired update, exactly."""
+    new: dict[str, tuple[torch.Tensor, torch.Tensor, float | None]] = {}
+    for plan in plans:
+        factors = plan.factors
+        if factors is None or not plan.intruders:
+            continue
+        if control == "shrink":
+            c, _ = plan.shrink(lam)
+            new[factors.module] = (factors.B.to(torch.float64) * c, factors.A.to(torch.float64), None)
+            continue
+        update = plan.update(lam, control)
+        if update is None:
+            continue
+        B_new, A_new = extend_lora_factors(factors.B, factors.A, factors.scale, update)
+        alpha = alpha_for_scale(factors.scale, int(A_new.shape[0]), adapter.use_rslora)
+        new[factors.module] = (B_new, A_new, alpha)
+    return new
+
+
+def write_adapter(
+    adapter: LoraAdapter, new: dict[str, tuple[torch.Tensor, torch.Tensor, float | None]], dest: Path
+) -> None:
+    """A PEFT adapter directory: the input's files, with the repaired modules' factors replaced (in the input's
+    dtype) and their rank and α set through rank_pattern / alpha_pattern (first in each, so that they win
+    over any broader pattern, as PEFT takes the first matching key)."""
+    weights = adapter.path / ADAPTER_WEIGHTS
+    tensors = load_file(str(weights)) if weights.exists() else dict(adapter._tensors["state"])
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    for module, (B_new, A_new, alpha) in new.items():
+        key_a, key_b = adapter.modules[module]
+        dtype = tensors[key_a].dtype
+        tensors[key_a] = A_new.to(dtype).contiguous()
+        tensors[key_b] = B_new.to(dtype).contiguous()
+        if alpha is not None:
+            pattern = re.escape(module)
+            rank_pattern[pattern] = int(A_new.shape[0])
+            alpha_pattern[pattern] = float(alpha)
+    config = dict(adapter.config)
+    config["rank_pattern"] = {**rank_pattern, **(config.get("rank_pattern") or {})}
+    config["alpha_pattern"] = {**alpha_pattern, **(config.get("alpha_pattern") or {})}
+    for item in adapter.path.iterdir():
+        if item.name in (ADAPTER_WEIGHTS, ADAPTER_PICKLE, ADAPTER_CONFIG) or item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dest / item.name)
+        else:
+            shutil.copy2(item, dest / item.name)
+    save_file(tensors, str(dest / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    write_json_atomic(dest / ADAPTER_CONFIG, config)
+
+
+def dense_replacements(
+    plans: list[MatrixRepairPlan], inputs: AnalysisInputs, lam: float, control: str
+) -> dict[str, torch.Tensor]:
+    """Stored key → W' (float64, stored orientation) for every dense matrix that changes."""
+    out: dict[str, torch.Tensor] = {}
+    for plan in plans:
+        if not plan.intruders:
+            continue
+        job = plan.job
+        Wt = inputs.tuned_matrix(job).to(torch.float64)
+        if control == "shrink":
+            c, _ = plan.shrink(lam)
+            W0 = inputs.base_matrix(job).to(torch.float64)
+            W_new = W0 + c * (Wt - W0)
+        else:
+            update = plan.update(lam, control)
+            if update is None:
+                continue
+            W_new = Wt + update.dense()
+        assert job.tuned_key is not None
+        out[job.tuned_key] = W_new.T if job.transpose else W_new
+    return out
+
+
+def write_like(source: WeightSource, replacements: dict[str, torch.Tensor], dest: Path) -> None:
+    """The tensors of ``source`` with ``replacements`` (cast to each tensor's dtype), file by file as the
+    input is sharded (same file names, same index), plus its config and tokenizer files."""
+    if source.is_pickle:
+        raise IntrudimError(
+            f"'{source.path}' is a pickle checkpoint; a repaired model is written as safetensors shards like its "
+            f"input, which needs a safetensors input. Convert it to safetensors first."
+        )
+    by_file: dict[Path, list[str]] = {}
+    for key, file in source.files.items():
+        by_file.setdefault(file, []).append(key)
+    for file, keys in by_file.items():
+        tensors = {}
+        for key in keys:
+            tensor = source.load(key)
+            if key in replacements:
+                tensor = replacements[key].to(tensor.dtype)
+            tensors[key] = tensor.contiguous()
+        save_file(tensors, str(dest / file.name), metadata={"format": "pt"})
+        del tensors
+    folder = source.path if source.path.is_dir() else source.path.parent
+    for item in folder.iterdir():
+        if item.is_file() and item.suffix in (".json", ".txt", ".model", ".jinja") and not (dest / item.name).exists():
+            shutil.copy2(item, dest / item.name)
+    index = folder / SAFETENSORS_INDEX
+    if index.exists():
+        shutil.copy2(index, dest / SAFETENSORS_INDEX)
+
+
+def merge_with_peft(base: WeightSource, adapter_dir: Path, dest: Path) -> None:
+    """Merge an adapter into BASE with peft itself (biases, norms and saved heads included), sharded like BASE."""
+    import transformers
+    from peft import PeftModel
+
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    task = config.get("task_type")
+    auto = {"CAUSAL_LM": transformers.AutoModelForCausalLM, "SEQ_CLS": transformers.AutoModelForSequenceClassification}
+    loader = auto.get(str(task), transformers.AutoModel)
+    kwargs = {}
+    if task == "SEQ_CLS":
+        head = _head_outputs(adapter_dir)
+        if head is not None:
+            kwargs["num_labels"] = head
+    model = loader.from_pretrained(str(base.path), **kwargs)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    shard_bytes = max(file.stat().st_size for file in set(base.files.values()))
+    merged.save_pretrained(str(dest), max_shard_size=max(shard_bytes, 1 << 20), safe_serialization=True)
+    for item in base.path.iterdir():
+        if item.is_file() and item.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            shutil.copy2(item, dest / item.name)
+
+
+def _head_outputs(adapter_dir: Path) -> int | None:
+    """Number of labels of a sequence-classification adapter's saved head (classifier/score weight rows)."""
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if not weights.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():
+            if re.search(r"(classifier|score)(\.out_proj)?\.weight$", key) and "original_module" not in key:
+                return int(handle.get_slice(key).get_shape()[0])
+    return None

@@ -1,0 +1,198 @@
+"""`repair`: exact PEFT adapters of rank r + |I| (parity with a dense float64 reference of W'), controls,
+unchanged adapters bit for bit, dense (full fine-tuning) checkpoints, GPT-2 Conv1D, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BUILDERS, base_state, dense_reference, write_peft_adapter
+
+from intrudim.errors import IntrudimError
+from intrudim.repair import RepairConfig, repair
+
+pytestmark = pytest.mark.parity
+
+
+def _dense_repair(W0: torch.Tensor, Wt: torch.Tensor, k: int, epsilon: float, lam: float) -> torch.Tensor:
+    """Independent reference: full float64 SVDs of W₀ and W_t, scale the intruders' σ by λ."""
+    ref = dense_reference(W0, Wt, k, epsilon)
+    U, S, Vh = torch.linalg.svd(Wt.to(torch.float64), full_matrices=False)
+    out = Wt.to(torch.float64).clone()
+    for rank in ref["ranks"]:
+        j = rank - 1
+        out += (lam - 1.0) * S[j] * torch.outer(U[:, j], Vh[j])
+    return out
+
+
+def _peft_merged(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(base_dir), dtype=torch.float64)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+def test_repaired_adapter_is_exact_and_loads_in_peft(tiny_models, tmp_path, arch):
+    adapter = write_peft_adapter(tiny_models[arch], arch, tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    lam = 0.25
+    result = repair(tiny_models[arch], adapter, lam=lam, k=6, out=tmp_path / "out", use_cache=False)
+    assert result.total_intruders > 0 and not result.unchanged
+    out_adapter = tmp_path / "out" / "adapter"
+    config = json.loads((out_adapter / "adapter_config.json").read_text())
+    base = base_state(tiny_models[arch])
+    tuned = _peft_merged(tiny_models[arch], adapter)  # peft's own merge of the input adapter
+    repaired = _peft_merged(tiny_models[arch], out_adapter)  # and of the repaired one
+    transposed = arch == "gpt2"
+    checked = 0
+    for m in result.matrices:
+        W0, Wt, Wr = base[m.name], tuned[m.name], repaired[m.name]
+        if transposed:
+            W0, Wt, Wr = W0.T, Wt.T, Wr.T
+        expected = _dense_repair(W0, Wt, 6, 0.5, lam)
+        assert m.intruder_ranks == dense_reference(W0, Wt, 6, 0.5)["ranks"], m.name
+        error = float(torch.linalg.matrix_norm(Wr.to(torch.float64) - expected) / torch.linalg.matrix_norm(expected))
+        assert error < 1e-4, (m.name, error)
+        if m.intruder_ranks:
+            checked += 1
+            assert m.rank_added == len(m.intruder_ranks)
+            assert any(v == 2 + m.rank_added for v in config["rank_pattern"].values())
+            assert m.sigma_after == pytest.approx([lam * s for s in m.sigma_before])
+    assert checked > 0
+    saved = json.loads((tmp_path / "out" / "repair.json").read_text())
+    assert saved["total_intruders"] == result.total_intruders and saved["lambda"] == lam
+
+
+def test_adapter_without_intruders_is_copied_bit_for_bit(tiny_models, tmp_path):
+    adapter = write_peft_adapter(tiny_models["bert"], "bert", tmp_path / "adapter", r=2, strength=0.001, seed=1)
+    result = repair(tiny_models["bert"], adapter, out=tmp_path / "out", use_cache=False)
+    assert result.total_intruders == 0 and result.unchanged
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "out" / "adapter" / name).read_bytes() == (adapter / name).read_bytes()
+    assert "unchanged" in " ".join(result.summary_lines())
+
+
+def test_lambda_one_changes_nothing(tiny_models, tmp_path):
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    result = repair(tiny_models["llama"], adapter, lam=1.0, k=6, out=tmp_path / "out", use_cache=False)
+    assert result.total_intruders > 0 and result.unchanged
+
+
+def test_controls_remove_the_same_norm_and_scale_other_directions(tiny_models, tmp_path):
+    arch = "llama"
+    adapter = write_peft_adapter(tiny_models[arch], arch, tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    lam = 0.5
+    runs = {
+        control: repair(tiny_models[arch], adapter, lam=lam, k=6, control=control, out=tmp_path / control,
+                        use_cache=False)
+        for control in ("none", "non-intruder", "shrink")
+    }  # fmt: skip
+    base = base_state(tiny_models[arch])
+    tuned = _peft_merged(tiny_models[arch], adapter)
+    shrunk = _peft_merged(tiny_models[arch], tmp_path / "shrink" / "adapter")
+    other = _peft_merged(tiny_models[arch], tmp_path / "non-intruder" / "adapter")
+    for m_int, m_non, m_shr in zip(*(runs[c].matrices for c in ("none", "non-intruder", "shrink")), strict=True):
+        W0, Wt = base[m_int.name].to(torch.float64), tuned[m_int.name].to(torch.float64)
+        if not m_int.intruder_ranks:
+            assert m_shr.removed_frobenius == 0 and m_non.removed_frobenius == 0
+            continue
+        # non-intruder: as many directions, none of them an intruder
+        assert len(m_non.scaled_ranks) == len(m_int.scaled_ranks)
+        assert not set(m_non.scaled_ranks) & set(m_int.intruder_ranks)
+        U, S, Vh = torch.linalg.svd(Wt, full_matrices=False)
+        expected = Wt.clone()
+        for rank in m_non.scaled_ranks:
+            expected += (lam - 1.0) * S[rank - 1] * torch.outer(U[:, rank - 1], Vh[rank - 1])
+        assert torch.allclose(other[m_int.name].to(torch.float64), expected, atol=1e-5, rtol=0)
+        # shrink: W₀ + c·ΔW removing exactly the intruder repair's Frobenius norm (when it can)
+        removed = float(torch.linalg.matrix_norm(shrunk[m_int.name].to(torch.float64) - Wt))
+        if m_shr.norm_matched:
+            assert removed == pytest.approx(m_int.removed_frobenius, rel=1e-4)
+        c = m_shr.shrink_c
+        assert torch.allclose(shrunk[m_int.name].to(torch.float64), W0 + c * (Wt - W0), atol=1e-5, rtol=0)
+
+
+def test_dense_fine_tuned_model_is_repaired_sharded_like_the_input(tiny_models, tmp_path):
+    """A fully fine-tuned checkpoint (a dense model with a planted rank-1 intruder), saved in shards."""
+    from conftest import tiny_bert
+
+    model = tiny_bert()
+    generator = torch.Generator().manual_seed(0)
+    name = "encoder.layer.1.attention.self.query.weight"
+    with torch.no_grad():
+        W = dict(model.named_parameters())[name]
+        u = torch.randn(W.shape[0], generator=generator)
+        v = torch.randn(W.shape[1], generator=generator)
+        W.add_(3.0 * torch.outer(u / u.norm(), v / v.norm()))
+    tuned = tmp_path / "tuned"
+    model.save_pretrained(str(tuned), max_shard_size="60KB")
+    assert (tuned / "model.safetensors.index.json").exists()
+    result = repair(tiny_models["bert"], tuned, lam=0.0, out=tmp_path / "out", use_cache=False)
+    assert result.tuned_kind == "dense"
+    out_model = tmp_path / "out" / "model"
+    assert sorted(p.name for p in out_model.glob("*.safetensors")) == sorted(p.name for p in tuned.glob("*.safetensors"))
+    from transformers import BertModel
+
+    repaired = dict(BertModel.from_pretrained(str(out_model)).named_parameters())
+    base = base_state(tiny_models["bert"])
+    tuned_state = dict(model.named_parameters())
+    for m in result.matrices:
+        expected = _dense_repair(base[m.name], tuned_state[m.name].detach(), 10, 0.5, 0.0)
+        assert torch.allclose(repaired[m.name].to(torch.float64), expected, atol=1e-5), m.name
+    assert next(m for m in result.matrices if m.name == name).intruder_ranks == [1]
+
+
+def test_merged_output_equals_the_repaired_adapter_merged(tiny_models, tmp_path):
+    adapter = write_peft_adapter(tiny_models["bert"], "bert", tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    repair(tiny_models["bert"], adapter, lam=0.5, k=6, out=tmp_path / "a", use_cache=False)
+    repair(tiny_models["bert"], adapter, lam=0.5, k=6, out=tmp_path / "m", merged=True, use_cache=False)
+    from transformers import BertModel
+
+    merged = BertModel.from_pretrained(str(tmp_path / "m" / "model")).state_dict()
+    expected = _peft_merged(tiny_models["bert"], tmp_path / "a" / "adapter")
+    for key, value in merged.items():
+        assert torch.allclose(value.to(torch.float64), expected[key], atol=1e-5), key
+
+
+def test_bf16_adapter_is_repaired_in_bf16(tiny_models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    weights = adapter / "adapter_model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
+    result = repair(tiny_models["llama"], adapter, k=6, out=tmp_path / "out", use_cache=False)
+    assert result.total_intruders > 0
+    written = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    assert {v.dtype for v in written.values()} == {torch.bfloat16}
+
+
+def test_bad_input(tiny_models, tmp_path):
+    adapter = write_peft_adapter(tiny_models["bert"], "bert", tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    for bad in (-0.5, float("nan"), "x"):
+        with pytest.raises(IntrudimError, match="number"):
+            RepairConfig(lam=bad)
+    with pytest.raises(IntrudimError, match="control"):
+        RepairConfig(control="random")
+    with pytest.raises(IntrudimError, match="does not fit|no weight"):
+        repair(tiny_models["llama"], adapter, out=tmp_path / "wrong", use_cache=False)
+    assert not (tmp_path / "wrong" / "adapter").exists()
+    repair(tiny_models["bert"], adapter, k=6, out=tmp_path / "out", use_cache=False)
+    before = (tmp_path / "out" / "adapter" / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(IntrudimError, match="already exists"):
+        repair(tiny_models["bert"], adapter, lam=0.0, k=6, out=tmp_path / "out", use_cache=False)
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    repair(tiny_models["bert"], adapter, lam=0.0, k=6, out=tmp_path / "out", use_cache=False, overwrite=True)
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").read_bytes() != before
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(IntrudimError, match="Cannot write"):
+        repair(tiny_models["bert"], adapter, out=blocker / "out", use_cache=False)
+
+
+_ = (BUILDERS, shutil)
