@@ -56,8 +56,10 @@ def _save_tokenizer(folder: Path) -> int:
 
     vocab = _vocabulary()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    # transformers 5 takes the vocabulary itself (``vocab_file=`` is ignored: every word would be [UNK]).
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True)
+    assert tokenizer("the movie")["input_ids"][1:3] == [vocab.index("the"), vocab.index("movie")]
+    tokenizer.save_pretrained(str(folder))
     return len(vocab)
 
 
