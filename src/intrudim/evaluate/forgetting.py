@@ -278,7 +278,7 @@ def _add_into(parameter: torch.Tensor, delta: torch.Tensor, name: str, source: s
     """parameter += delta, computed in float64 and rounded once to the parameter's dtype."""
     _check_shape(parameter, delta, name, source)
     with torch.no_grad():
-        parameter.copy_((parameter.double() + delta).to(parameter.dtype))
+        parameter.copy_((parameter.double() + delta.to(parameter.device)).to(parameter.dtype))
 
 
 def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bool = False) -> TunedWeightsReport:

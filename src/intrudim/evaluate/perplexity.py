@@ -52,9 +52,11 @@ def causal_lm_window_losses(
         # Position t predicts token t+1; the last position predicts nothing (ignored). One window at a time, so
         # that the log-softmax copy is (L, V), not (b, L, V): with a 49k vocabulary that is 25 MB instead of 200.
         targets = F.pad(batch[:, 1:], (0, 1), value=-100)  # (b, L)
-        for row in range(batch.shape[0]):
-            nll = F.cross_entropy(logits[row].float(), targets[row], ignore_index=-100, reduction="sum")
-            losses[start + row] = float(nll) / (length - 1)
+        sums = torch.stack([
+            F.cross_entropy(logits[row].float(), targets[row], ignore_index=-100, reduction="sum")
+            for row in range(batch.shape[0])
+        ])  # fmt: skip
+        losses[start : start + batch.shape[0]] = sums.double().cpu() / (length - 1)
         del logits
         if advance is not None:
             advance(int(batch.numel()))
