@@ -306,6 +306,9 @@ def _register_training_commands() -> None:
 
     register(app)  # train, tasks, sweep (issue 4; docs/train.md)
     register_forgetting(app)  # forgetting (issue 13; docs/forgetting.md)
+    from intrudim.repair.commands import register as register_repair
+
+    register_repair(app)  # repair (docs/repair.md)
 
 
 _register_training_commands()
