@@ -219,6 +219,20 @@ def test_contrastive_equals_hand_computed_infonce(models):
     assert torch.equal(scores.accuracies, torch.tensor(expected_correct, dtype=torch.float64))
 
 
+def test_probe_scores_classification_wrappers_or_says_why_not(models):
+    """The repair sweep may hand the probe the trained wrapper: an encoder's wrapper scores as its encoder;
+    an LM measure refuses logits that are not vocabulary scores."""
+    from transformers import AutoModel, BertForSequenceClassification, LlamaForSequenceClassification
+
+    probe = ForgettingProbe.prepare(models["encoder"], models["text"], ForgettingConfig(max_tokens=2000, pairs_per_batch=4))
+    plain = probe.losses(AutoModel.from_pretrained(str(models["encoder"])))
+    wrapped = probe.losses(BertForSequenceClassification.from_pretrained(str(models["encoder"]), num_labels=2))
+    assert torch.allclose(plain, wrapped, atol=1e-6)
+    causal = ForgettingProbe.prepare(models["causal"], models["text"], ForgettingConfig(max_tokens=32, seq_len=16))
+    with pytest.raises(IntrudimError, match="causal LM"):
+        causal.losses(LlamaForSequenceClassification.from_pretrained(str(models["causal"]), num_labels=2, pad_token_id=0))
+
+
 # ------------------------------------------------------------------------------------- planted cases
 
 

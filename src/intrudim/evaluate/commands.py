@@ -51,7 +51,7 @@ def forgetting_command(
             from intrudim.fileio import ensure_writable_directory
 
             ensure_writable_directory(out)
-        result = measure_forgetting(base, tuned, config, progress=not quiet and not as_json)
+        result = measure_forgetting(base, tuned, config, progress=not quiet)  # the bar is on stderr
         paths: dict[str, Path] = {}
         if out is not None:
             from intrudim.report.forgetting_report import write_forgetting_outputs

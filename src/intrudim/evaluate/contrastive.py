@@ -37,7 +37,10 @@ class PairScores:
 
 def mean_pooled_embeddings(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(b, H) L2-normalised means of the last hidden states over the non-padding tokens."""
-    hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (b, T, H)
+    output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    hidden = getattr(output, "last_hidden_state", None)
+    if hidden is None:  # a wrapper with a head (e.g. the classification model a run trained): its encoder's output
+        hidden = output.hidden_states[-1]  # (b, T, H)
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
     return F.normalize(pooled.float(), dim=-1)

@@ -49,6 +49,11 @@ def causal_lm_window_losses(
     for start in range(0, n, batch_size):
         batch = windows[start : start + batch_size].to(device)  # (b, L)
         logits = model(input_ids=batch, attention_mask=torch.ones_like(batch), use_cache=False).logits  # (b, L, V)
+        if logits.ndim != 3 or logits.shape[1] != length or logits.shape[2] <= int(batch.max()):
+            raise IntrudimError(
+                f"The model returned logits of shape {tuple(logits.shape)} for windows of {length} tokens; a causal "
+                f"LM returns (batch, {length}, vocabulary). Score a *ForCausalLM model (not a classification wrapper)."
+            )
         # Position t predicts token t+1; the last position predicts nothing (ignored). One window at a time, so
         # that the log-softmax copy is (L, V), not (b, L, V): with a 49k vocabulary that is 25 MB instead of 200.
         targets = F.pad(batch[:, 1:], (0, 1), value=-100)  # (b, L)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from intrudim.errors import IntrudimError
+
 
 class _MaskedPositionSelector:
     """Forward pre-hook on the output embedding: keep only hidden state ``positions[i]`` of copy ``i``."""
@@ -78,6 +80,11 @@ def pseudo_log_likelihood_losses(
                 logits = logits[batch_rows.to(logits.device), masked_at.to(logits.device)]
             else:  # (b, 1, V)
                 logits = logits[:, 0]
+            if logits.ndim != 2 or logits.shape[-1] <= int(targets.max()):
+                raise IntrudimError(
+                    f"The model's logits have shape {tuple(logits.shape)}: not a masked LM's vocabulary scores. Score "
+                    f"a *ForMaskedLM model (not a classification wrapper)."
+                )
             log_probs = torch.log_softmax(logits.float(), dim=-1)  # (b, V)
             picked = log_probs[batch_rows.to(log_probs.device), targets.to(log_probs.device)]
             nll[start : start + rows.numel()] = -picked.double().cpu()
