@@ -8,6 +8,7 @@ tokenizer's 30,522-word vocabulary; weights do not change the speed) and must ag
 Goal: ≥ 5× tokens/s.
 
     python benchmarks/bench_pseudo_loss.py [--layers 4] [--hidden 256] [--seq-len 64] [--windows 4] [--threads 1 --clock cpu]
+    python benchmarks/bench_pseudo_loss.py --device cuda --windows 16 --seq-len 128
 
 Writes bench_out/bench_pseudo_loss.json.
 """
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both paths run there)")
     add_timing_arguments(parser)
     args = parser.parse_args()
     from transformers import BertConfig, BertForMaskedLM
@@ -66,13 +68,14 @@ def main() -> None:
     config = BertConfig(vocab_size=VOCAB, hidden_size=args.hidden, num_hidden_layers=args.layers,
                         num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
                         max_position_embeddings=max(512, args.seq_len + 2))  # fmt: skip
-    model = BertForMaskedLM(config).eval()
-    sequences = windows(args.windows, args.seq_len, torch.Generator().manual_seed(0))
+    model = BertForMaskedLM(config).eval().to(args.device)
+    sequences = windows(args.windows, args.seq_len, torch.Generator().manual_seed(0)).to(args.device)
     positions = torch.arange(1, args.seq_len + 1)
     tokens = args.windows * args.seq_len
     with limit_threads(args.threads):
         batched_time, batched = timed(
-            lambda: pseudo_log_likelihood_losses(model, sequences, positions, MASK, batch_size=args.batch_size),
+            lambda: pseudo_log_likelihood_losses(model, sequences, positions, MASK, batch_size=args.batch_size,
+                                                 device=args.device),
             args.repeats,
         )
         naive_time, naive = timed(lambda: naive_pseudo_log_likelihood_losses(model, sequences, positions, MASK), args.repeats)
@@ -85,10 +88,10 @@ def main() -> None:
         "naive_wall_s": naive_time["wall"], "naive_cpu_s": naive_time["cpu"],
         "batched_tokens_per_s": tokens / batched_time[clock], "naive_tokens_per_s": tokens / naive_time[clock],
         "ratio": naive_time[clock] / batched_time[clock], "max_abs_difference": error,
-        "pseudo_loss": float(batched.mean()),
+        "pseudo_loss": float(batched.mean()), "device": args.device,
     }  # fmt: skip
     print(f"pseudo-loss on {row['model']}, {args.windows} windows × {args.seq_len} tokens ({clock} clock, "
-          f"threads={args.threads or 'default'})")  # fmt: skip
+          f"threads={args.threads or 'default'}, {args.device})")  # fmt: skip
     print(f"  batched ({args.batch_size} masked copies a pass): {row['batched_tokens_per_s']:9.1f} tokens/s")
     print(f"  naive (one mask per pass):               {row['naive_tokens_per_s']:9.1f} tokens/s")
     print(f"  ratio: {row['ratio']:.1f}×  (goal ≥ 5×)   max |batched − naive| = {error:.2e} (must be < 1e-5)")
