@@ -89,7 +89,7 @@ def _command_line() -> str:
 @app.command(cls=PlainHelpCommand)
 def analyze(
     base: Annotated[str, typer.Argument(metavar="BASE", show_default=False,
-                    help="Base model: HF directory, .safetensors file, or 'minilm' (embedded).")],
+                    help="Base model: HF directory, .safetensors file, 'minilm' or 'smollm2' (embedded).")],
     tuned: Annotated[str, typer.Argument(metavar="TUNED", show_default=False,
                      help="PEFT LoRA adapter dir, intrudim run dir, or fine-tuned model (same forms as BASE).")],
     k: Annotated[int, typer.Option(help="Top-k tuned singular vectors examined per matrix.")] = 10,
