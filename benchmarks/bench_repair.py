@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import load_average  # noqa: E402
-from bench_vs_peft import TARGETS, build, module_of, set_trained_b  # noqa: E402
+from bench_vs_peft import build, module_of, set_trained_b  # noqa: E402
 
 OUT_DIR = Path("bench_out")
 LAMBDA, TOP_K, EPSILON = 0.75, 10, 0.5
