@@ -111,15 +111,16 @@ def test_toy_output_fits_80_columns_and_names_the_thresholds():
     assert "from λ = 0.5·σ_max" in result.stdout and "it is not the threshold" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["analyze", "toy"])
+@pytest.mark.parametrize("command", ["analyze", "toy", "train", "sweep", "tasks", "forgetting", "repair"])
 def test_help_at_80_columns(command):
     result = run(command, "--help")
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert_fits(text)
     assert "<bool>" not in text  # flags are shown as flags
+    if command in ("analyze", "forgetting", "repair"):
+        assert f"Usage: intrudim {command} [OPTIONS] BASE TUNED" in text
     if command == "analyze":
-        assert "Usage: intrudim analyze [OPTIONS] BASE TUNED" in text
         assert "--effective-rank / --no-effective-rank" in text
     # No option's help squeezed into a narrow column: it starts by column 40, leaving it 40 or more characters.
     import re
@@ -168,3 +169,25 @@ def test_library_noise_is_silenced_by_the_cli(tiny_models, tmp_path):
     cli_source = (Path(__file__).resolve().parents[1] / "src" / "intrudim" / "cli.py").read_text()
     assert "    quiet_libraries()\n    app()" in cli_source  # main() calls it before anything is imported
 
+
+
+def test_tasks_table_fits_80_columns():
+    result = run("tasks")
+    assert result.returncode == 0, result.stderr
+    assert_fits(result.stdout)
+    assert "sentiment" in result.stdout and "--describe" in result.stdout
+
+
+def test_training_progress_writes_lines_when_not_a_terminal(capsys, monkeypatch):
+    """Without a terminal (a log file, CI) the progress is plain lines, and each phase is named."""
+    import intrudim.train.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "LINE_EVERY_SECONDS", 0.0)
+    with progress_module.TrainingProgress(10, 0, enabled=True, description="lora sentiment") as bar:
+        bar.update(5, 0.5, None)
+        bar.message("evaluating 400 held-out examples")
+        bar.update(10, 0.25, 0.9)
+    err = capsys.readouterr().err
+    assert "lora sentiment: step 5/10, loss 0.5000, acc -" in err
+    assert "lora sentiment: evaluating 400 held-out examples" in err
+    assert "step 10/10, loss 0.2500, acc 0.900" in err

@@ -21,8 +21,8 @@ def _fail(error: IntrudimError) -> typer.Exit:
 
 
 def forgetting_command(
-    base: Annotated[str, typer.Argument(help="Base model: a local HF folder, 'minilm' or 'smollm2' (embedded).")],
-    tuned: Annotated[str, typer.Argument(help="PEFT LoRA adapter folder, intrudim run directory, or fine-tuned model folder.")],
+    base: Annotated[str, typer.Argument(metavar="BASE", help="Base model: a local HF folder, 'minilm' or 'smollm2' (embedded).")],
+    tuned: Annotated[str, typer.Argument(metavar="TUNED", help="PEFT LoRA adapter folder, intrudim run directory, or fine-tuned model folder.")],
     text: Annotated[str | None, typer.Option("--text", help="wiki (Wikipedia sample), news (news sample), a UTF-8 file, "
                     "a folder of .txt, or a saved datasets dataset. Default: wiki for LMs, news for minilm-like encoders.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="At most this many tokens of text are scored.")] = 20_000,
@@ -112,4 +112,6 @@ def _print_result(data: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``forgetting`` to ``app``."""
-    app.command("forgetting")(forgetting_command)
+    from intrudim.cli import PlainHelpCommand
+
+    app.command("forgetting", cls=PlainHelpCommand)(forgetting_command)

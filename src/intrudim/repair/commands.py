@@ -15,8 +15,8 @@ from intrudim.repair.config import DEFAULT_LAMBDA
 
 
 def repair_command(
-    base: Annotated[str, typer.Argument(help="Base model: HF folder, .safetensors file, 'minilm' or 'smollm2'.")],
-    tuned: Annotated[str, typer.Argument(help="PEFT LoRA adapter, intrudim run dir, or fully fine-tuned model.")],
+    base: Annotated[str, typer.Argument(metavar="BASE", help="Base model: HF folder, .safetensors file, 'minilm' or 'smollm2'.")],
+    tuned: Annotated[str, typer.Argument(metavar="TUNED", help="PEFT LoRA adapter, intrudim run dir, or fully fine-tuned model.")],
     out: Annotated[Path, typer.Option("--out", help="Write OUT/adapter (or OUT/model) and OUT/repair.json here.")],
     lam: Annotated[float, typer.Option("--lambda", help="Scale for the intruders' singular values: 0 removes "
                    "them, 1 keeps them.")] = DEFAULT_LAMBDA,

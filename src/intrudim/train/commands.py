@@ -159,6 +159,7 @@ train_command = _command("train_command", [
 
 def tasks_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON on stdout.")] = False,
+    describe: Annotated[bool, typer.Option("--describe", help="Also show each task's source and description.")] = False,
 ) -> None:
     """List the tasks: name, kind, classes, sizes, and whether they work offline."""
     from intrudim.tasks import list_tasks
@@ -169,14 +170,15 @@ def tasks_command(
         return
     table = Table(title="intrudim tasks")
     table.add_column("name", no_wrap=True)
-    for column in ("kind", "classes", "train", "validation", "offline", "source", "description"):
-        table.add_column(column)
+    for column in ("kind", "classes", "train", "valid.", "offline") + (("source", "description") if describe else ()):
+        table.add_column(column, justify="right" if column in ("classes", "train", "valid.") else "left")
     for info in infos:
-        table.add_row(
-            info.name, info.kind, str(info.num_classes), str(info.train_size or "-"), str(info.validation_size or "-"),
-            "yes" if info.offline else "needs --data-path", info.source, info.description,
-        )  # fmt: skip
+        row = [info.name, info.kind.replace("_", " "), str(info.num_classes), str(info.train_size or "-"),
+               str(info.validation_size or "-"), "yes" if info.offline else "--data-path"]  # fmt: skip
+        table.add_row(*row, *((info.source, info.description) if describe else ()))
     Console().print(table)
+    if not describe:
+        Console().print("--describe adds each task's source and description; --json has everything.", highlight=False)
 
 
 def _sweep(*, out: Path, ranks: str, method: str, **options: object) -> None:
@@ -213,6 +215,8 @@ sweep_command = _command("sweep_command", [
 
 def register(app: typer.Typer) -> None:
     """Add ``train``, ``tasks`` and ``sweep`` to ``app``."""
-    app.command("train")(train_command)
-    app.command("tasks")(tasks_command)
-    app.command("sweep")(sweep_command)
+    from intrudim.cli import PlainHelpCommand
+
+    app.command("train", cls=PlainHelpCommand)(train_command)
+    app.command("tasks", cls=PlainHelpCommand)(tasks_command)
+    app.command("sweep", cls=PlainHelpCommand)(sweep_command)

@@ -297,6 +297,7 @@ def _loop(run: _Run, state: LoopState, progress: TrainingProgress, on_step: Step
             window, window_start = [], time.perf_counter()
         reached = False
         if state.step % config.eval_every == 0 or state.step == run.max_steps:
+            progress.message(f"evaluating {len(run.task.validation)} held-out examples")
             reached = _after_evaluation(run, state, _evaluate(run))
         progress.update(state.step, state.last_loss, state.last_accuracy)
         if config.checkpoint_every and state.step % config.checkpoint_every == 0:
@@ -372,6 +373,7 @@ def train(
     with TrainingProgress(run.max_steps, state.step, enabled=progress and run.is_main,
                           description=f"{config.method} {config.task}") as bar:  # fmt: skip
         stop_reason = _loop(run, state, bar, on_step)
+        bar.message("saving final weights" + (" and tracking intruders" if run.track else ""))
     return _finish(run, state, stop_reason, started, figures)
 
 

@@ -1,7 +1,13 @@
-"""A rich progress bar on stderr with the current loss and held-out accuracy."""
+"""A rich progress bar on stderr with the current loss and held-out accuracy.
+
+When stderr is not a terminal (a log file, CI, ``nohup``), a bar would print nothing useful: one plain line is
+written every ``LINE_EVERY_SECONDS`` instead (and at the end), and each phase (evaluation, final tracking) is
+named when it starts.
+"""
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 from rich.console import Console
@@ -14,6 +20,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+LINE_EVERY_SECONDS = 30.0
+
 
 class TrainingProgress:
     """Context manager; ``update(step, loss, accuracy)`` after every step. Does nothing when disabled."""
@@ -21,7 +29,12 @@ class TrainingProgress:
     def __init__(self, total: int, completed: int, *, enabled: bool, description: str) -> None:
         self._progress: Progress | None = None
         self._task = None
-        if enabled:
+        self._console = Console(stderr=True)
+        self._lines = enabled and not self._console.is_terminal
+        self._total, self._description = total, description
+        self._started = self._last_line = time.monotonic()
+        self._state = (completed, None, None)
+        if enabled and not self._lines:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"), TextColumn("acc {task.fields[accuracy]}"),
@@ -33,19 +46,45 @@ class TrainingProgress:
     def __enter__(self) -> TrainingProgress:
         if self._progress is not None:
             self._progress.start()
+        if self._lines:
+            self._console.print(f"{self._description}: step {self._state[0]}/{self._total}", highlight=False)
         return self
+
+    def message(self, text: str) -> None:
+        """Say what the run is doing now (evaluating, tracking intruders…)."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=f"{self._description} ({text})")
+        elif self._lines:
+            self._console.print(f"{self._description}: {text}", highlight=False)
+
+    def _line(self) -> None:
+        step, loss, accuracy = self._state
+        elapsed = time.monotonic() - self._started
+        self._console.print(
+            f"{self._description}: step {step}/{self._total}, loss {loss}, acc {accuracy}, {elapsed:.0f} s",
+            highlight=False,
+        )
+        self._last_line = time.monotonic()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
+        if self._lines:
+            self._line()
 
     def update(self, step: int, loss: float | None, accuracy: float | None) -> None:
+        loss_text = "-" if loss is None else f"{loss:.4f}"
+        accuracy_text = "-" if accuracy is None else f"{accuracy:.3f}"
+        self._state = (step, loss_text, accuracy_text)
+        if self._lines and time.monotonic() - self._last_line >= LINE_EVERY_SECONDS:
+            self._line()
         if self._progress is None or self._task is None:
             return
         self._progress.update(
             self._task,
+            description=self._description,
             completed=step,
             loss="-" if loss is None else f"{loss:.4f}",
             accuracy="-" if accuracy is None else f"{accuracy:.3f}",
