@@ -201,9 +201,12 @@ def test_sharded_base_and_single_file_base_give_the_same_answer(tiny_models, tmp
         assert [m.intruder_ranks for m in other.matrices] == [m.intruder_ranks for m in reference.matrices]
 
 
-def test_lora_on_embeddings_is_reported_as_skipped_not_dropped_silently(tiny_models, tmp_path):
+def test_lora_on_embeddings_is_skipped_by_default_and_analysed_from_its_factors_on_request(tiny_models, tmp_path):
+    """LoRA on an embedding table (lora_embedding_A/B): left out by default, named in `skipped`; with
+    --include-embeddings it is analysed from its factors, the same side as the merged model (left singular
+    vectors of the (num_embeddings, dim) weight), equal to the dense reference on peft's own merge."""
     adapter = write_peft_adapter(
-        tiny_models["bert"], "bert", tmp_path / "a", targets=["query", "word_embeddings"], r=2
+        tiny_models["bert"], "bert", tmp_path / "a", targets=["query", "word_embeddings"], r=2, strength=3.0, seed=5
     )
     from safetensors.torch import load_file
 
@@ -211,11 +214,18 @@ def test_lora_on_embeddings_is_reported_as_skipped_not_dropped_silently(tiny_mod
     result = analyze(tiny_models["bert"], adapter, cache_dir=tmp_path / "cache")
     assert all(m.name.endswith("attention.self.query.weight") for m in result.matrices) and result.matrices
     skipped = [entry for entry in result.skipped if "lora_embedding" in entry["reason"]]
-    assert [entry["name"] for entry in skipped] == ["embeddings.word_embeddings"]
-    assert "merge_and_unload" in skipped[0]["reason"] and "--include-embeddings" in skipped[0]["reason"]
+    assert [entry["name"] for entry in skipped] == ["embeddings.word_embeddings.weight"]
+    assert "--include-embeddings" in skipped[0]["reason"]
     cli = CliRunner().invoke(app, ["analyze", str(tiny_models["bert"]), str(adapter), "--cache", str(tmp_path / "c")])
     assert cli.exit_code == 0, cli.output
-    assert "skipped embeddings.word_embeddings" in " ".join(cli.output.split())
+    assert "--include-embeddings" in " ".join(cli.output.split())
+    with_embeddings = analyze(tiny_models["bert"], adapter, k=6, include_embeddings=True, use_cache=False)
+    embedding = next(m for m in with_embeddings.matrices if m.name == "embeddings.word_embeddings.weight")
+    merged, base = merged_state(tiny_models["bert"], adapter), base_state(tiny_models["bert"])
+    ref = dense_reference(base[embedding.name], merged[embedding.name], 6, 0.5)
+    assert embedding.intruder_ranks == ref["ranks"]
+    torch.testing.assert_close(torch.tensor(embedding.max_abs_cos, dtype=torch.float64), ref["max_cos"], rtol=0, atol=2e-4)
     only_embeddings = write_peft_adapter(tiny_models["bert"], "bert", tmp_path / "e", targets=["word_embeddings"], r=2)
-    with pytest.raises(intrudim.IntrudimError, match=r"only has LoRA on embeddings \(embeddings.word_embeddings\)"):
+    with pytest.raises(intrudim.IntrudimError, match="No matrices to analyse"):
         analyze(tiny_models["bert"], only_embeddings, cache_dir=tmp_path / "cache")
+    assert analyze(tiny_models["bert"], only_embeddings, include_embeddings=True, use_cache=False).matrices

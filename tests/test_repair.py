@@ -196,3 +196,22 @@ def test_bad_input(tiny_models, tmp_path):
 
 
 _ = (BUILDERS, shutil)
+
+
+def test_lora_on_an_embedding_table_is_repaired_from_its_factors(tiny_models, tmp_path):
+    """lora_embedding_A/B: same side as analyze --include-embeddings on the merged model; exact W'."""
+    arch = "llama"
+    adapter = write_peft_adapter(tiny_models[arch], arch, tmp_path / "adapter", r=2, strength=2.0, seed=5,
+                                 targets=["embed_tokens", "q_proj"])  # fmt: skip
+    result = repair(tiny_models[arch], adapter, lam=0.0, k=6, include_embeddings=True, out=tmp_path / "out",
+                    use_cache=False)  # fmt: skip
+    embedding = next(m for m in result.matrices if m.name == "embed_tokens.weight")
+    base, tuned = base_state(tiny_models[arch]), _peft_merged(tiny_models[arch], adapter)
+    assert embedding.intruder_ranks == dense_reference(base[embedding.name], tuned[embedding.name], 6, 0.5)["ranks"]
+    assert embedding.intruder_ranks, "the planted embedding update must have intruders, or the test proves nothing"
+    repaired = _peft_merged(tiny_models[arch], tmp_path / "out" / "adapter")
+    expected = _dense_repair(base[embedding.name], tuned[embedding.name], 6, 0.5, 0.0)
+    error = torch.linalg.matrix_norm(repaired[embedding.name].to(torch.float64) - expected) / torch.linalg.matrix_norm(expected)
+    assert float(error) < 1e-4
+    default = repair(tiny_models[arch], adapter, k=6, out=tmp_path / "default", use_cache=False)
+    assert any(s["name"] == "embed_tokens.weight" for s in default.skipped)

@@ -53,6 +53,7 @@ class MatrixJob:
     transpose: bool
     tuned_key: str | None = None  # dense tuned
     module: str | None = None  # adapter module
+    embedding: bool = False  # LoRA on an embedding table (lora_embedding_A/B)
 
 
 def plan_adapter_jobs(
@@ -87,7 +88,24 @@ def plan_adapter_jobs(
             skipped.append({"name": base_key, "reason": "not selected (embeddings/heads need --include-*, or --modules)"})
             continue
         jobs.append(MatrixJob(base_key=base_key, shape=shape, transpose=transpose, module=module))
-    skipped += [{"name": module, "reason": EMBEDDING_LORA_ADVICE} for module in adapter.embedding_modules]
+    for module in sorted(adapter.embedding_keys):
+        base_key = matcher.base_key(module + ".weight")
+        if base_key is None:
+            raise IncompatibleWeightsError(
+                f"Adapter '{adapter.path}' has LoRA on the embedding '{module}', but BASE '{base.path}' has no weight "
+                f"'{module}.weight'. Is this adapter for another model?"
+            )
+        stored = tuple(base.shape(base_key))
+        if adapter.embedding_factor_shape(module) != stored:
+            raise IncompatibleWeightsError(
+                f"Adapter '{adapter.path}' does not fit BASE '{base.path}': the embedding '{module}' has LoRA factors "
+                f"for a {adapter.embedding_factor_shape(module)} table, but base weight '{base_key}' is {stored}."
+            )
+        if not selection.selects(base_key, stored):
+            skipped.append({"name": base_key, "reason": EMBEDDING_LORA_ADVICE})
+            continue
+        jobs.append(MatrixJob(base_key=base_key, shape=(stored[0], stored[1]), transpose=False, module=module,
+                              embedding=True))  # fmt: skip
     jobs.sort(key=lambda job: natural_key(job.base_key))
     return jobs, skipped
 
@@ -152,6 +170,11 @@ class AnalysisInputs:
     def lora_factors(self, job: MatrixJob):
         """The adapter's factors of ``job`` (ΔW = scale·B·A in the analysed orientation), checked finite."""
         assert self.adapter is not None and job.module is not None
+        if job.embedding:
+            factors = self.adapter.embedding_factors(job.module)
+            check_finite(factors.A, f"{job.module}.lora_embedding_B", f"adapter '{self.adapter.path}'")
+            check_finite(factors.B, f"{job.module}.lora_embedding_A", f"adapter '{self.adapter.path}'")
+            return factors
         factors = self.adapter.factors(job.module)
         check_finite(factors.A, f"{job.module}.lora_A", f"adapter '{self.adapter.path}'")
         check_finite(factors.B, f"{job.module}.lora_B", f"adapter '{self.adapter.path}'")

@@ -150,7 +150,11 @@ def write_adapter(
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, float] = {}
     for module, (B_new, A_new, alpha) in new.items():
-        key_a, key_b = adapter.modules[module]
+        if module in adapter.modules:
+            key_a, key_b = adapter.modules[module]
+        else:  # an embedding table: peft stores lora_embedding_A = (factor B)ᵀ, lora_embedding_B = (factor A)ᵀ
+            key_a, key_b = adapter.embedding_keys[module]
+            B_new, A_new = A_new.T, B_new.T
         dtype = tensors[key_a].dtype
         tensors[key_a] = A_new.to(dtype).contiguous()
         tensors[key_b] = B_new.to(dtype).contiguous()

@@ -25,10 +25,10 @@ ADAPTER_PICKLE = "adapter_model.bin"
 # base_model.model.<module>.lora_A[.<adapter name>].weight
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 # LoRA on an nn.Embedding: base_model.model.<module>.lora_embedding_A[.<adapter name>] (a parameter, no .weight)
-_LORA_EMBEDDING_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_embedding_[AB](?:\.[^.]+)?$")
+_LORA_EMBEDDING_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_embedding_(?P<which>[AB])(?:\.[^.]+)?$")
 EMBEDDING_LORA_ADVICE = (
-    "LoRA on an embedding (lora_embedding_A/B) is not read from the adapter; merge the adapter (peft's "
-    "merge_and_unload) and analyse the merged model with --include-embeddings"
+    "LoRA on an embedding table (lora_embedding_A/B) is analysed with --include-embeddings (embeddings are left "
+    "out by default)"
 )
 
 
@@ -95,15 +95,20 @@ class LoraAdapter:
         self._tensors = self._open_tensors(allow_pickle)
         self.modules: dict[str, tuple[str, str]] = {}  # module -> (key of A, key of B)
         found: dict[str, dict[str, str]] = {}
-        embedding_modules: set[str] = set()
+        embedding_found: dict[str, dict[str, str]] = {}
         for key in self._tensors["keys"]:
             match = _LORA_KEY.match(key)
             if match:
                 found.setdefault(match["module"], {})[match["which"]] = key
             elif embedding := _LORA_EMBEDDING_KEY.match(key):
-                embedding_modules.add(embedding["module"])
-        # LoRA factors of embedding tables are not analysed from the adapter (analyze reports them as skipped).
-        self.embedding_modules: list[str] = sorted(embedding_modules)
+                embedding_found.setdefault(embedding["module"], {})[embedding["which"]] = key
+        # LoRA on embedding tables: ΔW = s·(B·A)ᵀ for the (num_embeddings, dim) weight, with A (r, num_embeddings)
+        # and B (dim, r) as peft stores them; read as factors (Aᵀ, Bᵀ) of the weight's orientation.
+        self.embedding_modules: list[str] = sorted(embedding_found)
+        self.embedding_keys: dict[str, tuple[str, str]] = {}
+        for module, pair in embedding_found.items():
+            if "A" in pair and "B" in pair:
+                self.embedding_keys[module] = (pair["A"], pair["B"])
         for module, pair in found.items():
             if "A" not in pair or "B" not in pair:
                 missing = "lora_B" if "A" in pair else "lora_A"
@@ -112,11 +117,10 @@ class LoraAdapter:
                     f"is incomplete."
                 )
             self.modules[module] = (pair["A"], pair["B"])
-        if not self.modules:
-            embeddings = ", ".join(self.embedding_modules)
-            hint = f" It only has LoRA on embeddings ({embeddings}): {EMBEDDING_LORA_ADVICE}." if embeddings else ""
+        if not self.modules and not self.embedding_keys:
             raise CorruptFileError(
-                f"Adapter '{self.path}' holds no LoRA weights (no keys ending in lora_A.weight / lora_B.weight).{hint}"
+                f"Adapter '{self.path}' holds no LoRA weights (no keys ending in lora_A.weight / lora_B.weight or "
+                f"lora_embedding_A / lora_embedding_B)."
             )
 
     def _open_tensors(self, allow_pickle: bool) -> dict[str, Any]:
@@ -139,6 +143,27 @@ class LoraAdapter:
         if "state" in self._tensors:
             return self._tensors["state"][key]
         return self._tensors["handle"].get_tensor(key)
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        if "state" in self._tensors:
+            return tuple(self._tensors["state"][key].shape)
+        return tuple(self._tensors["handle"].get_slice(key).get_shape())
+
+    def embedding_factor_shape(self, module: str) -> tuple[int, int]:
+        """(num_embeddings, dim) of the table that ``module``'s embedding factors update."""
+        key_a, key_b = self.embedding_keys[module]
+        return (int(self._shape(key_a)[-1]), int(self._shape(key_b)[0]))
+
+    def embedding_factors(self, module: str) -> LoraFactors:
+        """An embedding table's update as factors of its weight: ΔW = scale · Aᵀ_peft · Bᵀ_peft, (num, r)·(r, dim)."""
+        key_a, key_b = self.embedding_keys[module]
+        A, B = self._load(key_a), self._load(key_b)  # (r, num), (dim, r)
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise CorruptFileError(
+                f"Adapter '{self.path}': embedding factors of '{module}' do not fit together: lora_embedding_A "
+                f"{tuple(A.shape)}, lora_embedding_B {tuple(B.shape)} (expected (r, num_embeddings) and (dim, r))."
+            )
+        return LoraFactors(module=module, A=B.T.contiguous(), B=A.T.contiguous(), scale=self.scale_for(module, int(A.shape[0])))
 
     def factor_shape(self, module: str) -> tuple[int, int]:
         """(out, in) of the matrix ``module``'s factors update, read from the file header (no tensor load)."""
