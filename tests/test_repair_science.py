@@ -1,0 +1,115 @@
+"""Science checks on the embedded causal LM (slow, run in CI): what intruders cost, and their repair.
+
+Paper: Sec. 4 / Fig. 9 (LoRA with intruders forgets more of the pre-training distribution) and the v2 abstract
+(scaling the intruders' singular values down recovers part of that forgetting at little task cost).
+
+Compressed recipe (docs/repair.md, "Science check"): SmolLM2-135M fine-tuned as a language model on the
+generated `sentiment` task (prompt + answer, loss on the answer token), LoRA on all seven projections with
+α = 2r and α·η = 2e-2 (8.3× Appendix A's 2.4e-3: at the paper's value 100 steps leave no intruder), linear
+schedule with 6% warm-up, 100 steps of batch 8, 32 tokens; seeds 0 and 1; r = 1 against r = 8. The RMSNorm
+weights train at η = 1e-5 (``other_lr``, full fine-tuning's rate) for both ranks: at LoRA r=1's η = 1e-2 they
+alone made the model forget most of its language (news loss 3.8 → 11.9, untouched by repairing the intruders),
+and r=1 and r=8 would differ in that η, not only in rank. Forgetting is the mean next-token loss on 2,048
+tokens of the gensim news sample (windows of 128). The orderings asserted
+here held for both seeds when this recipe was chosen (numbers in docs/repair.md); they are regressions of one
+recipe on CI's 2 CPU threads — another thread count or CPU changes float reduction order and can move the
+counts by a few intruders, as docs/train.md measured for MiniLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+from intrudim.experiments.repair_sweep import repair_sweep
+from intrudim.repair import RepairConfig
+from intrudim.train import TrainConfig, train
+
+pytestmark = [pytest.mark.slow, pytest.mark.science]
+
+SEEDS = (0, 1)
+RANKS = (1, 8)
+RECIPE = dict(
+    model="smollm2", task="sentiment", method="lora", total_lr=2e-2, other_lr=1e-5, schedule="linear", max_steps=100,
+    batch_size=8, max_length=32, max_validation_examples=100, eval_every=100, checkpoint_every=None,
+)  # fmt: skip
+TEXT, TEXT_TOKENS = "news", 2048
+REPAIR_LAMBDA = 0.5
+
+
+class Science:
+    """Trains each (rank, seed) once and measures its forgetting; shared by the tests of this module."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.runs: dict[tuple[int, int], dict] = {}
+        self.probe = ForgettingProbe.prepare("smollm2", TEXT, ForgettingConfig(max_tokens=TEXT_TOKENS))
+        self.base_loss = float(self.probe.losses(self.probe.load_base_model()).mean())
+
+    def __call__(self, rank: int, seed: int) -> dict:
+        if (rank, seed) not in self.runs:
+            config = TrainConfig(**RECIPE, rank=rank, seed=seed)  # type: ignore[arg-type]
+            run_dir = self.root / f"r{rank}-seed{seed}"
+            result = train(config, run_dir, progress=False, cache_dir=self.root / "svd_cache", figures=False)
+            model, _ = self.probe.load_tuned_model(run_dir / "final")
+            loss = float(self.probe.losses(model).mean())
+            self.runs[(rank, seed)] = {"run_dir": run_dir, "accuracy": result.final_accuracy,
+                                       "intruders": result.final_intruders, "loss": loss,
+                                       "forgetting": loss - self.base_loss}  # fmt: skip
+        return self.runs[(rank, seed)]
+
+    def summary(self) -> str:
+        rows = {f"r={r} seed {s}": {k: v for k, v in run.items() if k != "run_dir"} for (r, s), run in self.runs.items()}
+        return json.dumps({"base_loss": self.base_loss, "runs": rows}, indent=1)
+
+
+@pytest.fixture(scope="module")
+def science(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Science]:
+    """Results of a seed depend on the thread count (reduction order): pin it to CI's two cores."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("repair_science")
+    previous_cache = os.environ.get("INTRUDIM_CACHE")
+    if previous_cache is None:
+        os.environ["INTRUDIM_CACHE"] = str(root / "cache")  # smollm2 converted once for this module
+    try:
+        yield Science(root)
+    finally:
+        torch.set_num_threads(previous_threads)
+        if previous_cache is None:
+            os.environ.pop("INTRUDIM_CACHE", None)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_lora_r1_has_more_intruders_and_forgets_more_than_r8_at_equal_accuracy(science: Science, seed: int) -> None:
+    """Fig. 9's direction: at equal task accuracy, rank 1 has intruders and forgets more than rank 8 (α = 2r)."""
+    r1, r8 = science(1, seed), science(8, seed)
+    summary = science.summary()
+    print(summary)
+    assert r1["accuracy"] >= 0.95 and r8["accuracy"] >= 0.95, summary  # equal task performance
+    assert r1["intruders"] >= 3 and r1["intruders"] > r8["intruders"], summary
+    assert r1["forgetting"] > r8["forgetting"], summary
+    assert r1["forgetting"] > 0, summary
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_repairing_the_intruders_lowers_forgetting_at_little_task_cost(science: Science, seed: int) -> None:
+    """v2: λ = 0.5 on the intruders lowers the loss on the news text, accuracy within 3 points."""
+    r1 = science(1, seed)
+    sweep = repair_sweep(
+        "smollm2", r1["run_dir"], (REPAIR_LAMBDA,), ("none", "non-intruder", "shrink"), config=RepairConfig(),
+        task="sentiment", text=TEXT, max_tokens=TEXT_TOKENS, max_examples=100, cache_dir=science.root / "svd_cache",
+    )  # fmt: skip
+    table = json.dumps(sweep.to_json()["points"], indent=1)
+    print(science.summary(), table)
+    tuned, repaired = sweep.point(1.0, "none"), sweep.point(REPAIR_LAMBDA, "none")
+    assert sweep.total_intruders == r1["intruders"], table
+    assert tuned.forgetting_loss == pytest.approx(r1["loss"], rel=1e-6), table  # the sweep's λ=1 is the run
+    assert repaired.forgetting_loss < tuned.forgetting_loss, table
+    assert repaired.accuracy >= tuned.accuracy - 0.03, table
