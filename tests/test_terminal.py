@@ -191,3 +191,22 @@ def test_training_progress_writes_lines_when_not_a_terminal(capsys, monkeypatch)
     assert "lora sentiment: step 5/10, loss 0.5000, acc -" in err
     assert "lora sentiment: evaluating 400 held-out examples" in err
     assert "step 10/10, loss 0.2500, acc 0.900" in err
+
+
+def test_analyze_progress_is_plain_lines_without_a_terminal(tiny_models, tmp_path):
+    """stderr is a pipe here: the progress comes as lines (first matrix, then at most every 10 s, and the end)."""
+    adapter = write_peft_adapter(tiny_models["bert"], "bert", tmp_path / "a", r=2)
+    result = run("analyze", str(tiny_models["bert"]), str(adapter), "--no-cache")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("analyze: ")]
+    assert lines and lines[0].startswith("analyze: 0/") and lines[-1].endswith("(done)"), result.stderr
+
+
+def test_a_run_without_checkpoints_draws_no_intruders_over_steps_figure(tmp_path):
+    from intrudim.train.figures import intruders_over_steps
+
+    final_only = [{"event": "final", "step": 10, "intruders": {"total_intruders": 3, "matrices": [
+        {"name": "m", "intruders": 3, "intruder_ranks": [1, 2, 3], "singular_values": [3.0, 2.0, 1.0]}]}}]
+    assert intruders_over_steps(final_only, tmp_path / "f.png") is None and not (tmp_path / "f.png").exists()
+    two = [{**final_only[0], "event": "checkpoint", "step": 5}, *final_only]
+    assert intruders_over_steps(two, tmp_path / "g.png") == tmp_path / "g.png"

@@ -249,17 +249,26 @@ def _unchanged(job: MatrixJob, base_svd, config: AnalyzeConfig) -> MatrixResult:
     )  # fmt: skip
 
 
+LINE_EVERY_SECONDS = 10.0
+"""Without a terminal (a log file, CI), a progress line is printed at most this often, and at the end."""
+
+
 def make_reporter(progress: bool | ProgressCallback, total: int, label: str = "analyze"):
+    """A progress callback ``(done, total, name)``: a rich bar on a terminal, plain lines otherwise."""
     if callable(progress):
         return progress
     if not progress:
         return None
     from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return _LineReporter(console, label)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
         TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+        TextColumn("{task.description}"), console=console, transient=True,
     )  # fmt: skip
     bar.start()
     task = bar.add_task("", total=total)
@@ -272,4 +281,22 @@ def make_reporter(progress: bool | ProgressCallback, total: int, label: str = "a
             bar.stop()
 
     return _Reporter()
+
+
+class _LineReporter:
+    """Progress as plain lines on stderr (no terminal): the first matrix, then at most one line per
+    ``LINE_EVERY_SECONDS``, and the end."""
+
+    def __init__(self, console: Any, label: str) -> None:
+        self.console, self.label = console, label
+        self.started = time.monotonic()
+        self.last: float | None = None
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        now = time.monotonic()
+        if done == total or self.last is None or now - self.last >= LINE_EVERY_SECONDS:
+            what = "done" if done == total else name
+            self.console.print(f"{self.label}: {done}/{total} matrices, {now - self.started:.0f} s ({what})",
+                               highlight=False, soft_wrap=True)  # fmt: skip
+            self.last = now
 

@@ -448,9 +448,24 @@ def _progress_bar(enabled: bool, total: int, description: str) -> Iterator[Calla
         TimeRemainingColumn,
     )
 
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or CI: plain lines, at most one every 10 s, and the end
+        state = {"done": 0, "last": time.monotonic(), "started": time.monotonic()}
+        console.print(f"{description}: scoring {total} tokens", highlight=False)
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            now = time.monotonic()
+            if state["done"] >= total or now - state["last"] >= 10.0:
+                console.print(f"{description}: {state['done']}/{total} tokens, {now - state['started']:.0f} s",
+                              highlight=False)  # fmt: skip
+                state["last"] = now
+
+        yield advance
+        return
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
     ) as progress:  # fmt: skip
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)

@@ -147,6 +147,9 @@ def _train(*, out: Path, method: str, rank: int, **options: object) -> None:
     if result.final_intruders is not None:
         console.print(f"Intruder dimensions (k={options['k']}, ε={options['epsilon']}, summed over matrices): "
                       f"{result.final_intruders}")  # fmt: skip
+    if options["figures"] and result.final_intruders is not None and not result.checkpoints:
+        console.print("No intruders-over-steps figure: the run had no checkpoints (--checkpoint-every N tracks "
+                      "intruders every N steps).", highlight=False)  # fmt: skip
     console.print(f"Run directory: {result.run_dir}", highlight=False)
 
 

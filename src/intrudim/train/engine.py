@@ -339,7 +339,10 @@ def _finish(run: _Run, state: LoopState, stop_reason: str, started: float, figur
                            "accuracy": state.last_accuracy, "best_accuracy": state.best_accuracy})  # fmt: skip
         write_json_atomic(run.run_dir / "result.json", result.to_json())
         if figures:
-            write_run_figures(run.metrics.read(), run.run_dir / "figures")
+            written = write_run_figures(run.metrics.read(), run.run_dir / "figures")
+            if run.track and not any(path.name == "intruders_over_steps.png" for path in written):
+                run.metrics.write({"event": "note", "step": state.step, "message": "no intruders-over-steps figure: "
+                                   "the run had no checkpoints (--checkpoint-every N tracks intruders every N steps)"})  # fmt: skip
     return result
 
 

@@ -55,8 +55,8 @@ def intruders_over_steps(records: list[dict[str, Any]], destination: Path) -> Pa
     """Fig. 7: total intruders over steps (left); for the matrix with the most intruders at the end, the rank
     of each intruder among the top-k (middle) and its singular value (right) at each checkpoint."""
     tracked = _tracked(records)
-    if not tracked:
-        return None
+    if len(tracked) < 2:
+        return None  # no checkpoints: one point (the final weights) is no curve over steps
     last = tracked[-1][1]["matrices"]
     if not last:
         return None
