@@ -72,7 +72,7 @@ def test_sweep_equals_written_repairs_measured_from_disk(lm, tmp_path):
                                                          for lam in (0.0, 0.5, 1.0)}  # fmt: skip
     probe = ForgettingProbe.prepare(lm["base"], str(lm["text"]), ForgettingConfig())
     assert result.base_loss == pytest.approx(float(probe.losses(probe.load_base_model()).mean()), rel=1e-6)
-    for method in ("none", "shrink"):
+    for method in ("none", "non-intruder", "shrink"):
         for lam in (0.0, 1.0):
             out = tmp_path / f"{method}-{lam}"
             repair(lm["base"], lm["adapter"], RepairConfig(k=4, lam=lam, control=method), out=out, use_cache=False)
