@@ -33,6 +33,9 @@ class MatrixResult:
     epsilon_sweep: dict[float, int]
     k_sweep: dict[str, int] | None = None
     lora_rank: int | None = None
+    update_sigma1: float | None = None  # σ₁(ΔW)
+    intruder_pressure: float | None = None  # σ₁(ΔW) / σ_k(W₀) (beyond the paper; Sec. 5's toy model)
+    update_alignment: float | None = None  # ‖U₀[:, :k]ᵀ u₁(ΔW)‖: 0 = the update's top direction is new
     similarity: list[list[float]] | None = field(default=None, repr=False)  # (k, n_base) |cos|
 
     def to_json(self, include_similarity: bool = False) -> dict[str, Any]:
@@ -136,7 +139,8 @@ class AnalysisResult:
             [
                 "name", "layer", "module_type", "out", "in", "intruders", "intruder_ranks", "min_max_abs_cos",
                 "largest_intruder_rank", "largest_intruder_sigma_ratio", "intruder_energy_share",
-                "effective_rank_delta", "sigma1_tuned", "sigma1_base", "lora_rank",
+                "effective_rank_delta", "sigma1_tuned", "sigma1_base", "lora_rank", "update_sigma1",
+                "intruder_pressure", "update_alignment",
             ]
         )  # fmt: skip
         for m in self.matrices:
@@ -148,6 +152,7 @@ class AnalysisResult:
                     else f"{m.largest_intruder_sigma_ratio:.6f}", f"{m.intruder_energy_share:.6f}",
                     "" if m.effective_rank_delta is None else f"{m.effective_rank_delta:.4f}",
                     f"{m.singular_values[0]:.6f}", f"{m.base_singular_values[0]:.6f}", m.lora_rank or "",
+                    *("" if v is None else f"{v:.6f}" for v in (m.update_sigma1, m.intruder_pressure, m.update_alignment)),
                 ]
             )  # fmt: skip
         return out.getvalue()

@@ -23,13 +23,17 @@ from intrudim.spectral.intruders import (
     count_intruders,
     epsilon_sweep,
     intruder_energy_share,
+    intruder_pressure,
     intruder_ranks,
     max_abs_cosine,
+    update_alignment,
 )
 from intrudim.spectral.structured import core_full_spectrum, core_top_k, lora_core
 from intrudim.spectral.svd import (
+    dense_top_direction,
     effective_rank,
     low_rank_singular_values,
+    low_rank_top_direction,
     singular_values,
     thin_svd,
     top_k_svd,
@@ -56,8 +60,15 @@ def _finish(
     similarity: torch.Tensor,
     max_cos_all: torch.Tensor | None,
     lora_rank: int | None,
+    update: tuple[float, torch.Tensor] | None = None,
+    base_U: torch.Tensor | None = None,
 ) -> MatrixResult:
     ranks = intruder_ranks(max_cos, config.epsilon)
+    pressure = alignment = sigma1 = None
+    if update is not None and base_U is not None:
+        sigma1 = update[0]
+        pressure = intruder_pressure(sigma1, S0, config.k)
+        alignment = update_alignment(update[1], base_U, config.k) if sigma1 > 0 else 0.0
     largest = ranks[0] if ranks else None
     k_sweep_counts = None
     if max_cos_all is not None:
@@ -84,6 +95,9 @@ def _finish(
         epsilon_sweep=epsilon_sweep(max_cos, config.epsilons),
         k_sweep=k_sweep_counts,
         lora_rank=lora_rank,
+        update_sigma1=sigma1,
+        intruder_pressure=pressure,
+        update_alignment=alignment,
         similarity=similarity.tolist(),
     )
 
@@ -106,7 +120,7 @@ def analyze_lora_matrix(
     delta_sigma = low_rank_singular_values(B, A, scale) if config.effective_rank else None
     return _finish(
         job, config, top.S, max_cos, base_svd.S, core.frobenius_sq(), delta_sigma, similarity, max_cos_all,
-        lora_rank=int(A.shape[0]),
+        lora_rank=int(A.shape[0]), update=low_rank_top_direction(B, A, scale), base_U=base_svd.U,
     )  # fmt: skip
 
 
@@ -138,7 +152,7 @@ def analyze_dense_matrix(
         delta_sigma = singular_values(Wt_64 - W0_64)
     return _finish(
         job, config, top_S, max_cos, base_svd.S, float((Wt_64**2).sum()), delta_sigma, similarity, max_cos_all,
-        lora_rank=lora_rank,
+        lora_rank=lora_rank, update=dense_top_direction(Wt_64 - W0_64), base_U=U0,
     )  # fmt: skip
 
 
@@ -246,6 +260,7 @@ def _unchanged(job: MatrixJob, base_svd, config: AnalyzeConfig) -> MatrixResult:
         job, config, base_svd.S[:k], ones, base_svd.S, float((base_svd.S**2).sum()),
         torch.zeros(p, dtype=torch.float64) if config.effective_rank else None, similarity,
         torch.ones(p, dtype=torch.float64) if config.k_sweep else None, lora_rank=None,
+        update=(0.0, torch.zeros(job.shape[0], dtype=torch.float64)), base_U=base_svd.U,
     )  # fmt: skip
 
 

@@ -53,3 +53,22 @@ def intruder_energy_share(singular_values: torch.Tensor, ranks: Sequence[int], f
 def random_vector_max_cosine(n: int) -> float:
     """Expected max |cos| of a random unit vector in ℝⁿ against an orthonormal basis ≈ √(2 ln(2n)/n) (App. C)."""
     return math.sqrt(2.0 * math.log(2.0 * n) / n)
+
+
+def intruder_pressure(update_sigma1: float, base_sigma: torch.Tensor, k: int) -> float:
+    """σ₁(ΔW) / σ_k(W₀): how large the update's top direction is against the k-th base singular value.
+
+    Sec. 5's toy model: a rank-one update λ·v vᵀ becomes a top-k vector of its own once λ passes the base's
+    singular values near rank k; a pressure well above 1 predicts an intruder in the top k, unless the update
+    lies in the base's top space (see :func:`update_alignment`).
+    """
+    index = min(k, int(base_sigma.shape[0])) - 1
+    floor = float(base_sigma[index])
+    return float(update_sigma1) / floor if floor > 0 else float("inf")
+
+
+def update_alignment(update_u1: torch.Tensor, base_U: torch.Tensor, k: int) -> float:
+    """‖U₀[:, :k]ᵀ u₁(ΔW)‖: the share (in norm, 0…1) of the update's top left singular vector that lies in the
+    span of the base's top-k left singular vectors; near 0 means the update points somewhere new."""
+    top = base_U[:, :k].to(torch.float64)
+    return float(torch.linalg.vector_norm(top.T @ update_u1.to(torch.float64)))

@@ -76,6 +76,21 @@ def low_rank_singular_values(B: torch.Tensor, A: torch.Tensor, scale: float = 1.
     return torch.linalg.svdvals(scale * RB @ RA.T)
 
 
+def low_rank_top_direction(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0) -> tuple[float, torch.Tensor]:
+    """σ₁ and the top left singular vector (float64) of ``scale · B A`` from two thin QRs (never forming B A)."""
+    B64, A64 = B.to(torch.float64), A.to(torch.float64)
+    QB, RB = torch.linalg.qr(B64)  # (out, r), (r, r)
+    _, RA = torch.linalg.qr(A64.T)  # (r, r)
+    U, S, _ = torch.linalg.svd(scale * RB @ RA.T)
+    return float(S[0]), QB @ U[:, 0]
+
+
+def dense_top_direction(D: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """σ₁ and the top left singular vector (float64) of a dense matrix (Lanczos unless small)."""
+    top = top_k_svd(D, 1)
+    return float(top.S[0]), top.U[:, 0]
+
+
 def effective_rank(sigma: torch.Tensor) -> float:
     """Effective rank (Roy & Vetterli 2007): exp of the Shannon entropy of σ/‖σ‖₁ (Sec. 4.2, Fig. 6).
 
