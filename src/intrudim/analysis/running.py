@@ -33,7 +33,7 @@ from intrudim.spectral.svd import (
     dense_top_direction,
     effective_rank,
     low_rank_singular_values,
-    low_rank_top_direction,
+    low_rank_svd,
     singular_values,
     thin_svd,
     top_k_svd,
@@ -117,10 +117,11 @@ def analyze_lora_matrix(
     max_cos = top.max_abs_cosine(core.p)
     similarity = top.Y[:n_sim].abs().T
     max_cos_all = core_full_spectrum(core).max_abs_cosine(core.p) if config.k_sweep else None
-    delta_sigma = low_rank_singular_values(B, A, scale) if config.effective_rank else None
+    update_sigma, update_U = low_rank_svd(B, A, scale)  # ΔW's spectrum: effective rank and pressure
+    delta_sigma = update_sigma if config.effective_rank else None
     return _finish(
         job, config, top.S, max_cos, base_svd.S, core.frobenius_sq(), delta_sigma, similarity, max_cos_all,
-        lora_rank=int(A.shape[0]), update=low_rank_top_direction(B, A, scale), base_U=base_svd.U,
+        lora_rank=int(A.shape[0]), update=(float(update_sigma[0]), update_U[:, 0]), base_U=base_svd.U,
     )  # fmt: skip
 
 
@@ -171,9 +172,14 @@ def resolve_config(config: AnalyzeConfig | None, overrides: dict[str, Any]) -> A
         from dataclasses import replace
 
         config = replace(config, **overrides)
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise IntrudimError(f"--device {config.device} was asked for, but no CUDA GPU is available here. Use --device cpu.")
+    check_device(config.device)
     return config
+
+
+def check_device(device: str) -> None:
+    """A clear error when ``cuda`` is asked for on a machine without a CUDA GPU."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise IntrudimError(f"--device {device} was asked for, but no CUDA GPU is available here. Use --device cpu.")
 
 
 def open_cache(config: AnalyzeConfig, cache_dir: str | Path | None, use_cache: bool) -> BaseSVDCache:
@@ -303,15 +309,12 @@ class _LineReporter:
     ``LINE_EVERY_SECONDS``, and the end."""
 
     def __init__(self, console: Any, label: str) -> None:
-        self.console, self.label = console, label
-        self.started = time.monotonic()
-        self.last: float | None = None
+        from intrudim.plain_progress import PlainProgress
+
+        self.lines = PlainProgress(console, label, LINE_EVERY_SECONDS)
 
     def __call__(self, done: int, total: int, name: str) -> None:
-        now = time.monotonic()
-        if done == total or self.last is None or now - self.last >= LINE_EVERY_SECONDS:
+        if done == total or self.lines.due():
             what = "done" if done == total else name
-            self.console.print(f"{self.label}: {done}/{total} matrices, {now - self.started:.0f} s ({what})",
-                               highlight=False, soft_wrap=True)  # fmt: skip
-            self.last = now
+            self.lines(f"{done}/{total} matrices, {self.lines.elapsed:.0f} s ({what})", force=True)
 

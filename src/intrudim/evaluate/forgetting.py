@@ -450,16 +450,17 @@ def _progress_bar(enabled: bool, total: int, description: str) -> Iterator[Calla
 
     console = Console(stderr=True)
     if not console.is_terminal:  # a log file or CI: plain lines, at most one every 10 s, and the end
-        state = {"done": 0, "last": time.monotonic(), "started": time.monotonic()}
-        console.print(f"{description}: scoring {total} tokens", highlight=False)
+        from intrudim.plain_progress import PlainProgress
+
+        lines = PlainProgress(console, description, every=10.0)
+        lines(f"scoring {total} tokens")
+        done = 0
 
         def advance(n: int) -> None:
-            state["done"] += n
-            now = time.monotonic()
-            if state["done"] >= total or now - state["last"] >= 10.0:
-                console.print(f"{description}: {state['done']}/{total} tokens, {now - state['started']:.0f} s",
-                              highlight=False)  # fmt: skip
-                state["last"] = now
+            nonlocal done
+            done += n
+            if done >= total or lines.due():
+                lines(f"{done}/{total} tokens, {lines.elapsed:.0f} s", force=True)
 
         yield advance
         return

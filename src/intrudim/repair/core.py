@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
-from intrudim.analysis.running import make_reporter, open_cache
-from intrudim.errors import IntrudimError
+from intrudim.analysis.running import check_device, make_reporter, open_cache
 from intrudim.repair.config import RepairConfig
 from intrudim.spectral.repair import (
     RankUpdate,
@@ -262,8 +261,7 @@ def repair(
     from intrudim.repair.writers import prepare_output, write_outputs
 
     config = replace(config, **overrides) if config is not None else RepairConfig(**overrides)
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise IntrudimError(f"--device {config.device} was asked for, but no CUDA GPU is available here. Use --device cpu.")
+    check_device(config.device)
     started = time.perf_counter()
     analyze_config = config.analyze_config
     with open_inputs(base, tuned, analyze_config) as inputs:

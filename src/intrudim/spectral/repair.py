@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from intrudim.spectral.structured import core_right_vectors, core_top_k, lora_core
-from intrudim.spectral.svd import SVDFactors, top_k_svd
+from intrudim.spectral.svd import SVDFactors, low_rank_singular_values, top_k_svd
 
 CONTROLS: tuple[str, ...] = ("none", "non-intruder", "shrink")
 """``none`` scales the intruders themselves; the others are the controls."""
@@ -140,11 +140,8 @@ def extend_lora_factors(
 
 
 def lora_delta_norm(B: torch.Tensor, A: torch.Tensor, scale: float) -> float:
-    """‖scale·B·A‖_F from two thin QRs (never forming B·A)."""
-    B64, A64 = B.to(torch.float64), A.to(torch.float64)
-    _, RB = torch.linalg.qr(B64)
-    _, RA = torch.linalg.qr(A64.T)
-    return abs(scale) * float(torch.linalg.matrix_norm(RB @ RA.T))
+    """‖scale·B·A‖_F: the 2-norm of its singular values (two thin QRs, never forming B·A)."""
+    return float(torch.linalg.vector_norm(low_rank_singular_values(B, A, scale)))
 
 
 def alpha_for_scale(scale: float, rank: int, use_rslora: bool) -> float:

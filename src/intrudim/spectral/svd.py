@@ -76,13 +76,14 @@ def low_rank_singular_values(B: torch.Tensor, A: torch.Tensor, scale: float = 1.
     return torch.linalg.svdvals(scale * RB @ RA.T)
 
 
-def low_rank_top_direction(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0) -> tuple[float, torch.Tensor]:
-    """σ₁ and the top left singular vector (float64) of ``scale · B A`` from two thin QRs (never forming B A)."""
+def low_rank_svd(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """All r singular values (descending) and left singular vectors (out, r), float64, of ``scale · B A`` from
+    two thin QRs (never forming B A): the effective rank and the top direction of a LoRA update in one pass."""
     B64, A64 = B.to(torch.float64), A.to(torch.float64)
     QB, RB = torch.linalg.qr(B64)  # (out, r), (r, r)
     _, RA = torch.linalg.qr(A64.T)  # (r, r)
     U, S, _ = torch.linalg.svd(scale * RB @ RA.T)
-    return float(S[0]), QB @ U[:, 0]
+    return S, QB @ U
 
 
 def dense_top_direction(D: torch.Tensor) -> tuple[float, torch.Tensor]:
