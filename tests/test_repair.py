@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUILDERS, base_state, dense_reference, write_peft_adapter
+from conftest import base_state, dense_reference, write_peft_adapter
 
 from intrudim.errors import IntrudimError
 from intrudim.repair import RepairConfig, repair
@@ -195,8 +195,6 @@ def test_bad_input(tiny_models, tmp_path):
         repair(tiny_models["bert"], adapter, out=blocker / "out", use_cache=False)
 
 
-_ = (BUILDERS, shutil)
-
 
 def test_lora_on_an_embedding_table_is_repaired_from_its_factors(tiny_models, tmp_path):
     """lora_embedding_A/B: same side as analyze --include-embeddings on the merged model; exact W'."""
@@ -215,3 +213,25 @@ def test_lora_on_an_embedding_table_is_repaired_from_its_factors(tiny_models, tm
     assert float(error) < 1e-4
     default = repair(tiny_models[arch], adapter, k=6, out=tmp_path / "default", use_cache=False)
     assert any(s["name"] == "embed_tokens.weight" for s in default.skipped)
+
+
+def test_merged_needs_a_base_folder_and_a_pickled_dense_model_is_refused_for_writing(tiny_models, tmp_path):
+    adapter = write_peft_adapter(tiny_models["bert"], "bert", tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    single = tiny_models["bert"] / "model.safetensors"
+    with pytest.raises(IntrudimError, match="--merged needs BASE as a model directory"):
+        repair(single, adapter, k=6, merged=True, out=tmp_path / "m", use_cache=False)
+    assert not (tmp_path / "m" / "model").exists()
+    # a fully fine-tuned model given as a pickle (opted in) is analysed, but its repair is written as safetensors
+    # shards like its input, which needs a safetensors input: a clear error, nothing left behind
+    tuned = tmp_path / "pickled"
+    tuned.mkdir()
+    state = {k: v.clone() for k, v in base_state(tiny_models["bert"]).items()}
+    name = "encoder.layer.1.attention.self.query.weight"
+    u, v = torch.randn(state[name].shape[0]), torch.randn(state[name].shape[1])
+    state[name] += 3.0 * torch.outer(u / u.norm(), v / v.norm())
+    torch.save(state, tuned / "pytorch_model.bin")
+    shutil.copy(tiny_models["bert"] / "config.json", tuned / "config.json")
+    with pytest.raises(IntrudimError, match="pickle checkpoint"):
+        repair(tiny_models["bert"], tuned, lam=0.0, allow_pickle=True, out=tmp_path / "p", use_cache=False)
+    assert not (tmp_path / "p" / "model").exists()
+    assert not [p for p in (tmp_path / "p").iterdir() if p.name.startswith(".")]  # no half-built folder
