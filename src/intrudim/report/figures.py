@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from intrudim.spectral.intruders import random_vector_max_cosine  # noqa: E402
 
@@ -106,6 +107,7 @@ def effective_rank_plot(matrices: Sequence[Any]) -> bytes:
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layer indices, not 0.2, 0.4, …
     ax.set_ylabel("effective rank of ΔW")
     ax.set_title("Effective rank of the update (Fig. 6)")
     ax.grid(alpha=0.3)
@@ -167,7 +169,8 @@ def toy_sweep_plot(sweep: Any) -> bytes:
                     label=f"first intruder: λ = {sweep.first_intruder_ratio:g}·σ_max")  # fmt: skip
     ax1.set_xlabel("λ / σ_max(W)")
     ax1.set_ylabel("|cos|")
-    ax1.legend(fontsize=7)
+    # Legends go under the panels: where the lines leave room inside depends on n and the seed ("best" covered them).
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     ax1.grid(alpha=0.3)
     ax2.plot(ratios, [p.v_rank for p in sweep.points], marker="o", color=BASE_COLOR,
              label="rank of the vector most aligned with v")  # fmt: skip
@@ -182,10 +185,12 @@ def toy_sweep_plot(sweep: Any) -> bytes:
                 label=f"intruders in top {sweep.k}")  # fmt: skip
     counts.set_ylabel("intruders", color=LORA_COLOR)
     counts.set_ylim(bottom=0)
+    counts.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_xlabel("λ / σ_max(W)")
     handles = ax2.get_legend_handles_labels()
     extra = counts.get_legend_handles_labels()
-    ax2.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7)
+    counts.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.16))  # fmt: skip
     ax2.grid(alpha=0.3)
     fig.suptitle(f"W + λ·v vᵀ, n = {sweep.n} (Sec. 5)")
     return _png(fig)
