@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -78,32 +79,29 @@ def _run(*, out: Path, tasks: str, ranks: str, method: str, k: int, epsilon: flo
 def _print(result: Any) -> None:
     console = Console()
     tasks = list(result.config.tasks)
-    table = Table(title=f"continual: accuracy after each stage, intruders vs the base (k={result.config.k}, "
-                        f"ε={result.config.epsilon})")  # fmt: skip
-    table.add_column("method", no_wrap=True)
-    table.add_column("after", no_wrap=True)
+    table = Table(title=f"continual: accuracy after each stage; intruders vs the base (k={result.config.k}, "
+                        f"ε={result.config.epsilon})", box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    table.add_column("after stage", no_wrap=True)
     for task in tasks:
-        table.add_column(task, justify="right")
+        table.add_column(task, justify="right", no_wrap=True)
     table.add_column("intr.", justify="right")
     table.add_column("energy", justify="right")
     for label, method in result.methods.items():
         for stage in method.stages:
             accuracies = ["-" if stage.accuracies.get(t) is None else f"{stage.accuracies[t]:.3f}" for t in tasks]
-            table.add_row(label if stage.stage == 0 else "", "base" if stage.stage == 0 else f"{stage.stage} {stage.task}",
-                          *accuracies, str(stage.intruders), f"{100 * stage.energy_share:.2f}%",
+            name = f"{label}: base" if stage.stage == 0 else f"  {stage.stage} {stage.task}"
+            table.add_row(name, *accuracies, str(stage.intruders), f"{100 * stage.energy_share:.2f}%",
                           end_section=stage.stage == len(tasks))  # fmt: skip
     console.print(table)
-    summary = []
     for label, method in result.methods.items():
         mean = method.mean_forgetting
-        summary.append(f"{label}: {method.intruders[-1]} intruders after the last stage"
-                       + ("" if mean is None else f", mean forgetting {mean:+.3f}"))  # fmt: skip
-    console.print("; ".join(summary) + ".", highlight=False)
-    console.print("Forgetting = a task's accuracy right after its own stage (its baseline) minus its accuracy after "
-                  "the last stage; '-' = no head yet (encoders).", highlight=False)  # fmt: skip
-    paths = result.paths
-    console.print(f"figures: {paths['accuracy_figure']}, {paths['intruders_figure']}", highlight=False)
-    console.print(f"json: {paths['json']}  csv: {paths['csv']}", highlight=False)
+        console.print(f"{label}: intruders by stage {' → '.join(map(str, method.intruders))}"
+                      + ("" if mean is None else f"; mean forgetting {mean:+.3f}"), highlight=False)  # fmt: skip
+    console.print("Forgetting: a task's accuracy right after its own stage (its baseline) minus its accuracy after "
+                  "the last stage. '-': not measured (an encoder's task has no head before its stage). energy: "
+                  "the intruders' mean share of a matrix's energy.", highlight=False)  # fmt: skip
+    names = ", ".join(str(path.relative_to(result.out_dir)) for path in result.paths.values())
+    console.print(f"Outputs in {result.out_dir}: {names}.", highlight=False)
 
 
 def _continual_command() -> Any:
