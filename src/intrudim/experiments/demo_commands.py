@@ -1,0 +1,55 @@
+"""CLI command ``demo``: every finding of the paper on the embedded models, one report (docs/demo.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+
+def demo_command(
+    quick: Annotated[bool, typer.Option("--quick", help="About 5 minutes on 2 cores: MiniLM only, short runs "
+                     "(what `make demo` runs). Without it: about 30 minutes, every claim, SmolLM2 for "
+                     "forgetting and repair.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Folder for runs, measurements, summary.json and report.html; "
+                   "a second demo with the same --out and settings reuses what is finished.")] = Path("demo_out"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every run and measurement.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json's claims as one JSON document.")] = False,
+) -> None:
+    """Run the paper's experiments on the embedded models (offline) and write one report: report.html and
+    summary.json, whose `claims` list says, for each finding of the paper, whether it held here and the numbers."""
+    from intrudim.cli import run_guarded
+    from intrudim.experiments.demo import DemoConfig, run_demo
+
+    stdout, stderr = Console(), Console(stderr=True)
+
+    def work() -> None:
+        summary = run_demo(DemoConfig(quick=quick, seed=seed), out, progress=True, console=stderr)
+        if as_json:
+            sys.stdout.write(json.dumps({"claims": summary["claims"], "report": summary["report"]}, indent=2) + "\n")
+            return
+        table = Table(box=box.SIMPLE_HEAD, title="The paper's claims, measured", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("claim")
+        table.add_column("result", no_wrap=True)
+        styles = {True: "[green]held[/]", False: "[red]not held[/]", None: "[dim]not measured[/]"}
+        for number, claim in enumerate(summary["claims"], start=1):
+            table.add_row(str(number), f"{claim['id']} ({claim['figure']})", styles[claim["held"]])
+        stdout.print(table)
+        stdout.print(f"{summary['held']} held, {summary['not_held']} not held, {summary['not_measured']} not measured "
+                     f"in {summary['seconds']['total']:.0f} s.")  # fmt: skip
+        stdout.print(f"report: [bold]{summary['report']}[/]  (numbers: {Path(summary['report']).parent / 'summary.json'})")
+
+    run_guarded(work)
+
+
+def register(app: typer.Typer) -> None:
+    from intrudim.cli import PlainHelpCommand
+
+    app.command("demo", cls=PlainHelpCommand)(demo_command)

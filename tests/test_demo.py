@@ -1,0 +1,181 @@
+"""`intrudim demo` (issue 14): claims decided from planted measurements, settings reuse rules, and the real
+quick demo end to end (slow), its report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from intrudim.experiments.claims import STATEMENTS, decide_claims
+from intrudim.experiments.demo import DEMO_FILE, DemoConfig, DemoSettingsError, _check_settings
+
+QUICK = DemoConfig(quick=True, seed=0)
+
+
+def _analysis(intruders: int, effective_rank: float, k_sweep: dict[str, int] | None = None) -> dict[str, Any]:
+    return {"total_intruders": intruders, "matrices": 36, "matrices_with_intruders": min(intruders, 36),
+            "energy_share": 0.01 * intruders, "epsilon_sweep": {"0.3": intruders // 2, "0.5": intruders,
+                                                                 "0.7": intruders + 1},
+            "k_sweep": k_sweep, "effective_rank_mean": effective_rank, "effective_ranks": [effective_rank]}  # fmt: skip
+
+
+def planted() -> dict[str, Any]:
+    """Measurements under which every claim holds (the paper's picture)."""
+    runs = {
+        "lora-r1": {"accuracy": 1.0, "intruders": 6, "analysis": _analysis(6, 1.0, {"10%": 9, "50%": 20}),
+                    "tracked": [{"step": 0, "intruders": 0}, {"step": 50, "intruders": 2}, {"step": 150, "intruders": 6}]},
+        "lora-r8": {"accuracy": 0.99, "intruders": 1, "analysis": _analysis(1, 5.0, {"10%": 2, "50%": 8})},
+        "full": {"accuracy": 1.0, "intruders": 0, "analysis": _analysis(0, 200.0, {"10%": 1, "50%": 8})},
+        "b-only-r1": {"accuracy": 0.98, "intruders": 3, "analysis": _analysis(3, 1.0, {"10%": 5, "50%": 12})},
+    }  # fmt: skip
+    forgetting = {"measure": "contrastive", "text": {"name": "news"}, "rows": {
+        "lora-r1": {"delta": 0.5, "ci95": [0.3, 0.7], "accuracy": 1.0, "intruders": 6},
+        "lora-r8": {"delta": 0.1, "ci95": [0.0, 0.2], "accuracy": 0.99, "intruders": 1},
+        "full": {"delta": 0.2, "ci95": [0.1, 0.3], "accuracy": 1.0, "intruders": 0}}}  # fmt: skip
+    point = lambda lam, method, acc, loss: {"lambda": lam, "method": method, "accuracy": acc, "forgetting_loss": loss}  # noqa: E731
+    repair = {"total_intruders": 6, "base_loss": 1.0, "points": [
+        point(1.0, "none", 1.0, 1.5), point(0.5, "none", 0.99, 1.2), point(0.5, "non-intruder", 0.9, 1.6),
+        point(0.5, "shrink", 0.95, 1.3)]}  # fmt: skip
+    continual = {"tasks": ["sentiment", "topic"], "methods": {
+        "r-1": {"intruders": [0, 3, 7], "energy_share": [0.0, 0.01, 0.02]},
+        "full": {"intruders": [0, 0, 0], "energy_share": [0.0, 0.0, 0.0]}}}  # fmt: skip
+    baseline = [{"n": n, "mean_max_cos": m, "theory": t, "minimum_possible": n**-0.5}
+                for n, m, t in ((64, 0.30, 0.39), (256, 0.17, 0.21), (1024, 0.09, 0.11))]  # fmt: skip
+    toy = {"first_intruder_ratio": 0.5, "v_top_ratio": 0.75, "random_baseline": baseline}
+    return {"runs": runs, "forgetting": forgetting, "repair": repair, "continual": continual, "toy": toy}
+
+
+def by_id(claims: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c["id"]: c for c in claims}
+
+
+def test_every_claim_holds_on_the_papers_picture_in_the_issues_order() -> None:
+    claims = decide_claims(planted(), QUICK)
+    assert [c["id"] for c in claims] == list(STATEMENTS)  # the issue's order, all ten
+    for c in claims:
+        assert c["held"] is True, c
+        assert set(c) >= {"id", "statement", "figure", "held", "numbers", "rule", "recipe"}
+        assert c["numbers"] and c["recipe"] and c["rule"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "cid"),
+    [
+        (lambda m: m["runs"]["full"]["analysis"].update(total_intruders=4), "intruders-lora-vs-full"),
+        (lambda m: m["runs"]["lora-r8"]["analysis"].update(total_intruders=6), "rank"),
+        (lambda m: m["runs"]["lora-r8"]["analysis"].update(effective_rank_mean=150.0), "effective-rank"),
+        (lambda m: m["runs"]["lora-r1"].update(tracked=[{"step": 0, "intruders": 0}, {"step": 50, "intruders": 8},
+                                                        {"step": 150, "intruders": 6}]), "training-dynamics"),
+        (lambda m: m["runs"]["b-only-r1"]["analysis"].update(total_intruders=6), "b-only"),
+        (lambda m: m["forgetting"]["rows"]["full"].update(delta=0.9), "forgetting"),
+        (lambda m: m["continual"]["methods"]["r-1"].update(intruders=[0, 5, 4]), "continual"),
+        (lambda m: m["repair"]["points"][3].update(forgetting_loss=1.1), "repair"),  # shrink beats the repair
+        (lambda m: m["repair"]["points"][1].update(accuracy=0.9), "repair"),  # too costly for the task
+        (lambda m: m["toy"].update(first_intruder_ratio=None), "toy"),
+        (lambda m: m["runs"]["full"]["analysis"].update(k_sweep={"10%": 12, "50%": 20}), "epsilon-and-k"),
+    ],
+)
+def test_a_claim_against_the_measurements_is_not_held(edit, cid: str) -> None:
+    measurements = planted()
+    edit(measurements)
+    claims = by_id(decide_claims(measurements, QUICK))
+    assert claims[cid]["held"] is False, claims[cid]
+    assert all(c["held"] is True for other, c in claims.items() if other != cid)
+
+
+def test_runs_at_unequal_accuracy_leave_the_comparison_unmeasured_with_the_reason() -> None:
+    measurements = planted()
+    measurements["runs"]["lora-r1"]["accuracy"] = 0.6  # r=1 did not learn the task
+    measurements["forgetting"]["rows"]["lora-r1"]["accuracy"] = 0.6
+    claims = by_id(decide_claims(measurements, QUICK))
+    for cid in ("intruders-lora-vs-full", "rank", "b-only", "forgetting"):
+        assert claims[cid]["held"] is None
+        assert "equal accuracy" in claims[cid]["reason"] and "0.6" in claims[cid]["reason"]
+    measurements = planted()
+    measurements["repair"]["total_intruders"] = 0
+    assert "no intruders" in by_id(decide_claims(measurements, QUICK))["repair"]["reason"]
+
+
+def test_a_demo_folder_is_reused_only_with_the_same_settings(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    _check_settings(out, QUICK)  # a new folder is fine
+    out.mkdir()
+    (out / DEMO_FILE).write_text(json.dumps(QUICK.to_json()), encoding="utf-8")
+    _check_settings(out, QUICK)  # same settings: reused
+    with pytest.raises(DemoSettingsError, match=r"seed: stored 0, now 3"):
+        _check_settings(out, DemoConfig(quick=True, seed=3))
+    with pytest.raises(DemoSettingsError, match=r"quick: stored True, now False"):
+        _check_settings(out, DemoConfig(quick=False, seed=0))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(DemoSettingsError, match="holds no demo"):
+        _check_settings(other, QUICK)
+    assert (other / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_bad_settings_are_one_clear_paragraph_on_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / DEMO_FILE).write_text(json.dumps(DemoConfig(quick=True, seed=1).to_json()), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert "seed: stored 1, now 0" in done.stderr and "Traceback" not in done.stderr
+    blocked = tmp_path / "file"
+    blocked.write_text("x", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--out", str(blocked / "sub")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_negative_seed_is_refused() -> None:
+    from intrudim.errors import IntrudimError
+
+    with pytest.raises(IntrudimError, match="seed"):
+        DemoConfig(seed=-1)
+
+
+@pytest.mark.slow
+def test_the_quick_demo_measures_every_claim_and_its_report_renders_in_a_browser(tmp_path: Path) -> None:
+    """`make demo`'s command from nothing: every claim decided from measurements, a report a browser shows whole,
+    and a second run with the same --out reuses every finished piece."""
+    out = tmp_path / "demo_out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INTRUDIM_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=1500)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "report:" in done.stdout and "report.html" in done.stdout
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    claims = summary["claims"]
+    assert [c["id"] for c in claims] == list(STATEMENTS)
+    for c in claims:
+        assert c["held"] in (True, False, None)
+        assert c["numbers"], c  # measured, never hard-coded
+        if c["held"] is None:
+            assert c["reason"], c
+    assert summary["measurements"]["runs"]["lora-r1"]["analysis"]["total_intruders"] >= 1
+    assert summary["measurements"]["runs"]["full"]["analysis"]["total_intruders"] <= 1
+
+    from browser import check_report, require_browser
+
+    require_browser()
+    page = check_report(out / "report.html", required_selectors=["#verdict", "#claims"])
+    page.assert_ok()
+    assert len(page.images) >= 8, page
+
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    again = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--out", str(out), "--json"],
+                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["claims"] == claims
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == before
+    assert "reused" in again.stderr
