@@ -274,8 +274,9 @@ LINE_EVERY_SECONDS = 10.0
 """Without a terminal (a log file, CI), a progress line is printed at most this often, and at the end."""
 
 
-def make_reporter(progress: bool | ProgressCallback, total: int, label: str = "analyze"):
-    """A progress callback ``(done, total, name)``: a rich bar on a terminal, plain lines otherwise."""
+def make_reporter(progress: bool | ProgressCallback, total: int, label: str = "analyze", what: str = "matrices"):
+    """A progress callback ``(done, total, name)``: a rich bar on a terminal, plain lines otherwise (counting
+    ``what``)."""
     if callable(progress):
         return progress
     if not progress:
@@ -284,7 +285,7 @@ def make_reporter(progress: bool | ProgressCallback, total: int, label: str = "a
 
     console = Console(stderr=True)
     if not console.is_terminal:
-        return _LineReporter(console, label)
+        return _LineReporter(console, label, what)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
@@ -308,13 +309,14 @@ class _LineReporter:
     """Progress as plain lines on stderr (no terminal): the first matrix, then at most one line per
     ``LINE_EVERY_SECONDS``, and the end."""
 
-    def __init__(self, console: Any, label: str) -> None:
+    def __init__(self, console: Any, label: str, what: str = "matrices") -> None:
         from intrudim.plain_progress import PlainProgress
 
         self.lines = PlainProgress(console, label, LINE_EVERY_SECONDS)
+        self.what = what
 
     def __call__(self, done: int, total: int, name: str) -> None:
         if done == total or self.lines.due():
             what = "done" if done == total else name
-            self.lines(f"{done}/{total} matrices, {self.lines.elapsed:.0f} s ({what})", force=True)
+            self.lines(f"{done}/{total} {self.what}, {self.lines.elapsed:.0f} s ({what})", force=True)
 

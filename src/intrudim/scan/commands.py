@@ -1,0 +1,174 @@
+"""CLI command ``scan``: build a ScanConfig, scan, print the leaderboard with rich (docs/scan.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def scan_command(
+    base: Annotated[
+        str,
+        typer.Argument(
+            metavar="BASE",
+            show_default=False,
+            help="Base model: HF directory, .safetensors file, 'minilm' or 'smollm2' (embedded).",
+        ),
+    ],
+    tuned: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="TUNED",
+            show_default=False,
+            help="PEFT LoRA adapter dirs, intrudim run dirs, or fine-tuned models of BASE.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            show_default=False,
+            help="Write leaderboard.html/.json/.csv and runs/<name>/ (as `analyze --out`) here.",
+        ),
+    ] = None,
+    glob: Annotated[
+        str | None,
+        typer.Option(
+            "--glob",
+            metavar="PATTERN",
+            help="Also scan what this glob matches, e.g. 'runs/*/final' (quote it).",
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Top-k tuned singular vectors examined per matrix.")] = 10,
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="Intruder threshold on max |cos|, in (0, 1].")
+    ] = 0.5,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run the units on a local Ray runtime started for the scan.")
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            metavar="HOST:PORT",
+            help="Run the units on an existing Ray cluster (its head's address).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="--ray: parallel workers (default: all cores).")
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", metavar="cpu|cuda[:N]", help="Where base SVDs are computed.")
+    ] = "cpu",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a scan in --out: finished inputs are skipped.")
+    ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            "--cache-dir",
+            metavar="DIR",
+            help="Base SVD cache shared by every unit (default: DIR/svd_cache; on a cluster, a directory "
+            "every node sees).",
+        ),
+    ] = None,
+    modules: Annotated[
+        str | None,
+        typer.Option("--modules", metavar="REGEX", help="Regex on parameter names choosing the matrices."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"rows": [...]} (input order) to stdout and nothing else.')
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow loading pickle checkpoints (only files you trust).")
+    ] = False,
+) -> None:
+    """A leaderboard of intruder dimensions over many adapters, run dirs or fine-tuned models of one BASE, with
+    predicted vs found intruder-prone matrices; in-process, on a local Ray runtime (--ray) or a cluster."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from intrudim.analysis.config import AnalyzeConfig
+    from intrudim.cli import _command_line, run_guarded, short_matrix_name
+    from intrudim.errors import IntrudimError
+    from intrudim.scan import ScanConfig, scan
+
+    stdout, stderr = Console(), Console(stderr=True)
+
+    def work() -> None:
+        if out is None:
+            raise IntrudimError(
+                "--out DIR is required: the scan writes its leaderboard and one analysis per input there."
+            )
+        if ray and ray_address is not None:
+            raise IntrudimError(
+                "Give --ray (a local Ray runtime) or --ray-address HOST:PORT (a cluster), not both."
+            )
+        config = ScanConfig(
+            analysis=AnalyzeConfig(k=k, epsilon=epsilon, modules=modules, device=device, allow_pickle=allow_pickle),
+            engine="ray" if (ray or ray_address is not None) else "local", ray_address=ray_address,
+            ray_cpus=workers, resume=resume,
+        )  # fmt: skip
+        if workers is not None and not ray:
+            raise IntrudimError("--workers sizes the local Ray runtime: use it with --ray.")
+        result = scan(base, list(tuned or []), out, config, pattern=glob, cache_dir=cache, progress=True,
+                      command=_command_line())  # fmt: skip
+        if as_json:
+            rows = result.rows
+            sys.stdout.write(
+                json.dumps({"rows": rows, "prediction": result.document["prediction"]}, indent=2) + "\n"
+            )
+            stderr.print(f"leaderboard: {result.paths['html']}", highlight=False)
+            return
+        table = Table(title=f"Intruder dimensions (k={k}, ε={epsilon}) of {len(result.rows)} models of {base}",
+                      box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)  # fmt: skip
+        for column, justify in (("#", "right"), ("tuned", "left"), ("intr.", "right"), ("energy", "right"),
+                                ("worst", "left"), ("eff.rank", "right"), ("pred./found", "right")):  # fmt: skip
+            table.add_column(column, justify=justify, overflow="fold")
+        for i, row in enumerate(result.rows, 1):
+            if row["error"] is not None:
+                table.add_row(str(i), row["name"], "", "", "error", "", "", style="yellow")
+                continue
+            both = len(set(row["predicted"]) & set(row["found"]))
+            table.add_row(
+                str(i), row["name"], str(row["total_intruders"]), f"{row['energy_share']:.3f}",
+                short_matrix_name(row["worst_matrix"]) if row["worst_matrix"] else "-",
+                "" if row["effective_rank"] is None else f"{row['effective_rank']:.2f}",
+                f"{len(row['predicted'])}/{len(row['found'])} ({both})",
+                style="bold red" if row["total_intruders"] else None,
+            )  # fmt: skip
+        stdout.print(table)
+        for i, row in enumerate(result.rows, 1):
+            if row["error"] is not None:
+                stdout.print(
+                    f"[yellow]#{i} {row['tuned']}[/]: {row['error']}", highlight=False, soft_wrap=True
+                )
+        p = result.document["prediction"]
+        precision = "n/a" if p["precision"] is None else f"{p['precision']:.2f}"
+        recall = "n/a" if p["recall"] is None else f"{p['recall']:.2f}"
+        stdout.print(
+            f"prediction (σ1(ΔW)/σ_k(W0) > {p['threshold']:g}): {p['predicted']} predicted, {p['found']} with "
+            f"intruders, {p['predicted_and_found']} both, of {p['matrices']} matrices: precision {precision}, "
+            f"recall {recall}", highlight=False,
+        )  # fmt: skip
+        resumed = sum(1 for row in result.rows if row["resumed"])
+        stdout.print(f"{len(result.rows)} inputs ({resumed} resumed) in {result.document['seconds']:.1f} s on "
+                     f"{result.document['engine']}", highlight=False)  # fmt: skip
+        stdout.print(f"\nleaderboard: [bold]{result.paths['html']}[/]  (json: {result.paths['json']}, csv: "
+                     f"{result.paths['csv']})")  # fmt: skip
+
+    run_guarded(work)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``scan`` to the intrudim CLI."""
+    from intrudim.cli import PlainHelpCommand
+
+    app.command("scan", cls=PlainHelpCommand)(scan_command)

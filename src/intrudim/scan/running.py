@@ -1,0 +1,241 @@
+"""`scan BASE TUNED...`: many adapters, run directories or fine-tuned models of one base, as a leaderboard.
+
+Each TUNED input is analysed exactly as `analyze BASE TUNED --out OUT/runs/<name>` would (the same planning,
+the same per-matrix step, the same files), but all inputs share one base SVD cache and one progress bar, and
+the work is cut into units (:mod:`intrudim.scan.units`) that run in this process or on Ray
+(:mod:`intrudim.scan.ray_engine`). An input that cannot be analysed (another base's adapter, a missing path,
+a damaged file) gets its error in its row; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intrudim.analysis.results import AnalysisResult
+from intrudim.analysis.running import ProgressCallback, check_device, make_reporter
+from intrudim.errors import IntrudimError
+from intrudim.fileio import ensure_writable_directory, write_json_atomic
+from intrudim.scan.config import ScanConfig
+from intrudim.scan.inputs import expand_inputs, run_names
+from intrudim.scan.leaderboard import error_row, leaderboard_document, row_from_analysis, write_leaderboard
+from intrudim.scan.units import (
+    BaseUnit,
+    MatrixUnit,
+    PlannedInput,
+    ReportUnit,
+    UnitOutcome,
+    base_units_of,
+    plan_input,
+)
+
+MANIFEST = "scan.json"
+RUN_FILES = (
+    "analysis.json",
+    "analysis.csv",
+    "report.html",
+)  # report.html is written last: its presence = finished
+
+
+@dataclass
+class ScanResult:
+    """A finished scan: the leaderboard document (rows in input order) and where it was written."""
+
+    document: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+    analyses: dict[int, AnalysisResult] = field(default_factory=dict)  # input index -> analysis (this run's)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.document["rows"]
+
+
+def scan(
+    base: str | Path,
+    tuned: list[str | Path],
+    out: str | Path,
+    config: ScanConfig | None = None,
+    *,
+    pattern: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool | ProgressCallback = False,
+    command: str = "",
+) -> ScanResult:
+    """Analyse every TUNED input against BASE; write OUT/runs/<name>/ (as `analyze --out`) and the leaderboard.
+
+    ``pattern``: a glob whose matches are scanned after ``tuned``. ``cache_dir``: the base SVD cache shared by
+    every unit (default OUT/svd_cache). With ``config.resume`` inputs finished in OUT are read back, not redone.
+    """
+    config = config or ScanConfig()
+    analysis = config.analysis
+    check_device(analysis.device)
+    started = time.perf_counter()
+    base = str(base)
+    inputs = expand_inputs([str(t) for t in tuned], pattern)
+    names = run_names(inputs)
+    out_dir = _prepare_out(Path(out), base, config)
+    cache = str(Path(cache_dir if cache_dir is not None else out_dir / "svd_cache").expanduser().resolve())
+    _check_base(base, analysis.allow_pickle)
+
+    rows: dict[int, dict[str, Any]] = {}
+    planned: list[PlannedInput] = []
+    for index, (spec, name) in enumerate(zip(inputs, names, strict=True)):
+        done = _finished_analysis(out_dir / "runs" / name, spec) if config.resume else None
+        if done is not None:
+            rows[index] = row_from_analysis(spec, name, done, config.pressure_threshold, resumed=True)
+            continue
+        item = plan_input(base, spec, index, name, analysis)
+        if item.error is not None:
+            rows[index] = error_row(spec, name, item.error)
+        else:
+            planned.append(item)
+
+    base_units = _base_units(planned)
+    matrix_units = [MatrixUnit(item.index, item.tuned, job) for item in planned for job in item.jobs]
+    collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command)
+    total = len(base_units) + len(matrix_units) + len(planned)  # + one report unit per input
+    reporter = make_reporter(progress, total, "scan", what="units")
+    finished = 0
+
+    def on_done(unit: BaseUnit | MatrixUnit | ReportUnit, outcome: UnitOutcome):
+        nonlocal finished
+        finished += 1
+        ready = [] if isinstance(unit, BaseUnit) else collector.add(unit, outcome)
+        if reporter is not None:
+            if isinstance(unit, BaseUnit):
+                what = f"base SVD {unit.base_key}"
+            elif isinstance(unit, MatrixUnit):
+                what = f"{names[unit.index]}: {unit.job.base_key}"
+            else:
+                what = f"{names[unit.index]}: report"
+            done = finished + collector.reports_dropped  # an input with a failed matrix has no report unit
+            reporter(done, total, "done" if done == total else what)
+        return ready
+
+    try:
+        if reporter is not None:
+            reporter(0, total, "base SVDs" if base_units else "resumed: nothing left to do")
+        if config.engine == "ray" and matrix_units:
+            from intrudim.scan.ray_engine import run_units_on_ray
+
+            run_units_on_ray(base, base_units, matrix_units, config, cache, on_done)
+        else:
+            from intrudim.scan.units import run_units_here
+
+            run_units_here(base, base_units, matrix_units, analysis, cache, on_done)
+    finally:
+        if hasattr(reporter, "close"):
+            reporter.close()  # type: ignore[union-attr]
+
+    ordered = [rows[i] for i in range(len(inputs))]
+    engine = {"engine": config.engine, "ray_address": config.ray_address, "ray_cpus": config.ray_cpus}
+    document = leaderboard_document(
+        ordered, base=base, k=analysis.k, epsilon=analysis.epsilon, threshold=config.pressure_threshold,
+        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "cache": cache,
+               "seconds": round(time.perf_counter() - started, 3), **engine},
+    )  # fmt: skip
+    paths = write_leaderboard(
+        document, out_dir, command=command or f"intrudim scan {base} ... --out {out_dir}"
+    )
+    return ScanResult(document=document, paths=paths, analyses=collector.analyses)
+
+
+def _base_units(planned: list[PlannedInput]) -> list[BaseUnit]:
+    return base_units_of(planned)
+
+
+def _check_base(base: str, allow_pickle: bool) -> None:
+    """BASE must open (a missing or unreadable BASE is the whole scan's error, not every row's)."""
+    from intrudim.weights.sources import open_weights
+
+    open_weights(base, allow_pickle=allow_pickle).close()
+
+
+def _prepare_out(out_dir: Path, base: str, config: ScanConfig) -> Path:
+    """Refuse a non-empty OUT without --resume; with it, refuse one made by a different scan (base, k, ε…)."""
+    settings = {"base": base, "analysis": {k: (list(v) if isinstance(v, tuple) else v)
+                                           for k, v in asdict(config.analysis).items()}}  # fmt: skip
+    manifest = out_dir / MANIFEST
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not config.resume:
+            raise IntrudimError(
+                f"--out '{out_dir}' is not empty. Use --resume to continue the scan there (finished inputs are "
+                f"skipped), or choose an empty or new directory."
+            )
+        if manifest.exists():
+            earlier = json.loads(manifest.read_text(encoding="utf-8"))
+            changed = [key for key in ("k", "epsilon", "modules", "include_embeddings", "include_heads", "method",
+                                       "cache_dtype", "k_sweep", "effective_rank")
+                       if earlier.get("analysis", {}).get(key) != settings["analysis"][key]]  # fmt: skip
+            if earlier.get("base") != base:
+                changed.insert(0, "base")
+            if changed:
+                was = {key: earlier.get(key, earlier.get("analysis", {}).get(key)) for key in changed}
+                raise IntrudimError(
+                    f"--resume: '{out_dir}' holds a scan with different settings ({', '.join(changed)}: was {was}). "
+                    f"Resume with the same BASE and options, or scan into another --out."
+                )
+    ensure_writable_directory(out_dir)
+    write_json_atomic(manifest, settings)
+    return out_dir
+
+
+def _finished_analysis(run_dir: Path, spec: str) -> dict[str, Any] | None:
+    """The analysis JSON of an input finished by an earlier scan into this OUT (same TUNED), else None."""
+    if not all((run_dir / name).exists() for name in RUN_FILES):
+        return None
+    try:
+        data = json.loads((run_dir / "analysis.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if data.get("tuned") == spec else None
+
+
+class _Collector:
+    """Gathers matrix outcomes per input. When an input's last matrix is in, it hands back that input's report
+    unit (which writes the files `analyze --out` writes); the report's outcome makes the row. An input with a
+    failed unit gets the error in its row."""
+
+    def __init__(self, planned: list[PlannedInput], out_dir: Path, threshold: float, rows: dict[int, dict[str, Any]],
+                 command: str) -> None:  # fmt: skip
+        self.planned = {item.index: item for item in planned}
+        self.outcomes: dict[int, dict[str, UnitOutcome]] = {item.index: {} for item in planned}
+        self.out_dir, self.threshold, self.rows, self.command = out_dir, threshold, rows, command
+        self.analyses: dict[int, AnalysisResult] = {}
+        self.reports_dropped = 0  # inputs with a failed matrix unit: no report unit runs for them
+
+    def add(
+        self, unit: MatrixUnit | ReportUnit, outcome: UnitOutcome
+    ) -> list[tuple[ReportUnit, list[UnitOutcome]]]:
+        item = self.planned[unit.index]
+        if isinstance(unit, ReportUnit):
+            if outcome.error is not None or outcome.analysis is None:
+                self.rows[item.index] = error_row(
+                    item.tuned, item.name, outcome.error or "no analysis came back"
+                )
+            else:
+                self.analyses[item.index] = outcome.analysis
+                self.rows[item.index] = row_from_analysis(item.tuned, item.name, outcome.analysis.to_json(),
+                                                          self.threshold, resumed=False)  # fmt: skip
+            return []
+        outcomes = self.outcomes[unit.index]
+        outcomes[unit.job.base_key] = outcome
+        if len(outcomes) < len(item.jobs):
+            return []
+        del self.outcomes[unit.index]
+        ordered = [outcomes[job.base_key] for job in item.jobs]
+        errors = [o.error for o in ordered if o.error is not None]
+        if errors:
+            self.rows[item.index] = error_row(item.tuned, item.name, errors[0])
+            self.reports_dropped += 1
+            return []
+        report = ReportUnit(
+            index=item.index, tuned=item.tuned, tuned_kind=item.tuned_kind or "lora",
+            skipped=tuple((entry["name"], entry["reason"]) for entry in item.skipped),
+            out_dir=str(self.out_dir / "runs" / item.name),
+            command=f"{self.command}  # input {item.index + 1}: {item.tuned}" if self.command else "",
+        )  # fmt: skip
+        return [(report, ordered)]

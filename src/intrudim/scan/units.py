@@ -1,0 +1,231 @@
+"""The work units of a scan, the same whichever engine runs them (this process or a Ray worker).
+
+A scan is planned once (:func:`plan_scan`: which matrices of which TUNED input, as `analyze` plans them) and
+then run as units over one shared base SVD cache directory:
+
+1. one :class:`BaseUnit` per distinct base matrix: its thin SVD, computed once and stored in the cache;
+2. one :class:`MatrixUnit` per (TUNED input, matrix): :func:`intrudim.analysis.running.analyze_job`, the step
+   `analyze` runs for each matrix, reading the base factors from the cache;
+3. one :class:`ReportUnit` per TUNED input once its matrices are in: the files `analyze --out` writes (JSON,
+   CSV, figures, report), under OUT/runs/<name>/ (figures take longer than a warm analysis: they run in parallel
+   too).
+
+Each unit function opens what it needs by path, so a unit can run in any process that sees the files; a
+process keeps a few opened inputs (:func:`opened_inputs`) so that units of one adapter do not re-read headers.
+A unit never raises for a problem with the user's files: it returns a :class:`UnitOutcome` with the message,
+which ends up in that input's leaderboard row while the scan goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+from intrudim.analysis.config import AnalyzeConfig
+from intrudim.analysis.planning import (
+    AnalysisInputs,
+    MatrixJob,
+    check_finite,
+    open_inputs,
+    oriented,
+    resolve_tuned_path,
+)
+from intrudim.analysis.results import AnalysisResult, MatrixResult
+from intrudim.analysis.running import analyze_job, open_cache
+from intrudim.errors import IntrudimError
+from intrudim.threads import analysis_threads
+from intrudim.weights.peft_adapter import LoraAdapter, is_adapter_dir
+from intrudim.weights.sources import EMBEDDED_MODELS, open_weights
+
+
+@dataclass(frozen=True)
+class BaseUnit:
+    """The thin SVD of one base matrix (in the orientation analysed)."""
+
+    base_key: str
+    transpose: bool
+
+
+@dataclass(frozen=True)
+class MatrixUnit:
+    """One matrix of one TUNED input: ``job`` of input number ``index``."""
+
+    index: int
+    tuned: str
+    job: MatrixJob
+
+    @property
+    def base_unit(self) -> BaseUnit:
+        return BaseUnit(self.job.base_key, self.job.transpose)
+
+
+@dataclass(frozen=True)
+class ReportUnit:
+    """Writing the analysis of input number ``index`` (all its matrices done) to ``out_dir``."""
+
+    index: int
+    tuned: str
+    tuned_kind: str
+    skipped: tuple[tuple[str, str], ...]  # (name, reason) of the matrices left out, as `analyze` reports them
+    out_dir: str
+    command: str = ""
+
+
+@dataclass
+class UnitOutcome:
+    """What a unit returns: a matrix result (matrix units), an analysis (report units), or the error message
+    meant for the user."""
+
+    result: MatrixResult | None = None
+    analysis: AnalysisResult | None = None
+    error: str | None = None
+    cache_hit: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class PlannedInput:
+    """One TUNED input after planning: its matrix jobs, or the error that keeps it out of the scan."""
+
+    index: int
+    tuned: str
+    name: str  # its directory under OUT/runs/
+    tuned_kind: str | None = None
+    jobs: list[MatrixJob] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error as one line for a leaderboard row: an IntrudimError's own message, otherwise its type too."""
+    if isinstance(exc, IntrudimError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def plan_input(base: str, tuned: str, index: int, name: str, config: AnalyzeConfig) -> PlannedInput:
+    """Plan one TUNED input as `analyze` would; an input that does not fit BASE gets its error, not an exception."""
+    planned = PlannedInput(index=index, tuned=tuned, name=name)
+    try:
+        with open_inputs(base, tuned, config) as inputs:
+            planned.tuned_kind = inputs.tuned_kind
+            planned.jobs = list(inputs.jobs)
+            planned.skipped = list(inputs.skipped)
+    except (IntrudimError, OSError, ValueError, KeyError) as exc:
+        planned.error = describe_error(exc)
+    return planned
+
+
+def base_units_of(planned: list[PlannedInput]) -> list[BaseUnit]:
+    """The distinct base matrices that the planned inputs need, in first-use order."""
+    units: dict[BaseUnit, None] = {}
+    for item in planned:
+        for job in item.jobs:
+            units.setdefault(BaseUnit(job.base_key, job.transpose), None)
+    return list(units)
+
+
+@functools.lru_cache(maxsize=4)
+def opened_inputs(base: str, tuned: str, allow_pickle: bool) -> AnalysisInputs:
+    """BASE and TUNED opened for units (headers read once per process, tensors read per unit). The few most
+    recent pairs stay open; units are issued input by input, so a worker rarely reopens one."""
+    base_src = open_weights(base, allow_pickle=allow_pickle)
+    tuned_path = resolve_tuned_path(tuned)
+    if is_adapter_dir(tuned_path):
+        return AnalysisInputs(
+            base, tuned, base_src, LoraAdapter(tuned_path, allow_pickle=allow_pickle), None, []
+        )
+    tuned_src = open_weights(tuned_path if tuned not in EMBEDDED_MODELS else tuned, allow_pickle=allow_pickle)
+    return AnalysisInputs(base, tuned, base_src, None, tuned_src, [])
+
+
+@functools.lru_cache(maxsize=1)
+def opened_base(base: str, allow_pickle: bool):
+    return open_weights(base, allow_pickle=allow_pickle)
+
+
+def compute_base_svd(base: str, unit: BaseUnit, config: AnalyzeConfig, cache_dir: str) -> UnitOutcome:
+    """Unit 1: the thin SVD of one base matrix, into the cache directory (a hit when it is there already)."""
+    started = time.perf_counter()
+    try:
+        source = opened_base(base, config.allow_pickle)
+        W0 = oriented(source.load(unit.base_key), unit.transpose)
+        check_finite(W0, unit.base_key, f"BASE '{source.path}'")
+        cache = open_cache(config, cache_dir, use_cache=True)
+        with analysis_threads():  # as `analyze` computes it
+            cache.get(W0)
+        return UnitOutcome(cache_hit=cache.hits == 1, seconds=time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 - reported in the rows of the inputs that need this matrix
+        return UnitOutcome(error=describe_error(exc), seconds=time.perf_counter() - started)
+
+
+def analyze_matrix(base: str, unit: MatrixUnit, config: AnalyzeConfig, cache_dir: str) -> UnitOutcome:
+    """Unit 2: one matrix of one TUNED input, exactly as `analyze` analyses it (the base SVD from the cache)."""
+    started = time.perf_counter()
+    try:
+        inputs = opened_inputs(base, unit.tuned, config.allow_pickle)
+        cache = open_cache(config, cache_dir, use_cache=True)
+        with analysis_threads():
+            result = analyze_job(inputs, unit.job, cache, config)
+        return UnitOutcome(result=result, cache_hit=cache.hits == 1, seconds=time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 - reported in this input's row; the scan goes on
+        return UnitOutcome(error=describe_error(exc), seconds=time.perf_counter() - started)
+
+
+def analyze_matrix_after(base_outcome: UnitOutcome, base: str, unit: MatrixUnit, config: AnalyzeConfig,
+                         cache_dir: str) -> UnitOutcome:  # fmt: skip
+    """:func:`analyze_matrix` once its base SVD unit is done (Ray passes that unit's outcome: a dependency)."""
+    if base_outcome.error is not None:
+        return UnitOutcome(error=base_outcome.error)
+    return analyze_matrix(base, unit, config, cache_dir)
+
+
+def write_input_analysis(
+    base: str, unit: ReportUnit, outcomes: list[UnitOutcome], config: AnalyzeConfig
+) -> UnitOutcome:
+    """Unit 3: the analysis of one input from its matrix outcomes (in planned order), written as `analyze --out`
+    writes it."""
+    from intrudim.report.analysis_report import write_analysis_outputs
+
+    started = time.perf_counter()
+    try:
+        hits = sum(1 for o in outcomes if o.cache_hit)
+        result = AnalysisResult(
+            base=base, tuned=unit.tuned, tuned_kind=unit.tuned_kind, config=config,
+            matrices=[o.result for o in outcomes if o.result is not None],
+            skipped=[{"name": name, "reason": reason} for name, reason in unit.skipped],
+            seconds=sum(o.seconds for o in outcomes), cache_hits=hits, cache_misses=len(outcomes) - hits,
+        )  # fmt: skip
+        write_analysis_outputs(result, unit.out_dir, command=unit.command)
+        return UnitOutcome(analysis=result, seconds=time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: this input's row says so
+        return UnitOutcome(
+            error=f"writing its analysis failed: {describe_error(exc)}", seconds=time.perf_counter() - started
+        )
+
+
+def forget_opened_inputs() -> None:
+    """Close what :func:`opened_inputs` keeps open (a scan does at its end; files may change between scans)."""
+    for cached in (opened_inputs, opened_base):
+        cached.cache_clear()
+
+
+def run_units_here(base: str, base_units: list[BaseUnit], matrix_units: list[MatrixUnit], config: AnalyzeConfig,
+                   cache_dir: str, on_done) -> None:  # fmt: skip
+    """The in-process engine: every base SVD unit, then every matrix unit, one after the other in this process;
+    ``on_done(unit, outcome)`` after each. ``on_done`` returns the report units that became ready (with their
+    inputs' matrix outcomes); they run at once."""
+    base_outcomes: dict[BaseUnit, UnitOutcome] = {}
+    try:
+        for unit in base_units:
+            base_outcomes[unit] = compute_base_svd(base, unit, config, cache_dir)
+            on_done(unit, base_outcomes[unit])
+        for unit in matrix_units:
+            ready = on_done(
+                unit, analyze_matrix_after(base_outcomes[unit.base_unit], base, unit, config, cache_dir)
+            )
+            for report, outcomes in ready or ():
+                on_done(report, write_input_analysis(base, report, outcomes, config))
+    finally:
+        forget_opened_inputs()

@@ -1,0 +1,230 @@
+"""`scan` in-process: every row equals a separate `analyze` of that input, resume, bad input, the CLI's --json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+
+import pytest
+import torch
+from conftest import write_peft_adapter
+from typer.testing import CliRunner
+
+from intrudim.analysis import AnalyzeConfig, analyze
+from intrudim.cli import app
+from intrudim.errors import IntrudimError
+from intrudim.scan import PRESSURE_THRESHOLD, ScanConfig, scan
+from intrudim.scan.inputs import run_names
+
+runner = CliRunner()
+
+
+def comparable(analysis: dict) -> list[dict]:
+    """The per-matrix results of an analysis JSON (similarity is kept only for the report's figures)."""
+    return [{k: v for k, v in m.items() if k != "similarity"} for m in analysis["matrices"]]
+
+
+@pytest.fixture(scope="module")
+def scan_inputs(tiny_models, tmp_path_factory):
+    """Inputs of one LLaMA base in every form TUNED takes, and one adapter for another base (BERT)."""
+    from transformers import AutoModel
+
+    root = tmp_path_factory.mktemp("scan_inputs")
+    llama = tiny_models["llama"]
+    strong = write_peft_adapter(llama, "llama", root / "adapters" / "r2_strong", r=2, seed=1, strength=2.0)
+    weak = write_peft_adapter(llama, "llama", root / "adapters" / "r4_weak", r=4, seed=2, strength=0.3)
+    run_dir = root / "runs" / "lora_r1"  # an intrudim training run: RUN_DIR/final + metrics.jsonl
+    write_peft_adapter(llama, "llama", run_dir / "final", r=1, seed=3, targets=["q_proj", "down_proj"])
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    dense = AutoModel.from_pretrained(str(llama))  # a "full fine-tuning": small dense noise on every matrix
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in dense.parameters():
+            if p.ndim == 2:
+                noise = torch.randn(p.shape, generator=generator)
+                p.add_(0.02 * noise * p.norm() / noise.norm())
+    dense.save_pretrained(str(root / "full_ft"))
+    other_base = write_peft_adapter(tiny_models["bert"], "bert", root / "adapters" / "bert_adapter", r=2)
+    tuned = [str(strong), str(other_base), str(run_dir), str(root / "full_ft"), str(weak)]
+    return {"base": str(llama), "tuned": tuned, "root": root}
+
+
+@pytest.fixture(scope="module")
+def scanned(scan_inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scan") / "out"
+    started = time.perf_counter()
+    result = scan(scan_inputs["base"], scan_inputs["tuned"], out)
+    return {"result": result, "out": out, "seconds": time.perf_counter() - started}
+
+
+def test_rows_equal_separate_analyze_runs(scan_inputs, scanned, tmp_path):
+    result, out = scanned["result"], scanned["out"]
+    rows = result.rows
+    assert [r["tuned"] for r in rows] == scan_inputs["tuned"]  # input order
+    assert [r["name"] for r in rows] == ["r2_strong", "bert_adapter", "lora_r1", "full_ft", "r4_weak"]
+    assert [r["kind"] for r in rows] == ["lora", None, "lora", "dense", "lora"]
+    for row in rows:
+        if row["error"] is not None:
+            continue
+        # `analyze` over the same base SVD cache: every value equal, not only close.
+        reference = analyze(
+            scan_inputs["base"], row["tuned"], AnalyzeConfig(), cache_dir=out / "svd_cache"
+        ).to_json()
+        assert reference["cache"] == {"hits": reference["matrices_analysed"], "misses": 0}
+        written = json.loads((out / "runs" / row["name"] / "analysis.json").read_text())
+        for a, b in zip(comparable(written), comparable(json.loads(json.dumps(reference))), strict=True):
+            assert a == b, (row["name"], {k: (a[k], b[k]) for k in a if a[k] != b[k]})
+        if row["name"] == "r2_strong":  # a cold `analyze` of its own: the same counts (values: docs/scan.md)
+            cold = analyze(scan_inputs["base"], row["tuned"], cache_dir=tmp_path / "cold").to_json()
+            assert [m["intruder_ranks"] for m in cold["matrices"]] == [
+                m["intruder_ranks"] for m in written["matrices"]
+            ]
+        assert row["total_intruders"] == reference["total_intruders"]
+        assert row["energy_share"] == reference["intruder_energy_share_sum"]
+        assert row["found"] == [m["name"] for m in reference["matrices"] if m["intruders"]]
+        assert row["predicted"] == [m["name"] for m in reference["matrices"]
+                                    if m["intruder_pressure"] > PRESSURE_THRESHOLD]  # fmt: skip
+        ranks = [m["effective_rank_delta"] for m in reference["matrices"]]
+        assert row["effective_rank"] == pytest.approx(sum(ranks) / len(ranks))
+        if row["total_intruders"]:
+            most = max(m["intruders"] for m in reference["matrices"])
+            worst = next(m for m in reference["matrices"] if m["name"] == row["worst_matrix"])
+            assert worst["intruders"] == most
+        else:
+            assert row["worst_matrix"] is None
+        for name in ("analysis.csv", "report.html", "figures/epsilon_sweep.png"):
+            assert (out / "runs" / row["name"] / name).exists()
+    # the set must discriminate: one with intruders, the dense "full FT" without
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["r2_strong"]["total_intruders"] > 0
+    assert by_name["full_ft"]["total_intruders"] == 0
+    # the run dir was read through its final/ adapter: only the two modules it trained
+    assert {m.rsplit(".", 2)[-2] for m in by_name["lora_r1"]["found"] + by_name["lora_r1"]["predicted"]} <= {
+        "q_proj",
+        "down_proj",
+    }
+    assert by_name["lora_r1"]["matrices_analysed"] == 4
+
+
+def test_adapter_of_another_base_is_reported_in_its_row(scanned):
+    row = scanned["result"].rows[1]
+    assert row["total_intruders"] is None and row["name"] == "bert_adapter"
+    assert "bert_adapter" in row["error"] and "another model" in row["error"]
+    assert not (scanned["out"] / "runs" / "bert_adapter").exists()
+
+
+def test_leaderboard_files_and_prediction_summary(scanned):
+    out, document = scanned["out"], scanned["result"].document
+    data = json.loads((out / "leaderboard.json").read_text())
+    assert data == json.loads(json.dumps(document))
+    ok = [r for r in data["rows"] if r["error"] is None]
+    predicted = sum(len(r["predicted"]) for r in ok)
+    found = sum(len(r["found"]) for r in ok)
+    both = sum(len(set(r["predicted"]) & set(r["found"])) for r in ok)
+    p = data["prediction"]
+    assert (p["predicted"], p["found"], p["predicted_and_found"]) == (predicted, found, both)
+    assert p["precision"] == pytest.approx(both / predicted) and p["recall"] == pytest.approx(both / found)
+    assert p["matrices"] == sum(r["matrices_analysed"] for r in ok)
+    csv_lines = (out / "leaderboard.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(data["rows"]) and csv_lines[0].startswith("index,tuned,name")
+    html = (out / "leaderboard.html").read_text()
+    for row in ok:
+        assert f'href="runs/{row["name"]}/report.html"' in html
+    assert "<script>" in html and "http" not in html.replace("http-equiv", "")  # self-contained, sortable
+    assert f"precision <b>{p['precision']:.2f}</b>" in html
+    assert data["units"]["base_svd"] == 14 and data["units"]["matrix"] == 14 * 3 + 4
+
+
+def test_resume_skips_finished_inputs(scan_inputs, scanned, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(scanned["out"], out)
+    with pytest.raises(IntrudimError, match="not empty.*--resume"):
+        scan(scan_inputs["base"], scan_inputs["tuned"], out)
+    with pytest.raises(IntrudimError, match="different settings.*k"):
+        scan(scan_inputs["base"], scan_inputs["tuned"], out, ScanConfig(AnalyzeConfig(k=5), resume=True))
+    (out / "runs" / "full_ft" / "report.html").unlink()  # as if the scan had been stopped while writing it
+    before = {r["name"]: r for r in scanned["result"].rows}
+    result = scan(scan_inputs["base"], scan_inputs["tuned"], out, ScanConfig(resume=True))
+    assert [r["resumed"] for r in result.rows] == [True, False, True, False, True]
+    assert result.document["units"]["matrix"] == 14  # only full_ft's matrices ran again
+    for row in result.rows:
+        assert {**row, "resumed": False} == {**before[row["name"]], "resumed": False}
+
+
+def test_glob_and_names(scan_inputs, tmp_path):
+    with pytest.raises(IntrudimError, match="matches nothing"):
+        scan(scan_inputs["base"], [], tmp_path / "o", pattern=str(tmp_path / "nothing" / "*"))
+    with pytest.raises(IntrudimError, match="Nothing to scan"):
+        scan(scan_inputs["base"], [], tmp_path / "o")
+    assert run_names(["a/x/final", "b/x/final", "c/y", "c/y"]) == ["a__x", "b__x", "y", "y-2"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_device_cuda_without_cuda(scan_inputs, tmp_path):
+    with pytest.raises(IntrudimError, match="no CUDA GPU"):
+        scan(
+            scan_inputs["base"],
+            scan_inputs["tuned"][:1],
+            tmp_path / "o",
+            ScanConfig(AnalyzeConfig(device="cuda")),
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_json_rows_and_bad_input(scan_inputs, tmp_path):
+    adapters = scan_inputs["root"] / "adapters"
+    result = runner.invoke(app, ["scan", scan_inputs["base"], "--glob", str(adapters / "r*"), "--out",
+                                 str(tmp_path / "o"), "--json", "--k", "8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [r["name"] for r in data["rows"]] == ["r2_strong", "r4_weak"]
+    for row in data["rows"]:
+        assert {"tuned", "total_intruders", "energy_share", "worst_matrix", "effective_rank", "predicted", "found",
+                "error"} <= set(row)  # fmt: skip
+        assert row["error"] is None
+    assert data["prediction"]["threshold"] == PRESSURE_THRESHOLD
+    again = runner.invoke(
+        app, ["scan", scan_inputs["base"], str(adapters / "r2_strong"), "--out", str(tmp_path / "o")]
+    )
+    assert again.exit_code == 2 and "--resume" in again.output and "Traceback" not in again.output
+    nothing = runner.invoke(
+        app, ["scan", scan_inputs["base"], "--glob", str(tmp_path / "no*"), "--out", str(tmp_path / "p")]
+    )
+    assert nothing.exit_code == 2 and "matches nothing" in nothing.output
+    if not torch.cuda.is_available():
+        cuda = runner.invoke(app, ["scan", scan_inputs["base"], str(adapters / "r2_strong"), "--out", str(tmp_path / "q"),
+                                   "--device", "cuda"])  # fmt: skip
+        assert cuda.exit_code == 2 and "no CUDA GPU" in cuda.output
+
+
+def test_unreachable_ray_address_fails_fast(scan_inputs, tmp_path):
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    result = runner.invoke(app, ["scan", scan_inputs["base"], scan_inputs["tuned"][0], "--out", str(tmp_path / "o"),
+                                 "--ray-address", f"127.0.0.1:{port}"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"127.0.0.1:{port}" in result.output and "ray start --head" in result.output
+    assert time.perf_counter() - started < 30
+    with socket.socket() as listener:  # something listens, but it is not Ray
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        started = time.perf_counter()
+        result = runner.invoke(app, ["scan", scan_inputs["base"], scan_inputs["tuned"][0], "--out",
+                                     str(tmp_path / "o2"), "--ray-address", f"127.0.0.1:{port}"])  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "not a Ray head node" in result.output
+        assert time.perf_counter() - started < 30
+
+
+def test_ray_missing_names_the_extra(monkeypatch, scan_inputs, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    with pytest.raises(IntrudimError, match=r"pip install 'intrudim\[ray\]'"):
+        scan(scan_inputs["base"], scan_inputs["tuned"][:1], tmp_path / "o", ScanConfig(engine="ray"))

@@ -1,0 +1,163 @@
+"""`scan` on Ray: a local runtime (--ray) and a real two-node cluster on this machine (--ray-address), with
+results equal to the in-process scan, and a worker node killed mid-scan without losing a finished result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_peft_adapter
+from typer.testing import CliRunner
+
+from intrudim.cli import app
+from intrudim.scan import ScanConfig, scan
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).with_name("ray"))
+runner = CliRunner()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def analyses(out: Path) -> dict[str, list[dict]]:
+    """Every input's per-matrix results as written under OUT/runs/<name>/analysis.json."""
+    return {
+        run.name: json.loads((run / "analysis.json").read_text())["matrices"]
+        for run in sorted((out / "runs").iterdir())
+    }
+
+
+def rows_without_timing(document: dict) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "resumed"} for row in document["rows"]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_without_tokens():
+    """The test cluster listens on 127.0.0.1 only: no auth token between its processes and this driver."""
+    before = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    yield
+    if before is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = before
+
+
+@pytest.fixture(scope="module")
+def ray_inputs(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray_inputs")
+    llama = tiny_models["llama"]
+    tuned = [str(write_peft_adapter(llama, "llama", root / f"lora_{i}", r=1 + i % 3, seed=10 + i, strength=1.5))
+             for i in range(5)]  # fmt: skip
+    tuned.insert(
+        2, str(write_peft_adapter(tiny_models["bert"], "bert", root / "bert_lora", r=2))
+    )  # another base
+    return {"base": str(llama), "tuned": tuned}
+
+
+@pytest.fixture(scope="module")
+def in_process(ray_inputs, tmp_path_factory):
+    """The reference: the in-process scan (its cache is computed here)."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    return scan(ray_inputs["base"], ray_inputs["tuned"], out), out
+
+
+def test_local_ray_runtime_equals_in_process(ray_inputs, in_process, tmp_path):
+    reference, reference_out = in_process
+    out = tmp_path / "out"
+    result = scan(ray_inputs["base"], ray_inputs["tuned"], out, ScanConfig(engine="ray", ray_cpus=2),
+                  cache_dir=reference_out / "svd_cache")  # fmt: skip
+    assert result.document["engine"] == "ray"
+    assert rows_without_timing(result.document) == rows_without_timing(reference.document)
+    assert analyses(out) == analyses(reference_out)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node and a second worker node (1 CPU each) on 127.0.0.1; stopped, whatever happens."""
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    port = free_port()
+    common = ["--num-cpus", "1", "--object-store-memory", str(100 * 1024 * 1024), "--node-ip-address", "127.0.0.1",
+              "--disable-usage-stats"]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    worker = None
+    try:
+        subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir",
+                        temp_dir, "--dashboard-agent-listen-port",
+                        str(free_port()), *common], env=env, check=True, capture_output=True, timeout=90)  # fmt: skip
+        worker = subprocess.Popen(  # --block: this process owns the node's raylet and workers (its process group)
+            [RAY, "start", "--address", f"127.0.0.1:{port}", "--dashboard-agent-listen-port", str(free_port()),
+             "--block", *common], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True,
+                                    text=True, timeout=30)  # fmt: skip
+            if status.stdout.count("node_") >= 2:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(
+                f"the worker node did not join the head at 127.0.0.1:{port}: {status.stdout}{status.stderr}"
+            )
+        yield {"address": f"127.0.0.1:{port}", "worker": worker}
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_cluster_scan_equals_in_process(ray_inputs, in_process, cluster, tmp_path):
+    """The base SVDs are computed on the cluster (a cold cache of its own); the in-process scan then reads the same
+    cache: every number of every row and every analysis is equal."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["scan", ray_inputs["base"], *ray_inputs["tuned"], "--out", str(out),
+                                 "--ray-address", cluster["address"], "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["tuned"] for r in rows] == ray_inputs["tuned"]
+    assert rows[2]["error"] is not None and "another model" in rows[2]["error"]
+    document = json.loads((out / "leaderboard.json").read_text())
+    assert document["units"]["base_svd"] == 14 and document["ray_address"] == cluster["address"]
+    again = scan(ray_inputs["base"], ray_inputs["tuned"], tmp_path / "again", cache_dir=out / "svd_cache")
+    assert rows_without_timing(document) == rows_without_timing(json.loads(json.dumps(again.document)))
+    assert analyses(out) == analyses(tmp_path / "again")
+    # and the in-process reference of its own (its own cold cache): the same counts
+    reference, reference_out = in_process
+    assert [r["total_intruders"] for r in rows] == [r["total_intruders"] for r in reference.rows]
+
+
+def test_killed_worker_node_loses_no_result(ray_inputs, in_process, cluster, tmp_path):
+    reference, reference_out = in_process
+    worker = cluster["worker"]
+    killed_at = []
+
+    def kill_after_first_units(done: int, total: int, name: str) -> None:
+        if not killed_at and done >= 20:  # the base SVDs and some matrix units are in
+            os.killpg(worker.pid, signal.SIGKILL)
+            killed_at.append(done)
+
+    out = tmp_path / "out"
+    config = ScanConfig(engine="ray", ray_address=cluster["address"])
+    result = scan(ray_inputs["base"], ray_inputs["tuned"], out, config, cache_dir=reference_out / "svd_cache",
+                  progress=kill_after_first_units)  # fmt: skip
+    assert killed_at and worker.wait(timeout=30) is not None
+    total = sum(result.document["units"].values()) + 5  # + one report unit per analysed input
+    assert killed_at[0] < total
+    assert rows_without_timing(result.document) == rows_without_timing(reference.document)
+    assert analyses(out) == analyses(reference_out)
