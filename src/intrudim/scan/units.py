@@ -18,9 +18,13 @@ which ends up in that input's leaderboard row while the scan goes on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import torch
 
 from intrudim.analysis.config import AnalyzeConfig
 from intrudim.analysis.planning import (
@@ -160,13 +164,33 @@ def compute_base_svd(base: str, unit: BaseUnit, config: AnalyzeConfig, cache_dir
         return UnitOutcome(error=describe_error(exc), seconds=time.perf_counter() - started)
 
 
+MATRIX_UNIT_TORCH_THREADS = 1
+"""torch threads of a matrix unit, in every engine. The unit's products are small (the structured core), so one
+thread is also the fastest; and a fixed count makes the values independent of where a unit runs: torch's
+reductions split by thread count, so 1 vs 2 threads differ in the last bits (e.g. an energy share)."""
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch on ``threads`` intra-op threads for the block (restored after)."""
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def analyze_matrix(base: str, unit: MatrixUnit, config: AnalyzeConfig, cache_dir: str) -> UnitOutcome:
-    """Unit 2: one matrix of one TUNED input, exactly as `analyze` analyses it (the base SVD from the cache)."""
+    """Unit 2: one matrix of one TUNED input, as `analyze` analyses it (the base SVD from the cache), on
+    :data:`MATRIX_UNIT_TORCH_THREADS` torch threads."""
     started = time.perf_counter()
     try:
         inputs = opened_inputs(base, unit.tuned, config.allow_pickle)
         cache = open_cache(config, cache_dir, use_cache=True)
-        with analysis_threads():
+        with analysis_threads(), torch_threads(MATRIX_UNIT_TORCH_THREADS):
             result = analyze_job(inputs, unit.job, cache, config)
         return UnitOutcome(result=result, cache_hit=cache.hits == 1, seconds=time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - reported in this input's row; the scan goes on
