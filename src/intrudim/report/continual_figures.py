@@ -95,13 +95,13 @@ def accumulation_figure(data: dict[str, Any]) -> bytes:
                      label=label)  # fmt: skip
     axes[0].set_ylabel(f"intruder dimensions (k={data['k']}, ε={data['epsilon']})")
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[1].set_ylabel("intruders' energy share, mean per matrix (%)")
+    axes[1].set_ylabel("intruder energy share (%, mean per matrix)")
     for ax in axes:
         ax.set_xticks(stages)
         ax.set_xticklabels(_stage_ticks(data), rotation=35, ha="right", fontsize=8)
         ax.set_xlabel("after stage")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Intruders accumulate over sequential tasks (counted against the original base)", fontsize=11)
+    fig.suptitle("Intruder dimensions after each stage, counted against the original base", fontsize=11, y=1.02)
     fig.tight_layout()
     return _png(fig)
