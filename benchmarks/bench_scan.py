@@ -39,7 +39,9 @@ OUT_DIR = Path("bench_out")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build_inputs(work: Path, hidden: int, layers: int, mlp: int, r: int, adapters: int) -> tuple[Path, list[str]]:
+def build_inputs(
+    work: Path, hidden: int, layers: int, mlp: int, r: int, adapters: int
+) -> tuple[Path, list[str]]:
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora.layer import LoraLayer
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -51,7 +53,9 @@ def build_inputs(work: Path, hidden: int, layers: int, mlp: int, r: int, adapter
     )  # fmt: skip
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(work / "base")
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, lora_dropout=0.0))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, lora_dropout=0.0)
+    )
     paths = []
     for i in range(adapters):
         g = torch.Generator().manual_seed(100 + i)
@@ -59,15 +63,22 @@ def build_inputs(work: Path, hidden: int, layers: int, mlp: int, r: int, adapter
             if isinstance(layer, LoraLayer):
                 std = float(10 ** torch.empty(1).uniform_(-2.5, -1.2, generator=g))  # 0.003 … 0.06
                 with torch.no_grad():
-                    layer.lora_A["default"].weight.copy_(torch.randn(layer.lora_A["default"].weight.shape, generator=g) / hidden**0.5)
-                    layer.lora_B["default"].weight.copy_(std * torch.randn(layer.lora_B["default"].weight.shape, generator=g))
+                    layer.lora_A["default"].weight.copy_(
+                        torch.randn(layer.lora_A["default"].weight.shape, generator=g) / hidden**0.5
+                    )
+                    layer.lora_B["default"].weight.copy_(
+                        std * torch.randn(layer.lora_B["default"].weight.shape, generator=g)
+                    )
         peft_model.save_pretrained(work / f"adapter_{i}")
         paths.append(str(work / f"adapter_{i}"))
     return work / "base", paths
 
 
 def analyses(out: Path) -> dict[str, list[dict]]:
-    return {run.name: json.loads((run / "analysis.json").read_text())["matrices"] for run in sorted((out / "runs").iterdir())}
+    return {
+        run.name: json.loads((run / "analysis.json").read_text())["matrices"]
+        for run in sorted((out / "runs").iterdir())
+    }
 
 
 def main() -> None:
@@ -131,15 +142,19 @@ def main() -> None:
         reference = analyses(rows[0]["out"])
         identical = all(analyses(row["out"]) == reference for row in rows[1:])
         same_counts = all(row["total_intruders"] == rows[0]["total_intruders"] for row in rows)
-        print(f"\n| mode | scan s | start-up s | adapters/min | with start-up | vs in-process |")
+        print("\n| mode | scan s | start-up s | adapters/min | with start-up | vs in-process |")
         print("|---|---|---|---|---|---|")
         for row in rows:
             ratio = row["adapters_per_min"] / rows[0]["adapters_per_min"]
             print(f"| {row['mode']} | {row['scan_s']:.1f} | {row['startup_s']:.1f} | {row['adapters_per_min']:.1f} | "
                   f"{row['adapters_per_min_with_startup']:.1f} | {ratio:.2f}x |")  # fmt: skip
-        print(f"every analysis identical across modes: {identical}; intruders per adapter: {rows[0]['total_intruders']}")
+        print(
+            f"every analysis identical across modes: {identical}; intruders per adapter: {rows[0]['total_intruders']}"
+        )
         load_end = load_average()
-        print(f"load average at end: {load_end} (on {os.cpu_count()} cores; well above that means the cores were shared)")
+        print(
+            f"load average at end: {load_end} (on {os.cpu_count()} cores; well above that means the cores were shared)"
+        )
         OUT_DIR.mkdir(exist_ok=True)
         for row in rows:
             row.pop("out")
