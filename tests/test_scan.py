@@ -232,3 +232,32 @@ def test_ray_missing_names_the_extra(monkeypatch, scan_inputs, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
     with pytest.raises(IntrudimError, match=r"pip install 'intrudim\[ray\]'"):
         scan(scan_inputs["base"], scan_inputs["tuned"][:1], tmp_path / "o", ScanConfig(engine="ray"))
+
+
+def test_leaderboard_in_a_browser_sorts_by_a_click(scanned):
+    """The page as a person sees it: no script error, the table shown, and a click on "intruders" sorts rows by
+    their counts (the error row last), a second click the other way."""
+    from browser import _new_driver, check_report, require_browser
+
+    require_browser()
+    path = scanned["out"] / "leaderboard.html"
+    check_report(path, required_selectors=["#leaderboard", "#prediction"]).assert_ok()
+    counts = {r["name"]: r["total_intruders"] for r in scanned["result"].rows if r["error"] is None}
+    driver = _new_driver()
+    try:
+        driver.get(path.resolve().as_uri())
+        header = driver.find_elements("css selector", "#leaderboard th")[3]
+        assert header.text == "intruders"
+        names = []
+        for _ in range(2):
+            header.click()
+            cells = driver.find_elements("css selector", "#leaderboard tbody tr td:nth-child(2)")
+            names.append([cell.text for cell in cells])
+        ascending = sorted(counts, key=lambda n: counts[n])
+        assert [counts[n] for n in names[0][:-1]] == sorted(counts.values()) and names[0][-1].endswith(
+            "bert_adapter"
+        )
+        assert [counts[n] for n in names[1][:-1]] == sorted(counts.values(), reverse=True)
+        assert set(names[0][:-1]) == set(ascending)
+    finally:
+        driver.quit()

@@ -152,6 +152,7 @@ th { cursor: pointer; background: #f4f4f4; user-select: none; white-space: nowra
 th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
 td.text, th.text { text-align: left; } tr.error td { color: #a00; } tr.bad td.num-intr { color: #b00; font-weight: bold; }
 code { background: #f4f4f4; padding: 0 0.2em; } .note { color: #555; max-width: 60em; }
+td.error-text { min-width: 28em; max-width: 48em; font-size: 0.9em; }
 </style></head><body>
 <h1>Intruder dimensions of {{ doc.rows|length }} tuned models of <code>{{ doc.base }}</code></h1>
 <p class="note">k = {{ doc.k }}, &epsilon; = {{ doc.epsilon }}: a top-k left singular vector of a tuned matrix is an
@@ -159,7 +160,8 @@ intruder when its max |cos| to every base left singular vector is below &epsilon
 of each matrix's squared Frobenius norm, summed over matrices. Click a column to sort; a name opens that model's own
 report.</p>
 {% set p = doc.prediction %}
-<p id="prediction">Prediction ({{ p.rule }}): {{ p.predicted }} of {{ p.matrices }} matrices predicted, {{ p.found }} with
+<p id="prediction">Prediction (a matrix is predicted intruder-prone when &sigma;<sub>1</sub>(&Delta;W) /
+&sigma;<sub>k</sub>(W<sub>0</sub>) &gt; {{ p.threshold }}): {{ p.predicted }} of {{ p.matrices }} matrices predicted, {{ p.found }} with
 intruders, {{ p.predicted_and_found }} both; precision <b>{{ fmt(p.precision, 2) or "n/a" }}</b>, recall
 <b>{{ fmt(p.recall, 2) or "n/a" }}</b>.</p>
 <table id="leaderboard"><thead><tr>
@@ -177,9 +179,9 @@ intruders, {{ p.predicted_and_found }} both; precision <b>{{ fmt(p.precision, 2)
 <td data-value="{{ r.energy_share if r.energy_share is not none else '' }}">{{ fmt(r.energy_share, 4) }}</td>
 <td class="text" title="{{ r.worst_matrix or '' }}">{{ short(r.worst_matrix) }}{% if r.worst_matrix %} ({{ r.worst_matrix_intruders }}){% endif %}</td>
 <td data-value="{{ r.effective_rank if r.effective_rank is not none else '' }}">{{ fmt(r.effective_rank, 2) }}</td>
-<td>{{ r.predicted|length }}</td><td>{{ r.found|length }}</td>
-<td>{{ (r.predicted|select("in", r.found)|list)|length }}</td>
-<td class="text">{{ r.error or "" }}</td></tr>
+{% if r.error %}<td></td><td></td><td></td>{% else %}<td>{{ r.predicted|length }}</td><td>{{ r.found|length }}</td>
+<td>{{ (r.predicted|select("in", r.found)|list)|length }}</td>{% endif %}
+<td class="text error-text">{{ r.error or "" }}</td></tr>
 {% endfor %}</tbody></table>
 <p class="note">Generated {{ generated }} by <code>{{ command }}</code>.</p>
 <script>
