@@ -174,3 +174,68 @@ def test_random_vector_baseline_follows_theory():
         assert p.mean_max_cos > 0.6 * p.theory
     assert random_vector_max_cosine(768) == pytest.approx(0.138, abs=0.002)
     assert random_vector_max_cosine(4096) == pytest.approx(0.066, abs=0.001)
+
+
+# ---------------------------------------------------------------------------------- cold cache: the Gram route
+
+
+def _spectrum_matrix(m: int, n: int, sigma: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(m, sigma.numel(), generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, sigma.numel(), generator=g, dtype=torch.float64))
+    return U @ torch.diag(sigma) @ V.T
+
+
+@pytest.mark.parametrize("shape", [(384, 384), (1536, 384), (384, 1536), (700, 1000)])
+@pytest.mark.parametrize("spectrum", ["decaying", "gaussian"])
+def test_base_svd_from_the_gram_matrix_equals_lapacks_svd(shape: tuple[int, int], spectrum: str) -> None:
+    """The cold-cache route (eigh of the smaller Gram matrix) gives the float64 SVD's factors: σ to 1e-12 and the
+    same singular vectors up to sign, on both sides, for wide, tall and square W. A weight-like decaying spectrum
+    (σ from 1 down to 0.01) agrees to |cos| ≥ 1 − 1e-12; a Gaussian matrix, whose smallest singular values crowd
+    together near 0, to 1 − 1e-6 in its worst vector (an angle of 1.4e-3: the recovered side of a tight cluster;
+    float32 storage rounds every vector by 6e-8 anyway)."""
+    from intrudim.spectral.svd import base_svd, thin_svd
+
+    m, n = shape
+    if spectrum == "decaying":
+        W = _spectrum_matrix(m, n, torch.logspace(0, -2, min(m, n), dtype=torch.float64), seed=1)
+        tolerance = 1e-12
+    else:
+        W = torch.randn(m, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64) / n**0.5
+        tolerance = 1e-6
+    fast, reference = base_svd(W), thin_svd(W)
+    assert fast.U.shape == reference.U.shape and fast.Vh.shape == reference.Vh.shape
+    assert torch.allclose(fast.S, reference.S, rtol=0, atol=1e-12 * float(reference.S[0]))
+    assert float((fast.U * reference.U).sum(0).abs().min()) > 1 - tolerance
+    assert float((fast.Vh * reference.Vh).sum(1).abs().min()) > 1 - tolerance
+    assert torch.allclose(fast.U @ torch.diag(fast.S) @ fast.Vh, W, atol=1e-12)
+    assert not torch.equal(fast.U, reference.U)  # the Gram route was taken, not the fallback
+
+
+def test_base_svd_takes_lapacks_svd_for_ill_conditioned_and_rank_deficient_matrices() -> None:
+    """Squaring W squares its condition number: past the limit (or when the float64 probe check fails) the exact
+    LAPACK factors are returned, bit for bit."""
+    from intrudim.spectral.svd import base_svd, thin_svd
+
+    g = torch.Generator().manual_seed(2)
+    U, _ = torch.linalg.qr(torch.randn(400, 400, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(400, 400, generator=g, dtype=torch.float64))
+    ill = U @ torch.diag(torch.logspace(0, -9, 400, dtype=torch.float64)) @ V.T
+    low_rank = torch.randn(400, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 600, generator=g, dtype=torch.float64)
+    for W in (ill, low_rank):
+        fast, reference = base_svd(W), thin_svd(W)
+        assert torch.equal(fast.S, reference.S) and torch.equal(fast.U, reference.U)
+
+
+def test_the_cache_uses_the_gram_route_only_for_float32_factors(tmp_path) -> None:
+    """float32 cache (default): the Gram route; a float64 cache and no cache at all: LAPACK's exact SVD."""
+    from intrudim.spectral.svd import thin_svd
+    from intrudim.weights.svd_cache import BaseSVDCache
+
+    W = torch.randn(300, 500, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    reference = thin_svd(W)
+    for cache in (BaseSVDCache(tmp_path / "f64", dtype=torch.float64), BaseSVDCache(None)):
+        assert torch.equal(cache.get(W).U.to(torch.float64), reference.U)
+    fast = BaseSVDCache(tmp_path / "f32").get(W)
+    assert fast.U.dtype == torch.float32
+    assert float((fast.U.double() * reference.U).sum(0).abs().min()) > 1 - 1e-6

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from intrudim.analyze import AnalysisResult, AnalyzeConfig, MatrixResult, analyze
-from intrudim.errors import IntrudimError
+from intrudim.threads import prefer_passive_openmp
+
+prefer_passive_openmp()  # before torch loads OpenMP: no spin-waiting on shared cores (intrudim.threads)
+
+from intrudim.analyze import AnalysisResult, AnalyzeConfig, MatrixResult, analyze  # noqa: E402
+from intrudim.errors import IntrudimError  # noqa: E402
 
 __all__ = ["AnalysisResult", "AnalyzeConfig", "IntrudimError", "MatrixResult", "analyze", "__version__"]

@@ -6,6 +6,12 @@ thread per core each such call pays for waking and spin-waiting threads, which m
 5× slower on 2 cores than with one thread (benchmarks/bench_vs_peft.py). The large dense SVDs of the cold
 path run in torch (MKL/LAPACK through OpenMP), a different pool, and keep every core.
 
+On a shared machine (another training run, a test suite, a second analysis on the same cores) OpenMP's default
+of spin-waiting at every barrier is the problem: threads that spin burn the cores the other process needs, and
+a 2-core machine with two such processes ran MiniLM training steps 6-7x slower than with passive waiting
+(benchmarks/bench_shared.py). So intrudim sets ``OMP_WAIT_POLICY=PASSIVE`` when it is imported before torch
+and the variable is unset (:func:`prefer_passive_openmp`); set it yourself (e.g. ``ACTIVE``) to choose otherwise.
+
 So intrudim limits numpy/scipy's BLAS pools (``user_api="blas"`` in threadpoolctl: OpenBLAS or MKL as
 loaded by numpy and scipy; torch's statically linked MKL is not one of them) to one thread while it
 analyses matrices, and leaves torch's threads alone. ``INTRUDIM_BLAS_THREADS`` overrides the limit.
@@ -18,6 +24,20 @@ import os
 from collections.abc import Iterator
 
 BLAS_THREADS_ENV = "INTRUDIM_BLAS_THREADS"
+OPENMP_WAIT_ENV = "OMP_WAIT_POLICY"
+
+
+def prefer_passive_openmp() -> bool:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set it; True when it takes effect (OpenMP not loaded yet).
+
+    OpenMP reads the variable once, when the runtime loads (with torch): later calls change nothing.
+    """
+    import sys
+
+    if OPENMP_WAIT_ENV in os.environ:
+        return False
+    os.environ[OPENMP_WAIT_ENV] = "PASSIVE"
+    return "torch" not in sys.modules
 
 
 def small_blas_threads() -> int:

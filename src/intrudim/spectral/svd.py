@@ -35,6 +35,63 @@ def thin_svd(W: torch.Tensor) -> SVDFactors:
     return SVDFactors(U=U, S=S, Vh=Vh)
 
 
+GRAM_MAX_CONDITION = 1e5
+"""The Gram route is tried only when σ_max/σ_min ≤ this: squaring W squares its condition number, and the side
+recovered as Wᵀu/σ loses about ε·κ² of orthogonality (the probe check below decides)."""
+GRAM_CHECK_RTOL = 1e-7
+"""Relative float64 residuals the Gram factors must meet on random probes, else LAPACK's SVD is used: float32's
+rounding (6e-8), the precision the default cache stores the factors in anyway."""
+
+
+def base_svd(W: torch.Tensor, *, seed: int = 0) -> SVDFactors:
+    """Thin SVD of a base matrix for the float32 cache: the factors of :func:`thin_svd` (up to signs, and to
+    rotations inside repeated singular values) to float32 precision, several times faster for large matrices.
+
+    The symmetric eigensolver runs on the smaller Gram matrix G = W Wᵀ (out ≤ in) or WᵀW (out > in) in float64;
+    σ = √λ, and the other side follows as Wᵀu/σ (or Wv/σ). That is exact to float64 rounding times the
+    condition number squared, so it is used only for well-conditioned matrices (σ_max/σ_min ≤
+    :data:`GRAM_MAX_CONDITION`) and then checked on random probes x in float64: W x = U Σ Vᵀx and
+    both factors orthonormal (‖UᵀU x − x‖, ‖Vh Vhᵀ x − x‖) to :data:`GRAM_CHECK_RTOL`. Any other matrix
+    (rank deficient, ill-conditioned, small) takes LAPACK's SVD, as before.
+    """
+    W64 = W.to(torch.float64)
+    m, n = W64.shape
+    p = min(m, n)
+    if p <= DENSE_SVD_MAX_DIM:
+        return thin_svd(W64)
+    wide = m <= n
+    gram = W64 @ W64.T if wide else W64.T @ W64
+    evals, evecs = torch.linalg.eigh(gram)  # ascending
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    if not bool(evals[-1] > 0) or float(evals[0] / evals[-1]) > GRAM_MAX_CONDITION**2:
+        return thin_svd(W64)
+    S = evals.sqrt()
+    if wide:
+        U = evecs
+        Vh = (U.T @ W64) / S[:, None]
+    else:
+        Vh = evecs.T.contiguous()
+        U = (W64 @ evecs) / S
+    if not _factors_check(W64, U, S, Vh, seed):
+        return thin_svd(W64)
+    return SVDFactors(U=U, S=S, Vh=Vh)
+
+
+def _factors_check(W: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, seed: int) -> bool:
+    """Float64 probes of W = U diag(S) Vh with orthonormal U and Vh: O((m + n)·p) per probe, no p×p product."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    m, n = W.shape
+    p = S.shape[0]
+    x = torch.randn(n, 2, generator=generator, dtype=torch.float64).to(W.device)
+    y = torch.randn(p, 2, generator=generator, dtype=torch.float64).to(W.device)
+    scale = float(S[0])
+    reconstruction = (W @ x - U @ (S[:, None] * (Vh @ x))).norm() / (scale * x.norm())
+    left = (U.T @ (U @ y) - y).norm() / y.norm()
+    right = (Vh @ (Vh.T @ y) - y).norm() / y.norm()
+    worst = max(float(reconstruction), float(left), float(right))
+    return worst == worst and worst <= GRAM_CHECK_RTOL  # NaN fails
+
+
 def _arpack_top_k(
     matvec, rmatvec, shape: tuple[int, int], k: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """On-disk cache of base-model SVDs, keyed by a content hash of each matrix (DESIGN.md, "Base SVD cache").
 
-The thin SVD of a base matrix is computed once (float64) and stored as safetensors (U, S, Vh), written
+The thin SVD of a base matrix is computed once (float64; from the eigendecomposition of its Gram matrix when a
+float64 check allows, see ``base_svd``) and stored as safetensors (U, S, Vh), written
 atomically, then reused by every adapter, checkpoint, sweep and repair against that base. The key is a
 BLAKE2b hash of the matrix's bytes (in the orientation analysed), its shape and dtype, so a renamed or
 moved model still hits the cache and a changed matrix never does.
@@ -17,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from intrudim.fileio import atomic_path
-from intrudim.spectral.svd import SVDFactors, thin_svd
+from intrudim.spectral.svd import SVDFactors, base_svd, thin_svd
 
 CACHE_FORMAT = "1"
 
@@ -54,17 +55,22 @@ class BaseSVDCache:
         assert self.directory is not None
         return self.directory / key[:2] / f"{key}.safetensors"
 
-    def _compute(self, W: torch.Tensor) -> SVDFactors:
+    def _compute(self, W: torch.Tensor, *, exact: bool = False) -> SVDFactors:
+        """The base SVD. Factors stored in float32 (the default) come from the symmetric eigensolver on the smaller
+        Gram matrix, checked in float64 to float32 precision, or from LAPACK's SVD where that check fails
+        (:func:`~intrudim.spectral.svd.base_svd`); a float64 cache and ``exact`` (no cache: nothing rounded) take
+        LAPACK's SVD, exact to float64 rounding."""
+        svd = thin_svd if exact or self.dtype != torch.float32 else base_svd
         if self.device != "cpu":
-            factors = thin_svd(W.to(self.device))
+            factors = svd(W.to(self.device))
             return SVDFactors(U=factors.U.cpu(), S=factors.S.cpu(), Vh=factors.Vh.cpu())
-        return thin_svd(W)
+        return svd(W)
 
     def get(self, W: torch.Tensor) -> SVDFactors:
         """Thin SVD of ``W`` from the cache when present: S in float64, U and Vh in the cache dtype."""
         if self.directory is None:
             self.misses += 1
-            return self._compute(W)  # nothing is stored, so nothing is rounded
+            return self._compute(W, exact=True)  # nothing is stored, so nothing is rounded
         key = matrix_hash(W)
         path = self.path_for(key)
         if path.exists():

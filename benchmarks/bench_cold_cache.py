@@ -1,0 +1,82 @@
+"""Cold base SVD cache: the Gram-matrix eigensolver route (``base_svd``) vs LAPACK's SVD (``thin_svd``), per layer.
+
+The first analysis of a new base computes the thin SVD W₀ = U Σ Vᵀ of every matrix (the warm path then reads it
+from the cache). ``base_svd`` takes the symmetric eigendecomposition of the smaller Gram matrix in float64 and
+recovers the other side as Wᵀu/σ, checked in float64 (it falls back to the SVD when the check fails); the naive
+reference is ``torch.linalg.svd(W, full_matrices=False)`` in float64, what the cache computed before. Both are
+timed in the same run on the matrices of one LLaMA-7B-shaped block (q, k, v, o: 4096²; gate, up: 11008×4096;
+down: 4096×11008) with a weight-like spectrum, and the script checks exactness: σ to 1e-10 relative and every
+singular vector equal up to sign (reports the worst 1 − |cos|).
+
+    python benchmarks/bench_cold_cache.py             # one LLaMA-7B block (~10 minutes on 2 cores)
+    python benchmarks/bench_cold_cache.py --quick     # hidden 2048, MLP 5504 (a ~1B-shaped block)
+
+Writes bench_out/bench_cold_cache.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from _common import add_timing_arguments, limit_threads, load_average, timed
+
+from intrudim.spectral.svd import base_svd, thin_svd
+
+OUT_DIR = Path("bench_out")
+
+
+def weight_like(m: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """A pre-trained-like matrix: a Gaussian bulk plus 32 decaying spikes (σ from ~10 down to the bulk's ~2)."""
+    spikes = 32
+    X = torch.randn(m, spikes, generator=generator, dtype=torch.float64) / m**0.5
+    Y = torch.randn(n, spikes, generator=generator, dtype=torch.float64) / n**0.5
+    d = 3.0 + 7.0 * 0.9 ** torch.arange(spikes, dtype=torch.float64)
+    return torch.randn(m, n, generator=generator, dtype=torch.float64) / max(m, n) ** 0.5 + (X * d) @ Y.T
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="hidden 2048, MLP 5504 instead of 4096, 11008")
+    add_timing_arguments(parser)
+    args = parser.parse_args()
+    hidden, mlp = (2048, 5504) if args.quick else (4096, 11008)
+    shapes = {"attn (q, k, v, o)": ((hidden, hidden), 4), "mlp gate/up": ((mlp, hidden), 2), "mlp down": ((hidden, mlp), 1)}
+    generator = torch.Generator().manual_seed(0)
+    rows, totals = [], {"old": 0.0, "new": 0.0}
+    with limit_threads(args.threads):
+        for name, ((m, n), count) in shapes.items():
+            W = weight_like(m, n, generator)
+            old_time, reference = timed(thin_svd, 1, W)
+            new_time, fast = timed(base_svd, 1, W)
+            cos_u = float((fast.U * reference.U).sum(0).abs().min())
+            cos_v = float((fast.Vh * reference.Vh).sum(1).abs().min())
+            sigma = float(((fast.S - reference.S).abs() / reference.S[0]).max())
+            fell_back = torch.equal(fast.U, reference.U)
+            old, new = old_time[args.clock], new_time[args.clock]
+            totals["old"] += count * old
+            totals["new"] += count * new
+            rows.append({"matrix": name, "shape": [m, n], "per_block": count, "svd_seconds": round(old, 3),
+                         "gram_seconds": round(new, 3), "ratio": round(old / new, 2), "fell_back_to_svd": fell_back,
+                         "worst_1_minus_cos_U": 1 - cos_u, "worst_1_minus_cos_V": 1 - cos_v,
+                         "sigma_max_rel_error": sigma})  # fmt: skip
+            print(f"{name:18} {m}×{n}: SVD {old:8.2f} s  Gram {new:7.2f} s  ×{old / new:5.2f}  "
+                  f"1−|cos| U {1 - cos_u:.1e} V {1 - cos_v:.1e}  σ err {sigma:.1e}{'  (fell back)' if fell_back else ''}",
+                  flush=True)  # fmt: skip
+            assert sigma < 1e-10 and 1 - cos_u < 1e-8 and 1 - cos_v < 1e-8, "not exact"
+    ratio = totals["old"] / totals["new"]
+    print(f"one block ({hidden}/{mlp}): SVD {totals['old']:.1f} s, Gram {totals['new']:.1f} s: ×{ratio:.2f} "
+          f"({args.clock} clock, threads {args.threads or torch.get_num_threads()}, load {load_average()})")  # fmt: skip
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "bench_cold_cache.json").write_text(json.dumps({
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hidden": hidden, "mlp": mlp,
+        "clock": args.clock, "threads": args.threads or torch.get_num_threads(), "load_average": load_average(),
+        "rows": rows, "block_svd_seconds": totals["old"], "block_gram_seconds": totals["new"], "ratio": ratio,
+    }, indent=2) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
