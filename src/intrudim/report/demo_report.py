@@ -107,11 +107,19 @@ def claim_figures(summary: dict[str, Any], out: Path) -> dict[str, list[dict[str
         if found:
             fig["repair"].append(found)
     for name, path in m.get("continual", {}).get("paths", {}).items():
-        if str(path).endswith(".png"):
-            found = _file_figure(Path(path), name.replace("_", " "), "Continual learning (Fig. 8, v2): accuracy per "
-                                 "task over stages, and intruders against the original base after each stage.")
-            if found:
-                fig["continual"].append(found)
+        if not str(path).endswith(".png"):
+            continue
+        path = Path(path) if Path(path).is_file() else out / "continual" / Path(path).name  # --out was moved
+        if "accuracy" in name:
+            title = "Accuracy of every task after each stage (Fig. 8)"
+            caption = ("Grey: before the task is trained; dotted: the task's accuracy right after its own stage; "
+                       "vertical lines: stage boundaries.")
+        else:
+            title = "Intruders against the ORIGINAL base after each stage (v2)"
+            caption = "LoRA adapters are merged between stages; counts at k=10, ε=0.5 summed over matrices."
+        found = _file_figure(path, title, caption)
+        if found:
+            fig["continual"].append(found)
     for name, title in (("toy_sweep", "Toy model W + λvvᵀ (Sec. 5)"), ("random_baseline", "Random baseline (App. C)")):
         found = _file_figure(out / "toy" / "figures" / f"{name}.png", title, "")
         if found:
