@@ -41,6 +41,23 @@ def analyses(out: Path) -> dict[str, list[dict]]:
     }
 
 
+def ray_task_processes(process_group: int) -> list[str]:
+    """Titles of the Ray worker processes of one node (its `ray start --block` process group) that run or ran
+    one of the scan's unit functions (Ray titles a worker ``ray::<function>``, ``ray::IDLE`` between tasks)."""
+    import psutil
+
+    titles = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if os.getpgid(process.pid) == process_group:
+                title = " ".join(process.info["cmdline"] or [])
+                if title.startswith("ray::"):
+                    titles.append(title)
+        except (OSError, psutil.Error):
+            pass
+    return titles
+
+
 def rows_without_timing(document: dict) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "resumed"} for row in document["rows"]]
 
@@ -147,8 +164,11 @@ def test_killed_worker_node_loses_no_result(ray_inputs, in_process, cluster, tmp
     worker = cluster["worker"]
     killed_at = []
 
+    busy_on_killed_node = []
+
     def kill_after_first_units(done: int, total: int, name: str) -> None:
         if not killed_at and done >= 20:  # the base SVDs and some matrix units are in
+            busy_on_killed_node.extend(ray_task_processes(worker.pid))  # it was running the scan's units
             os.killpg(worker.pid, signal.SIGKILL)
             killed_at.append(done)
 
@@ -157,6 +177,7 @@ def test_killed_worker_node_loses_no_result(ray_inputs, in_process, cluster, tmp
     result = scan(ray_inputs["base"], ray_inputs["tuned"], out, config, cache_dir=reference_out / "svd_cache",
                   progress=kill_after_first_units)  # fmt: skip
     assert killed_at and worker.wait(timeout=30) is not None
+    assert busy_on_killed_node, "the worker node ran none of the scan's units: the kill tested nothing"
     total = sum(result.document["units"].values()) + 4  # + one report unit per analysed input
     assert killed_at[0] < total
     assert rows_without_timing(result.document) == rows_without_timing(reference.document)
