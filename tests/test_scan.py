@@ -163,6 +163,9 @@ def test_glob_and_names(scan_inputs, tmp_path):
     with pytest.raises(IntrudimError, match="Nothing to scan"):
         scan(scan_inputs["base"], [], tmp_path / "o")
     assert run_names(["a/x/final", "b/x/final", "c/y", "c/y"]) == ["a__x", "b__x", "y", "y-2"]
+    with pytest.raises(IntrudimError, match="does not exist"):
+        scan(tmp_path / "no_base", scan_inputs["tuned"][:1], tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # nothing written: a later run needs no --resume
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

@@ -76,9 +76,11 @@ def scan(
     base = str(base)
     inputs = expand_inputs([str(t) for t in tuned], pattern)
     names = run_names(inputs)
+    _check_base(
+        base, analysis.allow_pickle
+    )  # before OUT is touched: a failed start leaves nothing to --resume
     out_dir = _prepare_out(Path(out), base, config)
     cache = str(Path(cache_dir if cache_dir is not None else out_dir / "svd_cache").expanduser().resolve())
-    _check_base(base, analysis.allow_pickle)
 
     rows: dict[int, dict[str, Any]] = {}
     planned: list[PlannedInput] = []
@@ -93,7 +95,7 @@ def scan(
         else:
             planned.append(item)
 
-    base_units = _base_units(planned)
+    base_units = base_units_of(planned)
     matrix_units = [MatrixUnit(item.index, item.tuned, job) for item in planned for job in item.jobs]
     collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command)
     total = len(base_units) + len(matrix_units) + len(planned)  # + one report unit per input
@@ -141,10 +143,6 @@ def scan(
         document, out_dir, command=command or f"intrudim scan {base} ... --out {out_dir}"
     )
     return ScanResult(document=document, paths=paths, analyses=collector.analyses)
-
-
-def _base_units(planned: list[PlannedInput]) -> list[BaseUnit]:
-    return base_units_of(planned)
 
 
 def _check_base(base: str, allow_pickle: bool) -> None:
