@@ -271,3 +271,24 @@ def test_leaderboard_in_a_browser_sorts_by_a_click(scanned):
         assert set(names[0][:-1]) == set(ascending)
     finally:
         driver.quit()
+
+
+def test_a_damaged_adapter_fails_in_its_row_and_the_scan_goes_on(scan_inputs, scanned, tmp_path):
+    """A unit's error (NaN factors, found only when the matrix is read) ends in that input's row, not the scan."""
+    from safetensors.torch import load_file, save_file
+
+    good = scan_inputs["tuned"][0]
+    damaged = tmp_path / "nan_adapter"
+    shutil.copytree(good, damaged)
+    tensors = load_file(str(damaged / "adapter_model.safetensors"))
+    key = next(k for k in sorted(tensors) if "layers.1.mlp.up_proj.lora_B" in k)
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, str(damaged / "adapter_model.safetensors"))
+    lines: list[tuple[int, int]] = []
+    result = scan(scan_inputs["base"], [str(damaged), good], tmp_path / "out", cache_dir=scanned["out"] / "svd_cache",
+                  progress=lambda done, total, name: lines.append((done, total)))  # fmt: skip
+    bad, ok = result.rows
+    assert "NaN" in bad["error"] and "up_proj" in bad["error"] and bad["total_intruders"] is None
+    assert ok["error"] is None and ok["total_intruders"] == scanned["result"].rows[0]["total_intruders"]
+    assert lines[-1][0] == lines[-1][1]  # the progress reaches its total without the bad input's report
+    assert not (tmp_path / "out" / "runs" / "nan_adapter").exists()
