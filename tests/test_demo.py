@@ -179,3 +179,17 @@ def test_the_quick_demo_measures_every_claim_and_its_report_renders_in_a_browser
     assert json.loads(again.stdout)["claims"] == claims
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == before
     assert "reused" in again.stderr
+
+
+def test_intruders_over_steps_start_at_the_base_and_count_each_step_once(tmp_path: Path) -> None:
+    """Fig. 7's series from a run's metrics.jsonl: step 0 is the base (0), then every tracked checkpoint; the final
+    weights of a run that ended on a checkpoint step replace that step's point instead of repeating it."""
+    from intrudim.experiments.demo import tracked_intruders
+
+    records = [{"event": "start", "step": 0}, {"event": "checkpoint", "step": 50, "intruders": {"total_intruders": 2}},
+               {"event": "eval", "step": 100, "accuracy": 1.0},
+               {"event": "checkpoint", "step": 100, "intruders": {"total_intruders": 4}},
+               {"event": "final", "step": 100, "intruders": {"total_intruders": 4}}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    assert tracked_intruders(tmp_path) == [{"step": 0, "intruders": 0}, {"step": 50, "intruders": 2},
+                                           {"step": 100, "intruders": 4}]  # fmt: skip

@@ -297,7 +297,11 @@ def tracked_intruders(run_dir: Path) -> list[dict[str, int]]:
     points = [{"step": 0, "intruders": 0}]  # the base model itself
     for record in read_metrics(run_dir):
         if record.get("event") in ("checkpoint", "final") and isinstance(record.get("intruders"), dict):
-            points.append({"step": int(record["step"]), "intruders": int(record["intruders"]["total_intruders"])})
+            point = {"step": int(record["step"]), "intruders": int(record["intruders"]["total_intruders"])}
+            if points[-1]["step"] == point["step"]:
+                points[-1] = point  # the final weights of a run that ended on a checkpoint step: one point
+            else:
+                points.append(point)
     return points
 
 
