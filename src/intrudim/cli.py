@@ -309,19 +309,13 @@ def _register_training_commands() -> None:
     from intrudim.repair.commands import register as register_repair
 
     register_repair(app)  # repair (docs/repair.md)
-    import importlib
+    from intrudim.experiments.continual_commands import register as register_continual
+    from intrudim.experiments.demo_commands import register as register_demo
+    from intrudim.scan.commands import register as register_scan
 
-    # Commands under construction this session (continual, scan, demo): each module registers its own command.
-    # A module that does not exist yet is skipped; any other import error is raised.
-    for name in ("intrudim.experiments.continual_commands", "intrudim.scan.commands",
-                 "intrudim.experiments.demo_commands"):  # fmt: skip
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue
-            raise
-        module.register(app)
+    register_continual(app)  # continual (issue 14; docs/continual.md)
+    register_scan(app)  # scan (issue 15; docs/scan.md)
+    register_demo(app)  # demo (issue 14; docs/demo.md)
 
 
 _register_training_commands()
