@@ -178,7 +178,7 @@ def test_the_quick_demo_measures_every_claim_and_its_report_renders_in_a_browser
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["claims"] == claims
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == before
-    assert "reused" in again.stderr
+    assert "reused from an earlier demo" in again.stderr and "run lora-r1" in again.stderr, again.stderr[-2000:]
 
 
 def test_intruders_over_steps_start_at_the_base_and_count_each_step_once(tmp_path: Path) -> None:

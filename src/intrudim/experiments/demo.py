@@ -170,6 +170,7 @@ class Demo:
     progress: DemoProgress
     measurements: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)  # runs and measurements a previous demo in OUT had finished
 
     @property
     def recipe(self) -> DemoRecipe:
@@ -191,6 +192,7 @@ class Demo:
         if path.is_file():
             data = json.loads(path.read_text(encoding="utf-8"))
             self.progress.advance(units + units_inside, f"{key} (reused)")
+            self.reused.append(key)
         else:
             data = measure()
             write_json_atomic(path, data)
@@ -246,6 +248,7 @@ def _train(demo: Demo, name: str, config: Any) -> dict[str, Any]:
     done = _completed(run_dir)
     if done is not None:
         demo.progress.advance(steps, f"{name} (reused)")
+        demo.reused.append(f"run {name}")
         result = done
     else:
         state = {"last": 0}
@@ -474,6 +477,7 @@ def run_demo(
             "not_measured": sum(1 for c in claims if c["held"] is None),
             "measurements": demo.measurements,
             "seconds": {**demo.seconds, "total": round(time.perf_counter() - started, 1)},
+            "reused": demo.reused,
         }
         write_json_atomic(out / SUMMARY_FILE, summary)
         paths = write_demo_report(summary, out)

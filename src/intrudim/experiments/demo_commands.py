@@ -31,6 +31,9 @@ def demo_command(
 
     def work() -> None:
         summary = run_demo(DemoConfig(quick=quick, seed=seed), out, progress=True, console=stderr)
+        if summary["reused"]:
+            stderr.print(f"reused from an earlier demo in {out}: {len(summary['reused'])} finished runs and "
+                         f"measurements ({', '.join(summary['reused'])})", highlight=False, soft_wrap=True)  # fmt: skip
         if as_json:
             sys.stdout.write(json.dumps({"claims": summary["claims"], "report": summary["report"]}, indent=2) + "\n")
             return
@@ -44,7 +47,8 @@ def demo_command(
         stdout.print(table)
         stdout.print(f"{summary['held']} held, {summary['not_held']} not held, {summary['not_measured']} not measured "
                      f"in {summary['seconds']['total']:.0f} s.")  # fmt: skip
-        stdout.print(f"report: [bold]{summary['report']}[/]  (numbers: {Path(summary['report']).parent / 'summary.json'})")
+        stdout.print(f"report: [bold]{summary['report']}[/]  (numbers: {Path(summary['report']).parent / 'summary.json'})",
+                     soft_wrap=True)  # a long path stays on one line, whole
 
     run_guarded(work)
 
