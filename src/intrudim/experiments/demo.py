@@ -269,12 +269,11 @@ def _train(demo: Demo, name: str, config: Any) -> dict[str, Any]:
 def _analysis_summary(result: Any) -> dict[str, Any]:
     matrices = result.matrices
     ranks = [m.effective_rank_delta for m in matrices if m.effective_rank_delta is not None]
-    data = result.to_json()
     return {
         "total_intruders": result.total_intruders,
         "matrices": len(matrices),
         "matrices_with_intruders": sum(1 for m in matrices if m.intruders),
-        "energy_share": data.get("intruder_energy_share_sum"),
+        "energy_share": sum(m.intruder_energy_share for m in matrices),  # to_json's intruder_energy_share_sum
         "epsilon_sweep": {str(eps): n for eps, n in result.epsilon_sweep().items()},
         "k_sweep": result.k_sweep(),
         "effective_rank_mean": sum(ranks) / len(ranks) if ranks else None,
@@ -407,18 +406,24 @@ def _check_settings(out: Path, config: DemoConfig) -> None:
         )
 
 
+MEASUREMENT_UNITS = 10
+"""Progress units counted for one measurement (toy, forgetting, repair, continual's merges and counts)."""
+
+
+def continual_units(recipe: DemoRecipe) -> int:
+    """Training steps of the continual experiment: every rank trains every task for ``continual_steps``."""
+    return len(recipe.continual_tasks) * len(recipe.continual_ranks) * recipe.continual_steps
+
+
 def planned_units(config: DemoConfig) -> int:
     """Progress units of a whole demo: training steps plus a rough step-equivalent for each measurement."""
     recipe = config.recipe
     units = sum(c.max_steps for c in minilm_runs(recipe, config.seed).values())
-    units += len(recipe.continual_tasks) * len(recipe.continual_ranks) * recipe.continual_steps
+    units += continual_units(recipe)
     units += 4 * MEASUREMENT_UNITS + 2 * MEASUREMENT_UNITS  # analyses, toy, forgetting, repair, continual
     if recipe.forgetting_model == "smollm2":
         units += 2 * recipe.causal_steps
     return units
-
-
-MEASUREMENT_UNITS = 10
 
 
 def run_demo(
@@ -466,7 +471,7 @@ def run_demo(
         demo.reuse_or_measure("repair", MEASUREMENT_UNITS, lambda: measure_repair(demo, base, repair_run))
         bar.set_stage("continual learning (Fig. 8)")
         demo.reuse_or_measure("continual", MEASUREMENT_UNITS, lambda: measure_continual(demo),
-                              units_inside=len(recipe.continual_tasks) * len(recipe.continual_ranks) * recipe.continual_steps)  # fmt: skip
+                              units_inside=continual_units(recipe))  # fmt: skip
         bar.set_stage("claims and report")
         claims = decide_claims(demo.measurements, config)
         summary = {
