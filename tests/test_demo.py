@@ -135,6 +135,7 @@ def test_bad_settings_are_one_clear_paragraph_on_the_command_line(tmp_path: Path
     done = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--out", str(blocked / "sub")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"Cannot write to --out directory '{blocked / 'sub'}'" in done.stderr, done.stderr
 
 
 def test_a_negative_seed_is_refused() -> None:
