@@ -35,8 +35,8 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print continual.json on st
 
 
 def _own_options() -> list[inspect.Parameter]:
-    def option(name: str, annotation: object, default: object = inspect.Parameter.empty) -> inspect.Parameter:
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    # the keyword-only option parameters that train and sweep build
+    from intrudim.train.commands import _option as option
 
     return [
         option("out", Out), option("tasks", Tasks, "sentiment,topic,pair-match,agreement"),
