@@ -1,5 +1,6 @@
 """`scan` on Ray: a local runtime (--ray) and a real two-node cluster on this machine (--ray-address), with
-results equal to the in-process scan, and a worker node killed mid-scan without losing a finished result."""
+results equal to the in-process scan, and a worker node killed mid-scan without losing a finished result;
+`sweep --ray-address` on the same cluster, equal to the in-process sweep."""
 
 from __future__ import annotations
 
@@ -157,6 +158,61 @@ def test_cluster_scan_equals_in_process(ray_inputs, in_process, cluster, tmp_pat
     # and the in-process reference of its own (its own cold cache): the same counts
     reference, reference_out = in_process
     assert [r["total_intruders"] for r in rows] == [r["total_intruders"] for r in reference.rows]
+
+
+@pytest.fixture(scope="module")
+def trainable_bert(tmp_path_factory):
+    """A 2-layer random BERT with the generated tasks' word-level tokenizer (as test_train builds it)."""
+    import test_train
+    from transformers import BertConfig, BertModel
+
+    return test_train._save_random_model(tmp_path_factory, "ray_bert", lambda vocab_size: BertModel(BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64,
+    )))  # fmt: skip
+
+
+def test_sweep_on_cluster_equals_in_process(trainable_bert, cluster, tmp_path):
+    """`sweep --ray-address`: each run is a Ray task (1 CPU, so one thread) on the two-node cluster; its numbers,
+    tracked intruders and trained weights equal the same sweep run in this process at one thread."""
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = ["--model", str(trainable_bert), "--task", "sentiment", "--ranks", "2,full", "--steps", "4",
+              "--eval-every", "4", "--checkpoint-every", "2", "--max-train-examples", "48",
+              "--max-validation-examples", "16", "--max-length", "32", "--quiet", "--no-figures"]  # fmt: skip
+    result = runner.invoke(app, ["sweep", *recipe, "--ray-address", cluster["address"], "--out", str(tmp_path / "ray")])
+    assert result.exit_code == 0, result.output
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = runner.invoke(app, ["sweep", *recipe, "--out", str(tmp_path / "local")])
+    finally:
+        torch.set_num_threads(threads)
+    assert local.exit_code == 0, local.output
+    on_ray, here = (json.loads((tmp_path / name / "sweep.json").read_text()) for name in ("ray", "local"))
+    assert (on_ray["engine"], on_ray["ray_address"], here["engine"]) == ("ray", cluster["address"], "local")
+
+    def numbers(document):
+        return [{k: v for k, v in row.items() if k != "run_dir"} for row in document["runs"]]
+
+    assert numbers(on_ray) == numbers(here) and [r["run"] for r in on_ray["runs"]] == ["r-2", "full"]
+    assert on_ray["prediction"]["observations"] == here["prediction"]["observations"] == 2 * 3 * 12
+    for run, weights in (("r-2", "adapter_model.safetensors"), ("full", "model.safetensors")):
+        a, b = (load_file(str(tmp_path / name / run / "final" / weights)) for name in ("ray", "local"))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6), (run, key)
+
+
+def test_sweep_asking_for_gpus_the_cluster_lacks_is_refused(trainable_bert, cluster, tmp_path):
+    result = runner.invoke(app, ["sweep", "--model", str(trainable_bert), "--ranks", "1", "--steps", "2", "--quiet",
+                                 "--ray-address", cluster["address"], "--ray-gpus-per-run", "1",
+                                 "--out", str(tmp_path / "s")])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "has 2 CPUs and 0 GPUs" in text and "Nothing was trained" in text and "Traceback" not in text
+    assert not (tmp_path / "s" / "r-1").exists()
 
 
 def test_killed_worker_node_loses_no_result(ray_inputs, in_process, cluster, tmp_path):

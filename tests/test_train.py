@@ -289,6 +289,10 @@ def test_gpt2_conv1d_b_only_run_is_tracked_like_the_dense_reference(tiny_gpt2: P
         assert torch.allclose(torch.tensor(matrix["max_abs_cos"], dtype=torch.float64), reference["max_cos"], atol=2e-4)
         assert torch.allclose(torch.tensor(matrix["singular_values"], dtype=torch.float64), reference["sigma"], atol=1e-4)
         assert matrix["intruders"] == reference["count"], name
+        # the intruder pressure σ₁(ΔW)/σ_k(W₀) is tracked too, against float64 SVDs of the same matrices
+        W0, Wt = stored[name].T.double(), merged[merged_key[name]].T.double()
+        pressure = torch.linalg.svdvals(Wt - W0)[0] / torch.linalg.svdvals(W0)[9]
+        assert matrix["intruder_pressure"] == pytest.approx(float(pressure), rel=1e-3), name
     deltas = [float((merged[merged_key[name]] - stored[name]).abs().max()) for name in tracked]
     assert max(deltas) > 1e-3  # B moved: the comparison is not of untouched weights
 
@@ -351,6 +355,29 @@ def test_checkpoint_intruders_are_tracked(lora_run: tuple[TrainConfig, Path]) ->
             assert matrix["intruders"] == sum(c < 0.5 for c in matrix["max_abs_cos"])
     assert (out / "figures" / "intruders_over_steps.png").is_file()
     assert (out / "svd_cache").is_dir()
+    pressures = [[m["intruder_pressure"] for m in r["intruders"]["matrices"]] for r in tracked]
+    assert all(p > 0 for step in pressures for p in step)  # B moved in every matrix from step 4 on
+    assert (out / "figures" / "pressure_over_steps.png").stat().st_size > 1000
+
+
+def test_predict_scores_the_tracked_pressure_of_runs(lora_run: tuple[TrainConfig, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from intrudim.spectral.prediction import score_threshold
+
+    _, out = lora_run
+    tracked = [m for r in read_metrics(out) if r["event"] in ("checkpoint", "final") for m in r["intruders"]["matrices"]]
+    result = CliRunner().invoke(_app(), ["predict", str(out), "--threshold", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["observations"] == len(tracked) == 48 and report["runs"] == 1
+    expected = score_threshold([m["intruder_pressure"] for m in tracked], [m["intruders"] > 0 for m in tracked], 0.5)
+    assert report["default"] == expected.to_json()
+    text = CliRunner().invoke(_app(), ["predict", str(out)])
+    assert text.exit_code == 0 and "over 48 tracked matrices of 1 run:" in " ".join(text.output.split())
+    for bad, message in ((tmp_path / "missing", "does not exist"), (tmp_path, "neither a training run folder")):
+        refused = CliRunner().invoke(_app(), ["predict", str(bad)])
+        assert refused.exit_code == 2 and message in refused.output and "Traceback" not in refused.output
 
 
 def test_runs_are_deterministic_for_a_seed(lora_run: tuple[TrainConfig, Path], tmp_path: Path) -> None:
@@ -522,6 +549,12 @@ def test_rank_sweep_runs_each_rank_and_full(tiny_bert: Path, tmp_path: Path) -> 
     assert json.loads((tmp_path / "sweep" / "r-4" / "config.json").read_text())["rank"] == 4
     assert (tmp_path / "sweep" / "full" / "final" / "model.safetensors").is_file()
     assert (tmp_path / "sweep" / "figures" / "intruders_by_rank.png").is_file()
+    prediction = summary["prediction"]  # the final weights of 3 runs x 12 matrices, pressure against intruders
+    assert prediction["observations"] == 36 and prediction["runs"] == 3 and len(prediction["per_run"]) == 3
+    assert prediction["default"]["threshold"] == 1.0
+    finals = [next(r for r in read_metrics(tmp_path / "sweep" / run) if r["event"] == "final") for run in result.runs]
+    with_intruders = sum(m["intruders"] > 0 for r in finals for m in r["intruders"]["matrices"])
+    assert prediction["default"]["found"] == with_intruders
     again = rank_sweep(config, tmp_path / "sweep", (1, 4, "full"), resume=True, progress=False, figures=False)
     assert again.rows() == result.rows()
 
@@ -561,6 +594,22 @@ def test_cli_train_and_errors(tiny_bert: Path, tmp_path: Path) -> None:
     assert sweep.exit_code == 2 and "'x' is neither" in sweep.output
 
 
+def test_cli_sweep_ray_options_are_checked_before_anything_runs(tiny_bert: Path, tmp_path: Path) -> None:
+    """Ray itself is tested on a real cluster in test_scan_ray.py; here the options' mistakes, which need no Ray."""
+    from typer.testing import CliRunner
+
+    base = ["sweep", "--model", str(tiny_bert), "--ranks", "1", "--steps", "2", "--quiet", "--out", str(tmp_path / "s")]
+    for extra, message in (
+        (["--ray", "--ray-address", "127.0.0.1:6379"], "not both"),
+        (["--ray-cpus-per-run", "2"], "add --ray or --ray-address"),
+        (["--ray-address", "headnode"], "--ray-address must be HOST:PORT"),
+        (["--ray", "--ray-cpus-per-run", "0"], "--ray-cpus-per-run must be at least 1"),
+    ):
+        result = CliRunner().invoke(_app(), [*base, *extra])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), (extra, result.output)
+        assert "Traceback" not in result.output and not (tmp_path / "s").exists()
+
+
 def test_cli_sweep_passes_other_lr_and_recipe_to_every_run(tiny_bert: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -585,7 +634,8 @@ def test_train_and_sweep_share_one_recipe_option_set(tiny_bert: Path, tmp_path: 
     app = _app()
     group = typer.main.get_command(app)
     options = {name: {p.name: p.default for p in group.commands[name].params} for name in ("train", "sweep")}  # type: ignore[attr-defined]
-    own = {"train": {"method", "rank"}, "sweep": {"method", "ranks"}}
+    own = {"train": {"method", "rank"},
+           "sweep": {"method", "ranks", "ray", "ray_address", "ray_cpus_per_run", "ray_gpus_per_run"}}  # fmt: skip
     assert {k: v for k, v in options["train"].items() if k not in own["train"]} == {
         k: v for k, v in options["sweep"].items() if k not in own["sweep"]}  # fmt: skip
     assert options["sweep"]["checkpoint_every"] == options["train"]["checkpoint_every"] == 100

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 from intrudim.analysis.config import AnalyzeConfig
 from intrudim.errors import InvalidConfigError
+from intrudim.ray_runtime import address_problem
+from intrudim.spectral.prediction import DEFAULT_PRESSURE_THRESHOLD
 
-PRESSURE_THRESHOLD = 1.0
-"""A matrix is *predicted* intruder-prone when σ₁(ΔW)/σ_k(W₀) > 1.0 (beyond the paper; Sec. 5's toy model).
-Fitted over the runs of a training sweep: precision 0.76, recall 0.47 against the intruders found."""
+PRESSURE_THRESHOLD = DEFAULT_PRESSURE_THRESHOLD
+"""A matrix is *predicted* intruder-prone when σ₁(ΔW)/σ_k(W₀) > 1.0 (beyond the paper; Sec. 5's toy model);
+`intrudim predict` refits it over training runs (docs/scan.md)."""
 
 DEFAULT_MAX_RETRIES = 3
 """Ray re-runs a unit whose worker or node died this many times (finished units are never re-run)."""
@@ -38,13 +40,8 @@ class ScanConfig:
             raise InvalidConfigError(f"engine must be 'local' or 'ray'; got {self.engine!r}.")
         if self.ray_address is not None and self.engine != "ray":
             raise InvalidConfigError("ray_address needs engine='ray' (the CLI's --ray-address sets both).")
-        if self.ray_address is not None:
-            host, _, port = self.ray_address.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise InvalidConfigError(
-                    f"--ray-address must be HOST:PORT (the head node's GCS address that `ray start --head` prints, "
-                    f"e.g. 10.0.0.5:6379); got {self.ray_address!r}."
-                )
+        if self.ray_address is not None and (problem := address_problem(self.ray_address)):
+            raise InvalidConfigError(problem)
         if self.ray_cpus is not None and (isinstance(self.ray_cpus, bool) or self.ray_cpus < 1):
             raise InvalidConfigError(
                 f"ray_cpus (--workers) must be a positive integer; got {self.ray_cpus!r}."

@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import Environment, select_autoescape
 
 from intrudim.fileio import write_text_atomic
+from intrudim.spectral.prediction import is_predicted
 
 ROW_KEYS = (
     "tuned", "name", "kind", "total_intruders", "matrices_analysed", "matrices_with_intruders", "energy_share",
@@ -59,10 +60,6 @@ def error_row(tuned: str, name: str, error: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
     row.update(tuned=tuned, name=name, predicted=[], found=[], resumed=False, error=error)
     return row
-
-
-def is_predicted(pressure: float | None, threshold: float) -> bool:
-    return pressure is not None and pressure > threshold
 
 
 def prediction_summary(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:

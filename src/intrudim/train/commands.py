@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from intrudim.errors import IntrudimError
+from intrudim.spectral.prediction import DEFAULT_PRESSURE_THRESHOLD
 
 Model = Annotated[str, typer.Option("--model", help="'minilm' or 'smollm2' (embedded) or a local Hugging Face model folder.")]
 ObjectiveOpt = Annotated[str, typer.Option("--objective", help="auto (causal LMs as language models, others with a classification head), classification, or causal-lm.")]
@@ -184,16 +185,31 @@ def tasks_command(
         Console().print("--describe adds each task's source and description; --json has everything.", highlight=False)
 
 
-def _sweep(*, out: Path, ranks: str, method: str, **options: object) -> None:
+def _ray_options(ray: bool, ray_address: str | None, cpus_per_run: int, gpus_per_run: float):  # -> RaySweepOptions | None
+    from intrudim.train.ray_sweep import RaySweepOptions
+
+    if ray and ray_address is not None:
+        raise IntrudimError("Give --ray (a local Ray runtime) or --ray-address HOST:PORT (a cluster), not both.")
+    if not ray and ray_address is None:
+        if cpus_per_run != 1 or gpus_per_run:
+            raise IntrudimError("--ray-cpus-per-run and --ray-gpus-per-run size Ray tasks: add --ray or --ray-address.")
+        return None
+    return RaySweepOptions(address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+
+
+def _sweep(*, out: Path, ranks: str, method: str, ray: bool, ray_address: str | None, ray_cpus_per_run: int,
+           ray_gpus_per_run: float, **options: object) -> None:  # fmt: skip
     from intrudim.train.sweep import parse_ranks, rank_sweep
 
     try:
         if method not in ("lora", "lora-b-only"):
             raise IntrudimError(f"--method {method!r}: a sweep's rank runs use lora or lora-b-only; add 'full' to --ranks.")
         config = _config(method=method, **options)
+        engine = _ray_options(ray, ray_address, ray_cpus_per_run, ray_gpus_per_run)
         result = rank_sweep(config, out, parse_ranks(ranks), resume=bool(options["resume"]),
                             overwrite=bool(options["overwrite"]), progress=not options["quiet"],
-                            figures=bool(options["figures"]), cache_dir=options["cache_dir"])  # type: ignore[arg-type]  # fmt: skip
+                            figures=bool(options["figures"]), cache_dir=options["cache_dir"],  # type: ignore[arg-type]
+                            ray=engine)  # fmt: skip
     except IntrudimError as error:
         raise _fail(error) from None
     table = Table(title=f"rank sweep: {options['task']}")
@@ -203,7 +219,63 @@ def _sweep(*, out: Path, ranks: str, method: str, **options: object) -> None:
         accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
         table.add_row(row["run"], str(row["steps"]), accuracy, str(row["reached_target"]), str(row["intruders"]))
     Console(stderr=True).print(table)
+    if result.prediction is not None:
+        _print_prediction(result.prediction, Console(stderr=True))
     Console(stderr=True).print(f"Sweep directory: {result.out_dir}", highlight=False)
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_prediction(report: dict[str, object], console: Console) -> None:
+    """The prediction report in a few lines: default and fitted threshold, then where it fails."""
+
+    def line(label: str, score: dict[str, object]) -> str:
+        return (f"{label} {score['threshold']:.3g}: precision {_fmt(score['precision'])}, recall "
+                f"{_fmt(score['recall'])} ({score['predicted_and_found']} of {score['predicted']} predicted, "
+                f"{score['found']} with intruders)")  # fmt: skip
+
+    console.print(f"Intruder pressure σ₁(ΔW)/σ_k(W₀) as a prediction, over {report['observations']} tracked matrices "
+                  f"of {report['runs']} run{'s' if report['runs'] != 1 else ''}:", highlight=False)  # fmt: skip
+    console.print("  " + line("threshold", report["default"]), highlight=False)  # type: ignore[arg-type]
+    if report["fitted"] is not None:
+        console.print("  " + line("fitted   ", report["fitted"]) + " (in-sample)", highlight=False)  # type: ignore[arg-type]
+    held_out = report.get("held_out")
+    if held_out is not None:
+        low, high = held_out["thresholds"]  # type: ignore[index]
+        console.print(f"  held out (leave one run out, thresholds {low:.3g}–{high:.3g}): "
+                      f"precision {_fmt(held_out['precision'])}, recall {_fmt(held_out['recall'])}",  # type: ignore[index]
+                      highlight=False)  # fmt: skip
+    for note in report["failure_notes"]:  # type: ignore[attr-defined]
+        console.print(f"  {note}", highlight=False)
+
+
+def predict_command(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders (`train --out`) and sweep folders (`sweep --out`).")],
+    threshold: Annotated[float, typer.Option("--threshold", help="The threshold to score (the default prediction).")] = DEFAULT_PRESSURE_THRESHOLD,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON on stdout.")] = False,
+) -> None:
+    """How well intruder pressure σ₁(ΔW)/σ_k(W₀) predicts intruders over training runs: precision and recall at
+    --threshold, the refitted threshold, and where the prediction fails (from the runs' tracked checkpoints)."""
+    from intrudim.train.prediction import observations, prediction_report
+
+    try:
+        if not threshold > 0:
+            raise IntrudimError(f"--threshold must be > 0; got {threshold}.")
+        tracked = observations(paths)
+        if not tracked:
+            raise IntrudimError(
+                "No tracked intruder pressure in these runs: train with tracking on (the default; not --no-track) "
+                "and checkpoints (--checkpoint-every N); runs trained before intrudim recorded pressure have none."
+            )
+    except IntrudimError as error:
+        raise _fail(error) from None
+    report = prediction_report(tracked, threshold)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_prediction(report, Console(stderr=True))
 
 
 sweep_command = _command("sweep_command", [
@@ -212,14 +284,23 @@ sweep_command = _command("sweep_command", [
             "1,2,4,8,16,64,full"),
     _option("method", Annotated[str, typer.Option("--method", help="LoRA variant of the rank runs: lora or lora-b-only.")],
             "lora"),
+    _option("ray", Annotated[bool, typer.Option("--ray", help="Run the runs as tasks on a local Ray runtime (pip install "
+                                                               "'intrudim[ray]').")], False),
+    _option("ray_address", Annotated[str | None, typer.Option("--ray-address", metavar="HOST:PORT",
+                                                              help="Run the runs on an existing Ray cluster.")], None),
+    _option("ray_cpus_per_run", Annotated[int, typer.Option("--ray-cpus-per-run", help="CPUs (threads) Ray gives each "
+                                                            "run.")], 1),
+    _option("ray_gpus_per_run", Annotated[float, typer.Option("--ray-gpus-per-run", help="GPUs Ray gives each run (0: "
+                                                              "CPU only; 1: one GPU each).")], 0.0),
 ], _sweep, "The paper's rank sweep: one run per LoRA rank plus full fine-tuning, at equal target accuracy; every "
            "recipe option of `train` applies to every run.")  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``tasks`` and ``sweep`` to ``app``."""
+    """Add ``train``, ``tasks``, ``sweep`` and ``predict`` to ``app``."""
     from intrudim.cli import PlainHelpCommand
 
     app.command("train", cls=PlainHelpCommand)(train_command)
     app.command("tasks", cls=PlainHelpCommand)(tasks_command)
     app.command("sweep", cls=PlainHelpCommand)(sweep_command)
+    app.command("predict", cls=PlainHelpCommand)(predict_command)

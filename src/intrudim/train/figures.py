@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from intrudim.fileio import atomic_path
+from intrudim.spectral.prediction import DEFAULT_PRESSURE_THRESHOLD
 
 
 def _pyplot() -> Any:
@@ -83,10 +84,83 @@ def intruders_over_steps(records: list[dict[str, Any]], destination: Path) -> Pa
     return destination
 
 
+PRESSURE_LINES = 6  # matrices drawn in pressure_over_steps: the highest final pressures
+
+
+def pressure_over_steps(records: list[dict[str, Any]], destination: Path, threshold: float = DEFAULT_PRESSURE_THRESHOLD) -> Path | None:
+    """Intruder pressure σ₁(ΔW)/σ_k(W₀) over steps for the matrices with the highest final pressure; a filled
+    marker where the matrix had an intruder at that checkpoint, the prediction threshold dashed."""
+    tracked = _tracked(records)
+    if len(tracked) < 2 or not any("intruder_pressure" in m for m in tracked[-1][1]["matrices"]):
+        return None
+    last = [m for m in tracked[-1][1]["matrices"] if m.get("intruder_pressure")]
+    if not last:
+        return None
+    names = [m["name"] for m in sorted(last, key=lambda m: -m["intruder_pressure"])[:PRESSURE_LINES]]
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7.5, 4.0))
+    for index, name in enumerate(names):
+        series = [(step, m) for step, record in tracked for m in record["matrices"]
+                  if m["name"] == name and m.get("intruder_pressure")]  # fmt: skip
+        colour = f"C{index}"
+        axis.plot([step for step, _ in series], [m["intruder_pressure"] for _, m in series], color=colour, label=name)
+        hit = [(step, m["intruder_pressure"]) for step, m in series if m["intruders"]]
+        if hit:
+            axis.scatter(*zip(*hit, strict=True), color=colour, s=28, zorder=3)
+    axis.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    axis.set_yscale("log")
+    axis.set(xlabel="step", ylabel="intruder pressure σ₁(ΔW)/σ_k(W₀)",
+             title="Pressure over training (filled: the matrix has an intruder)")  # fmt: skip
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    _save(figure, destination)
+    plt.close(figure)
+    return destination
+
+
+def pressure_figure(observations: list[Any], report: dict[str, Any], destination: Path) -> Path | None:
+    """Intruder pressure σ₁(ΔW)/σ_k(W₀) (log x) against the alignment of ΔW's top direction with the base's top-k
+    space, one point per tracked (run, step, matrix): red with intruders, grey without; the default threshold
+    dashed, the fitted one solid."""
+    points = [o for o in observations if o.pressure is not None and o.pressure > 0 and o.alignment is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for has, colour, label in ((False, "tab:gray", "no intruder"), (True, "tab:red", "intruders")):
+        group = [o for o in points if bool(o.intruders) == has]
+        if group:
+            axis.scatter([o.pressure for o in group], [o.alignment for o in group], s=10, alpha=0.6, color=colour,
+                         label=f"{label} ({len(group)})")  # fmt: skip
+    default = report["default"]
+    axis.axvline(default["threshold"], color="black", linestyle="--", linewidth=1,
+                 label=f"threshold {default['threshold']:g}: {_pr(default)}")  # fmt: skip
+    fitted = report.get("fitted")
+    if fitted is not None and isinstance(fitted["threshold"], float):
+        axis.axvline(fitted["threshold"], color="tab:blue", linewidth=1.2,
+                     label=f"fitted {fitted['threshold']:.3g}: {_pr(fitted)}")  # fmt: skip
+    axis.set_xscale("log")
+    axis.set(xlabel="intruder pressure σ₁(ΔW)/σ_k(W₀)", ylabel="alignment of ΔW's top direction with top-k(W₀)",
+             ylim=(-0.02, 1.02), title="Predicting intruder-prone matrices")  # fmt: skip
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    figure.tight_layout()
+    _save(figure, destination)
+    plt.close(figure)
+    return destination
+
+
+def _pr(score: dict[str, Any]) -> str:
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    return f"precision {fmt(score['precision'])}, recall {fmt(score['recall'])}"
+
+
 def write_run_figures(records: list[dict[str, Any]], figures_dir: Path) -> list[Path]:
     """Every figure the records allow, under ``figures_dir``."""
     written = [
         training_curves(records, figures_dir / "training_curves.png"),
         intruders_over_steps(records, figures_dir / "intruders_over_steps.png"),
+        pressure_over_steps(records, figures_dir / "pressure_over_steps.png"),
     ]
     return [path for path in written if path is not None]

@@ -16,6 +16,9 @@ from intrudim.errors import IntrudimError
 from intrudim.fileio import atomic_path, ensure_writable_directory, write_json_atomic
 from intrudim.train.config import TrainConfig
 from intrudim.train.engine import TrainResult, train
+from intrudim.train.figures import pressure_figure
+from intrudim.train.prediction import observations, prediction_report
+from intrudim.train.ray_sweep import RaySweepOptions, describe_options
 
 PAPER_RANKS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 64, "full")
 """App. A sweeps {1, 2, 4, 8, 16, 64, 768} and full FT; 768 is RoBERTa's width (MiniLM's is 384)."""
@@ -46,6 +49,7 @@ def run_name(rank: int | str) -> str:
 class SweepResult:
     out_dir: Path
     runs: dict[str, TrainResult]
+    prediction: dict[str, Any] | None = None  # intrudim.train.prediction.prediction_report over the runs
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -103,12 +107,14 @@ def rank_sweep(
     progress: bool = True,
     figures: bool = True,
     cache_dir: str | Path | None = None,
+    ray: RaySweepOptions | None = None,
 ) -> SweepResult:
     """Train ``base_config`` once per rank (``"full"`` = full fine-tuning) into ``out_dir/r-<rank>``, ``out_dir/full``.
 
-    Writes ``sweep.json`` (steps, accuracy, intruders per run) and ``figures/intruders_by_rank.png``.
-    With ``resume``, finished runs are kept and an interrupted one continues. The runs share one base-SVD cache,
-    ``cache_dir`` (default ``out_dir/svd_cache``).
+    Writes ``sweep.json`` (steps, accuracy, intruders per run, and how well intruder pressure predicted the
+    intruders, :mod:`intrudim.train.prediction`) and ``figures/``. With ``resume``, finished runs are kept and an
+    interrupted one continues. The runs share one base-SVD cache, ``cache_dir`` (default ``out_dir/svd_cache``).
+    ``ray``: run the runs as Ray tasks (:mod:`intrudim.train.ray_sweep`) instead of one after the other here.
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -121,22 +127,67 @@ def rank_sweep(
             raise IntrudimError(f"--overwrite refused: '{out}' is not an intrudim sweep (no {SWEEP_FILE}); choose another --out.")
         shutil.rmtree(out)
     ensure_writable_directory(out)
+    cache = Path(cache_dir) if cache_dir is not None else out / "svd_cache"
+    engine = {"engine": "local"} if ray is None else describe_options(ray)
     runs: dict[str, TrainResult] = {}
-    write_json_atomic(out / SWEEP_FILE, {"ranks": list(ranks), "config": base_config.to_json(), "runs": []})
+
+    def record(name: str, done: TrainResult) -> None:
+        runs[name] = done
+        ordered = {run_name(rank): runs[run_name(rank)] for rank in ranks if run_name(rank) in runs}
+        write_json_atomic(out / SWEEP_FILE, {"ranks": list(ranks), "config": base_config.to_json(), **engine,
+                                             "runs": SweepResult(out, ordered).rows()})  # fmt: skip
+
+    write_json_atomic(out / SWEEP_FILE, {"ranks": list(ranks), "config": base_config.to_json(), **engine, "runs": []})
+    todo: list[tuple[str, TrainConfig, Path]] = []
     for rank in ranks:
         name = run_name(rank)
-        run_dir = out / name
-        done = _completed(run_dir) if resume else None
-        if done is None:
-            done = train(
-                _config_for(base_config, rank), run_dir, resume=resume and (run_dir / "config.json").exists(),
-                progress=progress, cache_dir=Path(cache_dir) if cache_dir is not None else out / "svd_cache",
-                figures=figures,
-            )  # fmt: skip
-        runs[name] = done
-        result = SweepResult(out, dict(runs))
-        write_json_atomic(out / SWEEP_FILE, {"ranks": list(ranks), "config": base_config.to_json(), "runs": result.rows()})
-    result = SweepResult(out, runs)
+        done = _completed(out / name) if resume else None
+        if done is not None:
+            record(name, done)
+        else:
+            todo.append((name, _config_for(base_config, rank), out / name))
+    if ray is None:
+        for name, config, run_dir in todo:
+            record(name, train(config, run_dir, resume=resume and (run_dir / "config.json").exists(),
+                               progress=progress, cache_dir=cache, figures=figures))  # fmt: skip
+    elif todo:
+        _on_ray(todo, cache, ray, figures, record, progress)
+    runs = {run_name(rank): runs[run_name(rank)] for rank in ranks}
+    tracked = observations([result.run_dir for result in runs.values()])
+    result = SweepResult(out, runs, prediction_report(tracked) if tracked else None)
+    write_json_atomic(out / SWEEP_FILE, {"ranks": list(ranks), "config": base_config.to_json(), **engine,
+                                         "runs": result.rows(), "prediction": result.prediction})  # fmt: skip
     if figures:
         _sweep_figure(result, out / "figures" / "intruders_by_rank.png")
+        if result.prediction is not None:
+            pressure_figure(tracked, result.prediction, out / "figures" / "pressure_vs_intruders.png")
     return result
+
+
+def _on_ray(todo: list[tuple[str, TrainConfig, Path]], cache: Path, options: RaySweepOptions, figures: bool,
+            record, progress: bool) -> None:  # fmt: skip
+    """The runs of ``todo`` as Ray tasks; a line on stderr as each finishes (and every minute while they run)."""
+    from rich.console import Console
+
+    from intrudim.plain_progress import PlainProgress
+    from intrudim.train.ray_sweep import run_sweep_on_ray
+
+    console = Console(stderr=True)
+    lines = PlainProgress(console, "sweep on Ray", every=60.0)
+    finished: list[str] = []
+
+    def done(name: str, result: TrainResult) -> None:
+        record(name, result)
+        finished.append(name)
+        if progress:
+            lines(f"{name} finished ({result.message}); {len(finished)}/{len(todo)} runs done, "
+                  f"{lines.elapsed:.0f} s", force=True)  # fmt: skip
+
+    def waiting(running: list[str], seconds: float) -> None:
+        if progress:
+            lines(f"{len(finished)}/{len(todo)} runs done, waiting for {', '.join(running)} ({seconds:.0f} s)")
+
+    if progress:
+        lines(f"{len(todo)} runs as Ray tasks ({', '.join(name for name, _, _ in todo)}), "
+              f"{options.cpus_per_run} CPU and {options.gpus_per_run:g} GPU each", force=True)  # fmt: skip
+    run_sweep_on_ray(todo, cache, options, figures=figures, on_done=done, on_wait=waiting)

@@ -7,13 +7,16 @@ SVDs are cached on disk after the first checkpoint; LoRA checkpoints are analyse
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 
 def intruder_summary(result: Any) -> dict[str, Any]:
-    """The per-checkpoint record written to metrics.jsonl: totals, and per matrix ranks, σ and max |cos|."""
+    """The per-checkpoint record written to metrics.jsonl: totals, and per matrix ranks, σ, max |cos| and the
+    intruder pressure σ₁(ΔW)/σ_k(W₀) with the update's alignment (tracked so that a sweep can fit and score the
+    prediction, :mod:`intrudim.train.prediction`)."""
     matrices = []
     for matrix in result.matrices:
         matrices.append(
@@ -24,9 +27,16 @@ def intruder_summary(result: Any) -> dict[str, Any]:
                 "singular_values": [float(value) for value in _as_list(matrix.singular_values)],
                 "max_abs_cos": [float(value) for value in _as_list(matrix.max_abs_cos)],
                 "effective_rank_delta": matrix.effective_rank_delta,
+                "intruder_pressure": _finite_or_none(matrix.intruder_pressure),
+                "update_alignment": matrix.update_alignment,
             }
         )
     return {"total_intruders": int(result.total_intruders), "matrices": matrices}
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no infinity: a pressure over a zero base σ_k is recorded as None (not measured)."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _as_list(values: Any) -> list[Any]:
