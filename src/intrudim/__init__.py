@@ -7,11 +7,23 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import gc as _gc
+
 from intrudim.threads import prefer_passive_openmp
 
 prefer_passive_openmp()  # before torch loads OpenMP: no spin-waiting on shared cores (intrudim.threads)
 
-from intrudim.analyze import AnalysisResult, AnalyzeConfig, MatrixResult, analyze  # noqa: E402
-from intrudim.errors import IntrudimError  # noqa: E402
+# Importing torch and scipy creates some 200 000 container objects, none of them garbage; the cyclic collector's passes
+# over them while they are created cost ~0.2-0.3 s of CPU per process (benchmarks/bench_end_to_end.py). Collection resumes
+# (as it was) once the imports are done.
+_collecting = _gc.isenabled()
+_gc.disable()
+try:
+    from intrudim.analyze import AnalysisResult, AnalyzeConfig, MatrixResult, analyze  # noqa: E402
+    from intrudim.errors import IntrudimError  # noqa: E402
+finally:
+    if _collecting:
+        _gc.enable()
+    del _collecting
 
 __all__ = ["AnalysisResult", "AnalyzeConfig", "IntrudimError", "MatrixResult", "analyze", "__version__"]

@@ -6,6 +6,7 @@ Errors meant for people (:class:`~intrudim.errors.IntrudimError`) are printed as
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -108,12 +109,17 @@ def analyze(
     effective_rank: Annotated[bool, typer.Option("--effective-rank/--no-effective-rank",
                               help="Effective rank of ΔW (Fig. 6); for dense models it needs all singular values of ΔW.")] = True,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading .bin/.pt pickle checkpoints (they can run code: only for files you trust).")] = False,
+    threads: Annotated[int | None, typer.Option(metavar="N", help="Run torch and numpy/scipy BLAS on at most N threads (default: torch on every core for the large SVDs, BLAS on one for the small products).")] = None,
 ) -> None:
     """Count intruder dimensions of TUNED against BASE, per matrix (Sec. 3–4, Figs. 1–6, 11)."""
     from intrudim.analyze import AnalyzeConfig
     from intrudim.analyze import analyze as run_analysis
 
     def work() -> None:
+        if threads is not None:
+            from intrudim.threads import limit_threads
+
+            limit_threads(threads)
         config = AnalyzeConfig(
             k=k, epsilon=epsilon, modules=modules, include_embeddings=include_embeddings,
             include_heads=include_heads, k_sweep=k_sweep, method=method, device=device,
@@ -322,6 +328,9 @@ _register_training_commands()
 
 
 def main() -> None:
+    # Everything imported so far (torch alone: some 200 000 container objects) lives until the process ends: keep it
+    # out of the cyclic collector's passes, and above all out of the full collection at exit (~0.4 s of CPU per command).
+    gc.freeze()
     quiet_libraries()
     app()
 

@@ -40,6 +40,25 @@ def prefer_passive_openmp() -> bool:
     return "torch" not in sys.modules
 
 
+def limit_threads(threads: int) -> None:
+    """At most ``threads`` threads for torch and for numpy/scipy's BLAS, for the rest of the process (``--threads``).
+
+    The limit of :func:`analysis_threads` (one BLAS thread for the small products) still applies within it.
+    """
+    from intrudim.errors import InvalidConfigError
+
+    if threads < 1:
+        raise InvalidConfigError(f"--threads must be at least 1; got {threads}.")
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a dependency; without it only torch is limited
+        return
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 def small_blas_threads() -> int:
     """Threads for numpy/scipy BLAS during matrix analysis: 1, or ``$INTRUDIM_BLAS_THREADS``."""
     value = os.environ.get(BLAS_THREADS_ENV, "").strip()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, svds
 
 # Below this many rows/columns a dense LAPACK SVD beats ARPACK's iteration overhead.
 DENSE_SVD_MAX_DIM = 160
@@ -96,6 +95,10 @@ def _arpack_top_k(
     matvec, rmatvec, shape: tuple[int, int], k: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k singular triplets of an implicit float64 operator with ARPACK (Lanczos), σ descending."""
+    # Imported here: scipy.sparse.linalg costs ~0.2 s of CPU to import, and only Lanczos needs it (`intrudim --help`
+    # and every command that runs no Lanczos top-k never import it).
+    from scipy.sparse.linalg import LinearOperator, svds
+
     operator = LinearOperator(shape, matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
     # A fixed start vector makes results reproducible run to run.
     v0 = np.random.default_rng(seed).standard_normal(min(shape))
