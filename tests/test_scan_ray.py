@@ -197,7 +197,7 @@ def test_sweep_on_cluster_equals_in_process(trainable_bert, cluster, tmp_path):
         return [{k: v for k, v in row.items() if k != "run_dir"} for row in document["runs"]]
 
     assert numbers(on_ray) == numbers(here) and [r["run"] for r in on_ray["runs"]] == ["r-2", "full"]
-    assert on_ray["prediction"]["observations"] == here["prediction"]["observations"] == 2 * 3 * 12
+    assert on_ray["prediction"]["observations"] == here["prediction"]["observations"] == 2 * 2 * 12  # steps 2, 4
     for run, weights in (("r-2", "adapter_model.safetensors"), ("full", "model.safetensors")):
         a, b = (load_file(str(tmp_path / name / run / "final" / weights)) for name in ("ray", "local"))
         assert a.keys() == b.keys()

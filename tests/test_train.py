@@ -20,6 +20,7 @@ from conftest import dense_reference
 from safetensors.torch import load_file
 
 from intrudim.errors import IntrudimError
+from intrudim.spectral.prediction import DEFAULT_PRESSURE_THRESHOLD
 from intrudim.tasks.generated import generated_task_specs
 from intrudim.train import TrainConfig, rank_sweep, read_metrics, train
 from intrudim.train.config import EMBEDDED_FULL_FT_LR, PAPER_FULL_FT_LR
@@ -366,15 +367,17 @@ def test_predict_scores_the_tracked_pressure_of_runs(lora_run: tuple[TrainConfig
     from intrudim.spectral.prediction import score_threshold
 
     _, out = lora_run
-    tracked = [m for r in read_metrics(out) if r["event"] in ("checkpoint", "final") for m in r["intruders"]["matrices"]]
+    records = [r for r in read_metrics(out) if r["event"] in ("checkpoint", "final")]
+    assert [r["step"] for r in records] == [4, 8, 12, 12]  # the final weights are step 12's: counted once
+    tracked = [m for r in records[:2] + records[3:] for m in r["intruders"]["matrices"]]
     result = CliRunner().invoke(_app(), ["predict", str(out), "--threshold", "0.5", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["observations"] == len(tracked) == 48 and report["runs"] == 1
+    assert report["observations"] == 36 and report["runs"] == 1  # steps 4, 8, 12 (the final weights are step 12)
     expected = score_threshold([m["intruder_pressure"] for m in tracked], [m["intruders"] > 0 for m in tracked], 0.5)
     assert report["default"] == expected.to_json()
     text = CliRunner().invoke(_app(), ["predict", str(out)])
-    assert text.exit_code == 0 and "over 48 tracked matrices of 1 run:" in " ".join(text.output.split())
+    assert text.exit_code == 0 and "over 36 tracked matrices of 1 run:" in " ".join(text.output.split())
     for bad, message in ((tmp_path / "missing", "does not exist"), (tmp_path, "neither a training run folder")):
         refused = CliRunner().invoke(_app(), ["predict", str(bad)])
         assert refused.exit_code == 2 and message in refused.output and "Traceback" not in refused.output
@@ -551,7 +554,7 @@ def test_rank_sweep_runs_each_rank_and_full(tiny_bert: Path, tmp_path: Path) -> 
     assert (tmp_path / "sweep" / "figures" / "intruders_by_rank.png").is_file()
     prediction = summary["prediction"]  # the final weights of 3 runs x 12 matrices, pressure against intruders
     assert prediction["observations"] == 36 and prediction["runs"] == 3 and len(prediction["per_run"]) == 3
-    assert prediction["default"]["threshold"] == 1.0
+    assert prediction["default"]["threshold"] == DEFAULT_PRESSURE_THRESHOLD
     finals = [next(r for r in read_metrics(tmp_path / "sweep" / run) if r["event"] == "final") for run in result.runs]
     with_intruders = sum(m["intruders"] > 0 for r in finals for m in r["intruders"]["matrices"])
     assert prediction["default"]["found"] == with_intruders

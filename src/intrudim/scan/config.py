@@ -10,8 +10,8 @@ from intrudim.ray_runtime import address_problem
 from intrudim.spectral.prediction import DEFAULT_PRESSURE_THRESHOLD
 
 PRESSURE_THRESHOLD = DEFAULT_PRESSURE_THRESHOLD
-"""A matrix is *predicted* intruder-prone when σ₁(ΔW)/σ_k(W₀) > 1.0 (beyond the paper; Sec. 5's toy model);
-`intrudim predict` refits it over training runs (docs/scan.md)."""
+"""A matrix is *predicted* intruder-prone when σ₁(ΔW)/σ_k(W₀) > 0.85 (beyond the paper; Sec. 5's toy model,
+refitted over training runs: :data:`intrudim.spectral.prediction.DEFAULT_PRESSURE_THRESHOLD`)."""
 
 DEFAULT_MAX_RETRIES = 3
 """Ray re-runs a unit whose worker or node died this many times (finished units are never re-run)."""

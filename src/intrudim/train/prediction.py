@@ -77,9 +77,10 @@ def _describe(run_dir: Path) -> tuple[str, int | None, int | None]:
 def observations(paths: Iterable[str | Path]) -> list[Observation]:
     """Every tracked (run, step, matrix) of the run and sweep folders ``paths`` that has a pressure record.
 
-    Runs trained before pressure was tracked contribute nothing (their records lack ``intruder_pressure``).
+    Runs trained before pressure was tracked contribute nothing (their records lack ``intruder_pressure``). The
+    final weights are usually the last checkpoint's too: a (run, step, matrix) is counted once, as its last record.
     """
-    result: list[Observation] = []
+    result: dict[tuple[str, int, str], Observation] = {}
     for run_dir in _run_dirs(paths):
         method, rank, seed = _describe(run_dir)
         for line in (run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines():
@@ -93,12 +94,14 @@ def observations(paths: Iterable[str | Path]) -> list[Observation]:
             for matrix in tracked.get("matrices", []):
                 if "intruder_pressure" not in matrix:
                     continue
-                result.append(Observation(
+                key = (str(run_dir), int(record["step"]), matrix["name"])
+                result.pop(key, None)  # re-inserted last: the order stays that of the records
+                result[key] = Observation(
                     run=str(run_dir), method=method, rank=rank, seed=seed, step=int(record["step"]),
                     event=record["event"], matrix=matrix["name"], pressure=matrix["intruder_pressure"],
                     alignment=matrix.get("update_alignment"), intruders=int(matrix["intruders"]),
-                ))  # fmt: skip
-    return result
+                )  # fmt: skip
+    return list(result.values())
 
 
 def _score(obs: Sequence[Observation], threshold: float) -> dict[str, Any]:
