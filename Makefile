@@ -30,7 +30,7 @@ demo: install
 
 # The whole suite, slow science checks included (what CI runs; under 30 minutes on 2 cores).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Day-to-day: everything but the tests marked slow.
 test-fast: install
