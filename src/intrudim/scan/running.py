@@ -46,7 +46,8 @@ class ScanResult:
 
     document: dict[str, Any]
     paths: dict[str, Path] = field(default_factory=dict)
-    analyses: dict[int, AnalysisResult] = field(default_factory=dict)  # input index -> analysis (this run's)
+    # input index -> analysis (this run's), only with scan(..., keep_analyses=True): every input's is on disk
+    analyses: dict[int, AnalysisResult] = field(default_factory=dict)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -63,11 +64,15 @@ def scan(
     cache_dir: str | Path | None = None,
     progress: bool | ProgressCallback = False,
     command: str = "",
+    keep_analyses: bool = False,
 ) -> ScanResult:
     """Analyse every TUNED input against BASE; write OUT/runs/<name>/ (as `analyze --out`) and the leaderboard.
 
     ``pattern``: a glob whose matches are scanned after ``tuned``. ``cache_dir``: the base SVD cache shared by
     every unit (default OUT/svd_cache). With ``config.resume`` inputs finished in OUT are read back, not redone.
+    ``keep_analyses``: also return every input's :class:`AnalysisResult` in ``ScanResult.analyses``. Off by
+    default: once an input's files and row are written its analysis is dropped, so that memory does not grow
+    with the number of inputs (issue 15); ``OUT/runs/<name>/analysis.json`` holds all of it.
     """
     config = config or ScanConfig()
     analysis = config.analysis
@@ -97,7 +102,7 @@ def scan(
 
     base_units = base_units_of(planned)
     matrix_units = [MatrixUnit(item.index, item.tuned, job) for item in planned for job in item.jobs]
-    collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command)
+    collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command, keep_analyses)
     total = len(base_units) + len(matrix_units) + len(planned)  # + one report unit per input
     reporter = make_reporter(progress, total, "scan", what="units")
     finished = 0
@@ -198,10 +203,11 @@ class _Collector:
     failed unit gets the error in its row."""
 
     def __init__(self, planned: list[PlannedInput], out_dir: Path, threshold: float, rows: dict[int, dict[str, Any]],
-                 command: str) -> None:  # fmt: skip
+                 command: str, keep_analyses: bool = False) -> None:  # fmt: skip
         self.planned = {item.index: item for item in planned}
         self.outcomes: dict[int, dict[str, UnitOutcome]] = {item.index: {} for item in planned}
         self.out_dir, self.threshold, self.rows, self.command = out_dir, threshold, rows, command
+        self.keep_analyses = keep_analyses
         self.analyses: dict[int, AnalysisResult] = {}
         self.reports_dropped = 0  # inputs with a failed matrix unit: no report unit runs for them
 
@@ -215,7 +221,8 @@ class _Collector:
                     item.tuned, item.name, outcome.error or "no analysis came back"
                 )
             else:
-                self.analyses[item.index] = outcome.analysis
+                if self.keep_analyses:
+                    self.analyses[item.index] = outcome.analysis
                 self.rows[item.index] = row_from_analysis(item.tuned, item.name, outcome.analysis.to_json(),
                                                           self.threshold, resumed=False)  # fmt: skip
             return []

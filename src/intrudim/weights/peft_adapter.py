@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from intrudim.errors import CorruptFileError, IntrudimError
 from intrudim.weights.sources import _safe_open
@@ -140,9 +141,19 @@ class LoraAdapter:
         )
 
     def _load(self, key: str) -> torch.Tensor:
+        """Read one factor. The file is opened for this read only (the long-lived handle reads the header): a
+        memory map kept open keeps every page read so far resident, so memory would grow with the number of
+        layers (issue 15; as :meth:`~intrudim.weights.sources.WeightSource.load` reads base weights)."""
         if "state" in self._tensors:
             return self._tensors["state"][key]
-        return self._tensors["handle"].get_tensor(key)
+        file = self._tensors["file"]
+        try:
+            with _safe_open(file) as handle:
+                return handle.get_tensor(key)
+        except SafetensorError as exc:
+            raise CorruptFileError(
+                f"Cannot read tensor '{key}' from adapter '{file}': {exc}. The file may be truncated or corrupt."
+            ) from None
 
     def _shape(self, key: str) -> tuple[int, ...]:
         if "state" in self._tensors:
