@@ -585,6 +585,14 @@ def test_cli_train_and_errors(tiny_bert: Path, tmp_path: Path) -> None:
     stored = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert (stored["alpha"], stored["alpha_rule"], stored["max_steps"], stored["checkpoint_every"]) == (4.0, "fixed", 3, None)
     assert (stored["schedule"], stored["max_grad_norm"]) == ("constant", None)  # 0 means no clipping
+    import torch
+
+    if not torch.cuda.is_available():  # this machine: `--device cuda` is refused before anything is written
+        cuda = runner.invoke(_app(), ["train", *common, "--device", "cuda", "--out", str(tmp_path / "gpu")])
+        assert cuda.exit_code == 2 and "no CUDA GPU is available here" in " ".join(cuda.output.split())
+        assert not (tmp_path / "gpu").exists()
+    on_cpu = runner.invoke(_app(), ["train", *common, "--device", "cpu", "--rank", "2", "--out", str(tmp_path / "cpu")])
+    assert on_cpu.exit_code == 0, on_cpu.output
     assert not (tmp_path / "cli" / "checkpoints").exists()
     again = runner.invoke(_app(), ["train", *common, "--out", str(tmp_path / "cli")])
     assert again.exit_code == 2 and "already exists" in again.output
@@ -607,6 +615,8 @@ def test_cli_sweep_ray_options_are_checked_before_anything_runs(tiny_bert: Path,
         (["--ray-cpus-per-run", "2"], "add --ray or --ray-address"),
         (["--ray-address", "headnode"], "--ray-address must be HOST:PORT"),
         (["--ray", "--ray-cpus-per-run", "0"], "--ray-cpus-per-run must be at least 1"),
+        (["--device", "tpu"], "--device 'tpu' is unknown for training"),
+        (["--ray", "--device", "tpu"], "--device 'tpu' is unknown for training"),
     ):
         result = CliRunner().invoke(_app(), [*base, *extra])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), (extra, result.output)

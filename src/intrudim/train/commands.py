@@ -49,6 +49,7 @@ CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Base-SVD cac
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+Device = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where training runs: auto (a visible GPU, else the CPU), cpu, or cuda.")]
 Figures = Annotated[bool, typer.Option("--figures/--no-figures", help="Write PNG figures into the run directory.")]
 
 
@@ -94,8 +95,9 @@ _RECIPE_OPTIONS: tuple[tuple[str, object, object], ...] = (
     ("overwrite", Overwrite, False),
     ("quiet", Quiet, False),
     ("figures", Figures, True),
+    ("device", Device, "auto"),
 )
-_RUN_OPTIONS = ("cache_dir", "resume", "overwrite", "quiet", "figures")  # how to run, not what to train
+_RUN_OPTIONS = ("cache_dir", "resume", "overwrite", "quiet", "figures", "device")  # how to run, not what to train
 _FIELD_OF_OPTION = {"k": "intruder_k", "epsilon": "intruder_epsilon", "track": "track_intruders", "steps": "max_steps"}
 
 
@@ -139,7 +141,7 @@ def _train(*, out: Path, method: str, rank: int, **options: object) -> None:
         config = _config(method=method, rank=rank, **options)
         result = train(config, out, resume=bool(options["resume"]), overwrite=bool(options["overwrite"]),
                        progress=not options["quiet"], cache_dir=options["cache_dir"],  # type: ignore[arg-type]
-                       figures=bool(options["figures"]))  # fmt: skip
+                       figures=bool(options["figures"]), device=str(options["device"]))  # fmt: skip
     except IntrudimError as error:
         raise _fail(error) from None
     console = _stderr()
@@ -209,7 +211,7 @@ def _sweep(*, out: Path, ranks: str, method: str, ray: bool, ray_address: str | 
         result = rank_sweep(config, out, parse_ranks(ranks), resume=bool(options["resume"]),
                             overwrite=bool(options["overwrite"]), progress=not options["quiet"],
                             figures=bool(options["figures"]), cache_dir=options["cache_dir"],  # type: ignore[arg-type]
-                            ray=engine)  # fmt: skip
+                            ray=engine, device=str(options["device"]))  # fmt: skip
     except IntrudimError as error:
         raise _fail(error) from None
     table = Table(title=f"rank sweep: {options['task']}")

@@ -102,6 +102,7 @@ class _Run:
     steps_per_epoch: int
     track: bool
     prompt_format: PromptFormat | None = None  # set for a causal LM trained as a language model
+    device: str = "auto"  # where training runs (accelerate), and tracking's base SVDs when "cuda"
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -178,6 +179,7 @@ def _track(run: _Run, tuned: Path, step: int, event: str, effective_rank: bool =
     record, seconds = track_intruders(
         run.base_model, tuned, k=run.config.intruder_k, epsilon=run.config.intruder_epsilon,
         cache_dir=run.cache_dir, effective_rank=effective_rank,
+        device="cuda" if run.device == "cuda" else "cpu",
     )  # fmt: skip
     run.metrics.write({"event": event, "step": step, "path": str(tuned.relative_to(run.run_dir)),
                        "intruders": record, "tracking_seconds": round(seconds, 4)})  # fmt: skip
@@ -216,10 +218,27 @@ def _stop_on_non_finite(run: _Run, state: LoopState, loss: torch.Tensor) -> None
     )
 
 
+TRAINING_DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_training_device(device: str) -> None:
+    """``device`` is one of :data:`TRAINING_DEVICES`, and "cuda" only where CUDA is available."""
+    if device not in TRAINING_DEVICES:
+        raise IntrudimError(
+            f"--device {device!r} is unknown for training; use auto (a visible GPU, else the CPU), cpu or cuda "
+            f"(pick a GPU with CUDA_VISIBLE_DEVICES)."
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise IntrudimError("--device cuda was asked for, but no CUDA GPU is available here. Use --device cpu or auto.")
+
+
 def _set_up(
-    config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, cache_dir: Path | None, progress: bool = True
+    config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, cache_dir: Path | None, progress: bool = True,
+    device: str = "auto",
 ) -> tuple[_Run, LoopState]:
     from accelerate import Accelerator
+
+    check_training_device(device)
 
     base_model = resolve_model_path(config.model, progress=progress)
     config = replace(config, objective=resolve_objective(config.objective, base_model))  # the run records which
@@ -227,7 +246,7 @@ def _set_up(
         config.task, seed=config.seed, train_fraction=config.train_fraction, data_path=config.data_path,
         max_train_examples=config.max_train_examples, max_validation_examples=config.max_validation_examples,
     )  # fmt: skip
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=device == "cpu")
     check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)  # before any slow work
     max_steps, steps_per_epoch = total_training_steps(config, len(task.train))
     formats = prompt_format(task) if config.objective == "causal-lm" else None  # a task without answers: refused here
@@ -253,6 +272,7 @@ def _set_up(
     run = _Run(
         config, run_dir, base_model, task, model, parts.tokenizer, optimizer, scheduler, accelerator, metrics,
         cache_dir if cache_dir is not None else run_dir / "svd_cache", max_steps, steps_per_epoch, track, formats,
+        device,
     )  # fmt: skip
     return run, state
 
@@ -356,6 +376,7 @@ def train(
     cache_dir: str | Path | None = None,
     figures: bool = True,
     on_step: StepCallback | None = None,
+    device: str = "auto",
 ) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.task`` with ``config.method`` into the run directory ``out_dir``.
 
@@ -365,10 +386,11 @@ def train(
     reaching ``config.target_accuracy`` (Sec. 3: methods are compared at equal accuracy) or after the
     step limit. ``cache_dir`` holds the base SVDs for intruder tracking (default RUN_DIR/svd_cache).
     ``figures=False`` skips the PNGs. ``on_step`` is called after every step (tests use it to interrupt a run).
+    ``device``: "auto" (accelerate's choice: a visible GPU, else the CPU), "cpu", or "cuda" (an error without one).
     """
     started = time.perf_counter()
     run, state = _set_up(config, Path(out_dir), resume, overwrite, None if cache_dir is None else Path(cache_dir),
-                         progress)  # fmt: skip
+                         progress, device)  # fmt: skip
     config = run.config
     if config.track_intruders and not run.track and run.is_main:
         run.metrics.write({"event": "note", "step": state.step,

@@ -46,11 +46,11 @@ class RaySweepOptions:
             )
 
 
-def train_task(config: TrainConfig, run_dir: str, cache_dir: str, figures: bool) -> TrainResult:
+def train_task(config: TrainConfig, run_dir: str, cache_dir: str, figures: bool, device: str = "auto") -> TrainResult:
     """One run on a Ray worker: a fresh run, or (a retry after a lost worker, or --resume) the run continued."""
     folder = Path(run_dir)
     return train(config, folder, resume=(folder / CONFIG_FILE).is_file(), progress=False,
-                 cache_dir=Path(cache_dir), figures=figures)  # fmt: skip
+                 cache_dir=Path(cache_dir), figures=figures, device=device)  # fmt: skip
 
 
 def _cause(exc: BaseException) -> str:
@@ -70,6 +70,7 @@ def run_sweep_on_ray(
     figures: bool,
     on_done: Callable[[str, TrainResult], None],
     on_wait: Callable[[list[str], float], None] | None = None,
+    device: str = "auto",
 ) -> None:
     """Run ``jobs`` (name, config, run folder) as Ray tasks; ``on_done(name, result)`` here as each finishes, in
     the order they finish. The first run that fails stops the sweep with its error (finished runs are kept and
@@ -84,7 +85,8 @@ def run_sweep_on_ray(
             )
         task = ray.remote(num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run,
                           max_retries=options.max_retries)(train_task)  # fmt: skip
-        pending = {task.remote(config, str(run_dir), str(cache_dir), figures): name for name, config, run_dir in jobs}
+        pending = {task.remote(config, str(run_dir), str(cache_dir), figures, device): name
+                   for name, config, run_dir in jobs}  # fmt: skip
         started = time.monotonic()
         try:
             while pending:

@@ -15,7 +15,7 @@ from typing import Any
 from intrudim.errors import IntrudimError
 from intrudim.fileio import atomic_path, ensure_writable_directory, write_json_atomic
 from intrudim.train.config import TrainConfig
-from intrudim.train.engine import TrainResult, train
+from intrudim.train.engine import TRAINING_DEVICES, TrainResult, check_training_device, train
 from intrudim.train.figures import pressure_figure
 from intrudim.train.prediction import observations, prediction_report
 from intrudim.train.ray_sweep import RaySweepOptions, describe_options
@@ -108,6 +108,7 @@ def rank_sweep(
     figures: bool = True,
     cache_dir: str | Path | None = None,
     ray: RaySweepOptions | None = None,
+    device: str = "auto",
 ) -> SweepResult:
     """Train ``base_config`` once per rank (``"full"`` = full fine-tuning) into ``out_dir/r-<rank>``, ``out_dir/full``.
 
@@ -115,7 +116,10 @@ def rank_sweep(
     intruders, :mod:`intrudim.train.prediction`) and ``figures/``. With ``resume``, finished runs are kept and an
     interrupted one continues. The runs share one base-SVD cache, ``cache_dir`` (default ``out_dir/svd_cache``).
     ``ray``: run the runs as Ray tasks (:mod:`intrudim.train.ray_sweep`) instead of one after the other here.
+    ``device``: where each run trains (:func:`intrudim.train.engine.train`); on Ray, checked on the worker.
     """
+    if ray is None or device not in TRAINING_DEVICES:  # on Ray, a GPU is the worker's: checked there
+        check_training_device(device)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not resume:
         if not overwrite:
@@ -149,9 +153,9 @@ def rank_sweep(
     if ray is None:
         for name, config, run_dir in todo:
             record(name, train(config, run_dir, resume=resume and (run_dir / "config.json").exists(),
-                               progress=progress, cache_dir=cache, figures=figures))  # fmt: skip
+                               progress=progress, cache_dir=cache, figures=figures, device=device))  # fmt: skip
     elif todo:
-        _on_ray(todo, cache, ray, figures, record, progress)
+        _on_ray(todo, cache, ray, figures, record, progress, device)
     runs = {run_name(rank): runs[run_name(rank)] for rank in ranks}
     tracked = observations([result.run_dir for result in runs.values()])
     result = SweepResult(out, runs, prediction_report(tracked) if tracked else None)
@@ -165,7 +169,7 @@ def rank_sweep(
 
 
 def _on_ray(todo: list[tuple[str, TrainConfig, Path]], cache: Path, options: RaySweepOptions, figures: bool,
-            record, progress: bool) -> None:  # fmt: skip
+            record, progress: bool, device: str) -> None:  # fmt: skip
     """The runs of ``todo`` as Ray tasks; a line on stderr as each finishes (and every minute while they run)."""
     from rich.console import Console
 
@@ -190,4 +194,4 @@ def _on_ray(todo: list[tuple[str, TrainConfig, Path]], cache: Path, options: Ray
     if progress:
         lines(f"{len(todo)} runs as Ray tasks ({', '.join(name for name, _, _ in todo)}), "
               f"{options.cpus_per_run} CPU and {options.gpus_per_run:g} GPU each", force=True)  # fmt: skip
-    run_sweep_on_ray(todo, cache, options, figures=figures, on_done=done, on_wait=waiting)
+    run_sweep_on_ray(todo, cache, options, figures=figures, on_done=done, on_wait=waiting, device=device)

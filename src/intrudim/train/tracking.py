@@ -57,7 +57,8 @@ def analysis_available() -> bool:
 
 
 def track_intruders(
-    base_model: Path, tuned: Path, *, k: int, epsilon: float, cache_dir: Path, effective_rank: bool = False
+    base_model: Path, tuned: Path, *, k: int, epsilon: float, cache_dir: Path, effective_rank: bool = False,
+    device: str = "cpu",
 ) -> tuple[dict[str, Any], float]:
     """Analyse ``tuned`` (an adapter or model folder) against ``base_model``; return (record, seconds).
 
@@ -67,7 +68,7 @@ def track_intruders(
     from intrudim.analyze import AnalyzeConfig, analyze
 
     start = time.perf_counter()
-    config = AnalyzeConfig(k=k, epsilon=epsilon, effective_rank=effective_rank, similarity_size=1)
+    config = AnalyzeConfig(k=k, epsilon=epsilon, effective_rank=effective_rank, similarity_size=1, device=device)
     result = analyze(str(base_model), str(tuned), config, cache_dir=cache_dir, progress=False)
     record = intruder_summary(result)
     return record, time.perf_counter() - start
