@@ -242,3 +242,19 @@ def test_sharded_model_with_a_missing_shard(tiny_models, tmp_path):
     shard.unlink()
     with pytest.raises(InputNotFoundError, match=shard.name):
         analyze(tmp_path / "sharded", tiny_models["llama"], use_cache=False)
+
+
+def test_finite_check_tells_nan_from_a_half_precision_sum_that_overflows() -> None:
+    """The check sums in the matrix's own dtype first: an fp16 sum of large finite values overflows to inf, which
+    must not be taken for damaged weights; a real NaN or Inf must still be found, in any dtype."""
+    import torch
+
+    from intrudim.analysis.planning import check_finite
+
+    check_finite(torch.full((300, 300), 60000.0, dtype=torch.float16), "big", "BASE 'x'")  # sum overflows fp16
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            W = torch.ones(40, 30, dtype=dtype)
+            W[7, 3] = bad
+            with pytest.raises(NonFiniteWeightsError, match="holds 1 NaN/Inf"):
+                check_finite(W, "m", "BASE 'x'")
