@@ -227,6 +227,25 @@ def test_base_svd_takes_lapacks_svd_for_ill_conditioned_and_rank_deficient_matri
         assert torch.equal(fast.S, reference.S) and torch.equal(fast.U, reference.U)
 
 
+def test_the_early_condition_check_agrees_with_the_eigenvalues() -> None:
+    """Before its eigensolver, the Gram route tests λ_min(G) < λ_max(G)/κ² by a Cholesky factorisation of the
+    shifted G: planted spectra on both sides of the limit (κ = 1e5, so λ ratio 1e-10), and G = 0."""
+    import numpy as np
+
+    from intrudim.spectral.svd import GRAM_MAX_CONDITION, _too_ill_conditioned
+
+    assert GRAM_MAX_CONDITION == 1e5
+    g = torch.Generator().manual_seed(4)
+    Q, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
+    for smallest, ill in ((1e-8, False), (1e-9, False), (1e-11, True), (1e-13, True), (0.0, True)):
+        lam = torch.logspace(0, -6, 300, dtype=torch.float64)
+        lam[-1] = smallest
+        G = (Q * (3.0 * lam)) @ Q.T
+        lower = np.tril(G.numpy())  # the routine reads the lower triangle only, as dsyrk writes it
+        assert _too_ill_conditioned(np.asfortranarray(lower)) is ill, smallest
+    assert _too_ill_conditioned(np.zeros((50, 50), order="F")) is True
+
+
 def test_the_cache_uses_the_gram_route_only_for_float32_factors(tmp_path) -> None:
     """float32 cache (default): the Gram route; a float64 cache and no cache at all: LAPACK's exact SVD."""
     from intrudim.spectral.svd import thin_svd

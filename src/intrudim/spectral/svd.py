@@ -59,7 +59,10 @@ def base_svd(W: torch.Tensor, *, seed: int = 0) -> SVDFactors:
     if p <= DENSE_SVD_MAX_DIM:
         return thin_svd(W64)
     wide = m <= n
-    evals, evecs = _gram_eigh(W64, wide)
+    solved = _gram_eigh(W64, wide)
+    if solved is None:  # the Gram matrix is too ill-conditioned to try: found before the eigensolver
+        return thin_svd(W64)
+    evals, evecs = solved
     if not bool(evals[-1] > 0) or float(evals[0] / evals[-1]) > GRAM_MAX_CONDITION**2:
         return thin_svd(W64)
     S = evals.sqrt()
@@ -74,13 +77,17 @@ def base_svd(W: torch.Tensor, *, seed: int = 0) -> SVDFactors:
     return SVDFactors(U=U, S=S, Vh=Vh)
 
 
-def _gram_eigh(W64: torch.Tensor, wide: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (descending) and eigenvectors of W Wᵀ (``wide``) or Wᵀ W, in float64.
+def _gram_eigh(W64: torch.Tensor, wide: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Eigenvalues (descending) and eigenvectors of W Wᵀ (``wide``) or Wᵀ W, in float64; None when the Gram matrix
+    is found too ill-conditioned for :func:`base_svd` before the eigensolver runs.
 
     On the CPU: BLAS ``dsyrk`` forms only one triangle of the Gram matrix (half a GEMM's flops, and no copy:
     W's rows are read as a Fortran-ordered transpose) and LAPACK's divide-and-conquer ``dsyevd`` (scipy) solves it,
-    together ~1.7× faster than torch's matmul + eigh here; BLAS gets as many threads as torch has for the call.
-    Elsewhere (a GPU): torch.
+    together ~1.3× faster than torch's matmul + eigh; BLAS gets as many threads as torch has for the call. Before
+    that, a Cholesky factorisation of G − t·I, t = λ_max/κ², fails exactly when λ_min < t (to rounding far below
+    t): such a matrix would fail the condition check after the eigensolver anyway, so it goes to LAPACK's SVD at
+    the cost of one Cholesky (a third of the eigensolver's flops) instead of a whole eigendecomposition.
+    Elsewhere (a GPU): torch, without the early check.
     """
     if W64.device.type != "cpu":
         evals, evecs = torch.linalg.eigh(W64 @ W64.T if wide else W64.T @ W64)
@@ -92,8 +99,34 @@ def _gram_eigh(W64: torch.Tensor, wide: bool) -> tuple[torch.Tensor, torch.Tenso
     with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
         # syrk(a, trans=0) = a aᵀ, syrk(a, trans=1) = aᵀ a, with a = Aᵀ (n, m) in Fortran order
         gram = blas.dsyrk(1.0, A.T, trans=1 if wide else 0, lower=True)
+        if _too_ill_conditioned(gram):
+            return None
         evals, evecs = eigh(gram, lower=True, driver="evd", overwrite_a=True, check_finite=False)
     return torch.from_numpy(evals[::-1].copy()), torch.from_numpy(np.ascontiguousarray(evecs[:, ::-1]))
+
+
+def _too_ill_conditioned(gram: np.ndarray, iterations: int = 12) -> bool:
+    """Whether λ_min(G) < λ_max(G)/κ² (κ = :data:`GRAM_MAX_CONDITION`), G symmetric with its lower triangle filled.
+
+    λ_max comes from a few power iterations (an underestimate, which only makes the test more lenient: the
+    condition check after the eigensolver still decides); then Cholesky of G − t·I succeeds iff it is positive
+    definite, i.e. iff λ_min > t.
+    """
+    from scipy.linalg import blas, lapack
+
+    n = gram.shape[0]
+    x = np.random.default_rng(0).standard_normal(n)
+    lam = 0.0
+    for _ in range(iterations):
+        y = blas.dsymv(1.0, gram, x, lower=1)
+        lam = float(np.linalg.norm(y))
+        if not lam > 0:
+            return True  # G = 0 (or NaN): nothing for the Gram route to do
+        x = y / lam
+    shifted = gram.copy(order="F")
+    shifted[np.diag_indices(n)] -= lam / GRAM_MAX_CONDITION**2
+    _, info = lapack.dpotrf(shifted, lower=1, overwrite_a=1, clean=0)
+    return info != 0
 
 
 def _factors_check(W: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, seed: int) -> bool:
