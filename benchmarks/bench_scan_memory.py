@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_streaming import dir_size, write_adapter, write_base  # noqa: E402
+from bench_streaming import MEMORY_PROBE, dir_size, run_python, write_adapter, write_base  # noqa: E402
 
 OUT_DIR = Path("bench_out")
 GOAL = 1.05
@@ -51,31 +50,7 @@ from intrudim.analysis.config import AnalyzeConfig
 from intrudim.scan.config import ScanConfig
 from intrudim.scan.running import scan
 
-def status_mb():
-    # VmHWM, RssAnon, RssFile of this process in MiB (/proc/self/status; empty off Linux)
-    found = {}
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key in ("VmHWM", "RssAnon", "RssFile"):
-                    found[key] = int(value.split()[0]) / 1024
-    except OSError:
-        pass
-    return found
-
-def resident_mb():
-    # (anonymous, file-backed) resident MiB of this process, or (None, None) off Linux
-    found = status_mb()
-    return found.get("RssAnon"), found.get("RssFile")
-
-def peak_mb():
-    # This process's own peak RSS: VmHWM belongs to the memory image made at exec. getrusage's ru_maxrss does
-    # not: Linux carries the RSS of the forking parent into the child's ru_maxrss, so a large parent (one that
-    # has just written the checkpoints) sets a floor under every child's figure.
-    return status_mb().get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-samples = []  # after every report unit (one per adapter)
+""" + MEMORY_PROBE + r"""samples = []  # after every report unit (one per adapter)
 def sample(done, total, what):
     if what.endswith(": report") or what == "done":
         samples.append(resident_mb())
@@ -108,22 +83,7 @@ print(json.dumps({
 
 
 def run_child(base: Path, adapters: list[Path], out: Path, cache: Path, threads: int | None) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    if threads is not None:
-        env.update(
-            {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        )
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(base), str(out), str(cache), *map(str, adapters)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    outer = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data, outer = run_python(CHILD, [str(base), str(out), str(cache), *map(str, adapters)], threads)
     if data["errors"]:
         raise SystemExit(f"the scan reported errors in its rows: {data['errors'][:3]}")
     data["process_wall_s"] = outer  # includes interpreter start and imports

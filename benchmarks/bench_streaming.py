@@ -53,12 +53,7 @@ from safetensors.torch import save_file
 OUT_DIR = Path("bench_out")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-CHILD = r"""
-import json, resource, sys, time
-import torch
-import intrudim
-
-def status_mb():
+MEMORY_PROBE = r"""def status_mb():
     # VmHWM, RssAnon, RssFile of this process in MiB (/proc/self/status; empty off Linux)
     found = {}
     try:
@@ -82,7 +77,15 @@ def peak_mb():
     # has just written the checkpoints) sets a floor under every child's figure.
     return status_mb().get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
-samples = []
+"""
+"""Child-side helpers: this process's own peak, anonymous and file-backed RSS (bench_scan_memory.py uses them too)."""
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+import intrudim
+
+""" + MEMORY_PROBE + r"""samples = []
 def sample(done, total, name):
     if done > 0:  # after matrix number `done`
         samples.append(resident_mb())
@@ -177,23 +180,24 @@ def write_adapter(path: Path, layers: int, hidden: int, mlp: int, r: int, alpha:
     }, indent=2))  # fmt: skip
 
 
-def run_child(base: Path, adapter: Path, cache: Path, threads: int | None) -> dict:
+def run_python(code: str, args: list[str], threads: int | None) -> tuple[dict, float]:
+    """Run ``code`` in a fresh interpreter (offline, at ``threads`` BLAS/OpenMP threads): the JSON object its last
+    stdout line holds, and the process's wall time (interpreter start and imports included)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if threads is not None:
         env.update(
             {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         )
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(base), str(adapter), str(cache)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     outer = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]), outer
+
+
+def run_child(base: Path, adapter: Path, cache: Path, threads: int | None) -> dict:
+    data, outer = run_python(CHILD, [str(base), str(adapter), str(cache)], threads)
     data["process_wall_s"] = outer  # includes interpreter start and imports
     return data
 

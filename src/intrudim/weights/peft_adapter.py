@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 
 from intrudim.errors import CorruptFileError, IntrudimError
-from intrudim.weights.sources import _safe_open
+from intrudim.weights.sources import _safe_open, read_tensor
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -147,13 +146,7 @@ class LoraAdapter:
         if "state" in self._tensors:
             return self._tensors["state"][key]
         file = self._tensors["file"]
-        try:
-            with _safe_open(file) as handle:
-                return handle.get_tensor(key)
-        except SafetensorError as exc:
-            raise CorruptFileError(
-                f"Cannot read tensor '{key}' from adapter '{file}': {exc}. The file may be truncated or corrupt."
-            ) from None
+        return read_tensor(file, key, f"adapter '{file}'")
 
     def _shape(self, key: str) -> tuple[int, ...]:
         if "state" in self._tensors:

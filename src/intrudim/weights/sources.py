@@ -46,6 +46,18 @@ def embedded_model_path(name: str, *, progress: bool = True) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+def read_tensor(file: str | Path, key: str, where: str) -> torch.Tensor:
+    """One tensor of a safetensors file, through a handle opened for this read only (a memory map kept open keeps
+    every page read so far resident); a damaged file is a CorruptFileError naming ``where``."""
+    try:
+        with _safe_open(file) as handle:
+            return handle.get_tensor(key)
+    except SafetensorError as exc:
+        raise CorruptFileError(
+            f"Cannot read tensor '{key}' from {where}: {exc}. The file may be truncated or corrupt."
+        ) from None
+
+
 def _safe_open(path: Path):
     try:
         return safe_open(str(path), framework="pt")
@@ -110,13 +122,7 @@ class WeightSource:
         if self.is_pickle:
             return self._pickle_state(file)[key]
         self._handles.pop(file, None)
-        try:
-            with _safe_open(file) as handle:
-                return handle.get_tensor(key)
-        except SafetensorError as exc:
-            raise CorruptFileError(
-                f"Cannot read tensor '{key}' from '{file}': {exc}. The file may be truncated or corrupt."
-            ) from None
+        return read_tensor(file, key, f"'{file}'")
 
     def close(self) -> None:
         self._handles.clear()
