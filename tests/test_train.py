@@ -594,6 +594,10 @@ def test_cli_train_and_errors(tiny_bert: Path, tmp_path: Path) -> None:
     on_cpu = runner.invoke(_app(), ["train", *common, "--device", "cpu", "--rank", "2", "--out", str(tmp_path / "cpu")])
     assert on_cpu.exit_code == 0, on_cpu.output
     assert not (tmp_path / "cli" / "checkpoints").exists()
+    untracked = runner.invoke(_app(), ["predict", str(tmp_path / "cli")])  # --no-track: nothing to score
+    assert untracked.exit_code == 2 and "No tracked intruder pressure" in untracked.output
+    bad_threshold = runner.invoke(_app(), ["predict", str(tmp_path / "cli"), "--threshold", "0"])
+    assert bad_threshold.exit_code == 2 and "--threshold must be > 0" in bad_threshold.output
     again = runner.invoke(_app(), ["train", *common, "--out", str(tmp_path / "cli")])
     assert again.exit_code == 2 and "already exists" in again.output
     bad = runner.invoke(_app(), ["train", *common, "--method", "adapter", "--out", str(tmp_path / "bad")])
