@@ -113,7 +113,7 @@ def analyze_lora_matrix(
             delta_sigma=low_rank_singular_values(B, A, scale) if config.effective_rank else None, lora_rank=int(A.shape[0]),
         )  # fmt: skip
     core = lora_core(base_svd, B, A, scale)
-    top = core_top_k(core, config.k)
+    top = core_top_k(core, config.k, device=config.device)
     max_cos = top.max_abs_cosine(core.p)
     similarity = top.Y[:n_sim].abs().T
     max_cos_all = core_full_spectrum(core).max_abs_cosine(core.p) if config.k_sweep else None

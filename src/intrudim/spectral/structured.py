@@ -118,12 +118,18 @@ class CoreTopK:
         return self.Y[:p].abs().amax(dim=0)
 
 
-def core_top_k(core: LoraCore, k: int, *, method: str = "auto") -> CoreTopK:
-    """Top-k SVD of the core M. ``method``: "lanczos" (ARPACK on the implicit operator), "dense", or "auto"."""
+def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "cpu") -> CoreTopK:
+    """Top-k SVD of the core M. ``method``: "lanczos" (ARPACK on the implicit operator), "dense", or "auto".
+
+    ``device`` other than "cpu" (e.g. "cuda"): the math runs there in float64 and the result comes back to the CPU.
+    """
     rows, cols = core.shape
     small = min(rows, cols)
     if k > small:
         raise ValueError(f"k={k} exceeds the number of singular values ({small}).")
+    if device != "cpu":
+        U, S, _ = torch.linalg.svd(core.dense().to(device), full_matrices=False)
+        return CoreTopK(S=S[:k].cpu(), Y=U[:, :k].cpu())
     use_dense = method == "dense" or (
         method == "auto" and (small <= DENSE_SVD_MAX_DIM or k >= small - 1 or 3 * k >= small)
     )
