@@ -36,7 +36,7 @@ SHAPES = [(64, 64), (96, 40), (40, 96), (200, 200), (300, 120), (120, 300)]
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("r", [1, 4])
-@pytest.mark.parametrize("method", ["dense", "lanczos"])
+@pytest.mark.parametrize("method", ["dense", "lanczos", "krylov"])
 def test_structured_top_k_matches_dense_reference(shape, r, method):
     m, n = shape
     W0 = decaying_matrix(m, n, seed=m * 7 + n)

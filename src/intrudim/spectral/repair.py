@@ -44,10 +44,14 @@ class SingularTriplets:
         return int(self.S.shape[0])
 
 
-def lora_top_triplets(base: SVDFactors, B: torch.Tensor, A: torch.Tensor, scale: float, k: int) -> SingularTriplets:
-    """Top-k triplets of W₀ + scale·B·A from the base SVD and the factors (structured: no dense SVD of W_t)."""
+def lora_top_triplets(
+    base: SVDFactors, B: torch.Tensor, A: torch.Tensor, scale: float, k: int, *, device: str = "cpu"
+) -> SingularTriplets:
+    """Top-k triplets of W₀ + scale·B·A from the base SVD and the factors (structured: no dense SVD of W_t).
+
+    ``device``: where the core's top-k is solved (:func:`~intrudim.spectral.structured.core_top_k`)."""
     core = lora_core(base, B, A, scale)
-    top = core_top_k(core, k)
+    top = core_top_k(core, k, device=device)
     X = core_right_vectors(core, top)  # (p + r_A, k)
     p = core.p
     U = base.U.to(torch.float64) @ top.Y[:p]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from intrudim.spectral.krylov import block_krylov_top_k
 from intrudim.spectral.svd import DENSE_SVD_MAX_DIM, SVDFactors, _arpack_top_k
 
 # A residual column counts as outside the base span only above this relative size.
@@ -118,27 +119,37 @@ class CoreTopK:
         return self.Y[:p].abs().amax(dim=0)
 
 
-def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "cpu") -> CoreTopK:
-    """Top-k SVD of the core M. ``method``: "lanczos" (ARPACK on the implicit operator), "dense", or "auto".
+TOP_K_METHODS = ("auto", "lanczos", "krylov", "dense")
 
-    ``device`` other than "cpu" (e.g. "cuda"): the math runs there in float64 and the result comes back to the CPU.
+
+def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "cpu") -> CoreTopK:
+    """Top-k SVD of the core M; the result is on the CPU in float64.
+
+    ``method``: "lanczos" (ARPACK on the implicit operator, CPU), "krylov" (block Krylov in torch on ``device``,
+    :mod:`intrudim.spectral.krylov`), "dense" (an SVD of the dense core on ``device``), or "auto": dense for small
+    cores or large k, otherwise ARPACK on the CPU and block Krylov on any other device (e.g. "cuda").
     """
+    if method not in TOP_K_METHODS:
+        raise ValueError(f"Unknown top-k method {method!r}; use one of {', '.join(TOP_K_METHODS)}.")
     rows, cols = core.shape
     small = min(rows, cols)
     if k > small:
         raise ValueError(f"k={k} exceeds the number of singular values ({small}).")
-    if device != "cpu":
-        U, S, _ = torch.linalg.svd(core.dense().to(device), full_matrices=False)
-        return CoreTopK(S=S[:k].cpu(), Y=U[:, :k].cpu())
     use_dense = method == "dense" or (
         method == "auto" and (small <= DENSE_SVD_MAX_DIM or k >= small - 1 or 3 * k >= small)
     )
     if method == "lanczos" and k >= small - 1:
         use_dense = True  # ARPACK needs k < min(shape) - 1
     if use_dense:
-        U, S, _ = torch.linalg.svd(core.dense(), full_matrices=False)
-        return CoreTopK(S=S[:k], Y=U[:, :k])
+        U, S, _ = torch.linalg.svd(core.dense().to(device), full_matrices=False)
+        return CoreTopK(S=S[:k].cpu(), Y=U[:, :k].cpu())
+    if method == "krylov" or (method == "auto" and device != "cpu"):
+        return _krylov_core_top_k(core, k, device)
+    return _arpack_core_top_k(core, k)
 
+
+def _arpack_core_top_k(core: LoraCore, k: int) -> CoreTopK:
+    """ARPACK Lanczos on the implicit diagonal-plus-rank-r operator (numpy, CPU): O((p + r)·r) per product."""
     p = core.p
     S0 = core.S0.numpy()
     Bc = core.B_coords.numpy()
@@ -156,8 +167,44 @@ def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "c
         x[:p] += S0 * y[:p]
         return x
 
-    U, S, _ = _arpack_top_k(matvec, rmatvec, (rows, cols), k)
+    U, S, _ = _arpack_top_k(matvec, rmatvec, core.shape, k)
     return CoreTopK(S=torch.from_numpy(S.copy()), Y=torch.from_numpy(U.copy()))
+
+
+def _krylov_core_top_k(core: LoraCore, k: int, device: str) -> CoreTopK:
+    """Block Krylov on the implicit operator in torch float64 on ``device``; a dense SVD there if it stalls.
+
+    The start block holds what the top of W₀ + sBA is made of: the k + 8 leading base coordinates, the columns of
+    B (in base coordinates) and Σ₀·A's, so a few iterations reach float64 rounding.
+    """
+    p = core.p
+    rows, cols = core.shape
+    S0 = core.S0.to(device=device, dtype=torch.float64)
+    Bc = core.B_coords.to(device=device, dtype=torch.float64)
+    Ac = core.A_coords.to(device=device, dtype=torch.float64)
+
+    def matvec(X: torch.Tensor) -> torch.Tensor:
+        Y = Bc @ (Ac.T @ X)
+        Y[:p] += S0[:, None] * X[:p]
+        return Y
+
+    def rmatvec(Y: torch.Tensor) -> torch.Tensor:
+        X = Ac @ (Bc.T @ Y)
+        X[:p] += S0[:, None] * Y[:p]
+        return X
+
+    n_coords = min(k + 8, p)
+    coords = torch.zeros(rows, n_coords, dtype=torch.float64, device=device)
+    coords[torch.arange(n_coords), torch.arange(n_coords)] = 1.0
+    sigma_A = torch.zeros(rows, Ac.shape[1], dtype=torch.float64, device=device)
+    shared = min(p, rows)
+    sigma_A[:shared] = S0[:shared, None] * Ac[:shared]
+    start = torch.cat([coords, Bc, sigma_A], dim=1)
+    result = block_krylov_top_k(matvec, rmatvec, (rows, cols), k, start)
+    if not result.converged:
+        U, S, _ = torch.linalg.svd(core.dense().to(device), full_matrices=False)
+        return CoreTopK(S=S[:k].cpu(), Y=U[:, :k].cpu())
+    return CoreTopK(S=result.S.cpu(), Y=result.Y.cpu())
 
 
 def core_right_vectors(core: LoraCore, top: CoreTopK) -> torch.Tensor:
