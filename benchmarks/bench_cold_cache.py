@@ -2,7 +2,9 @@
 
 The first analysis of a new base computes the thin SVD W₀ = U Σ Vᵀ of every matrix (the warm path then reads it
 from the cache). ``base_svd`` takes the symmetric eigendecomposition of the smaller Gram matrix in float64 and
-recovers the other side as Wᵀu/σ, checked in float64 (it falls back to the SVD when the check fails); the naive
+recovers the other side as Wᵀu/σ, re-solving the singular values below 1% of σ₁ from the rows of UᵀW (so that
+ill-conditioned matrices, up to κ = 3·10⁵, keep the route), checked in float64 (it falls back to the SVD when the
+check fails); the naive
 reference is ``torch.linalg.svd(W, full_matrices=False)`` in float64, what the cache computed before. Both are
 timed in the same run on the matrices of one LLaMA-7B-shaped block (q, k, v, o: 4096²; gate, up: 11008×4096;
 down: 4096×11008) with a weight-like spectrum, and the script checks exactness: σ to 1e-10 relative and every

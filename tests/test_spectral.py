@@ -227,17 +227,52 @@ def test_base_svd_takes_lapacks_svd_for_ill_conditioned_and_rank_deficient_matri
         assert torch.equal(fast.S, reference.S) and torch.equal(fast.U, reference.U)
 
 
+@pytest.mark.parametrize("shape", [(500, 500), (400, 700), (700, 400)])
+def test_base_svd_resolves_small_singular_values_of_ill_conditioned_matrices(shape: tuple[int, int]) -> None:
+    """κ = 2e5 (the attention matrices of a 7B-shaped layer reach 1.1e5): the Gram route re-solves the singular
+    values below GRAM_SPLIT·σ₁ from the rows of UᵀW, so both sides stay orthonormal to ~1e-10 and match LAPACK's
+    vectors (distinct σ, geometric spacing) to |cos| ≥ 1 − 1e-9, instead of falling back to LAPACK's SVD."""
+    from intrudim.spectral.svd import GRAM_SPLIT, base_svd, thin_svd
+
+    m, n = shape
+    p = min(m, n)
+    sigma = torch.logspace(0, -5.3, p, dtype=torch.float64)
+    assert int((sigma < GRAM_SPLIT).sum()) > p // 3  # many rows take the second solve
+    W = _spectrum_matrix(m, n, sigma, seed=m + n)
+    fast, reference = base_svd(W), thin_svd(W)
+    assert not torch.equal(fast.U, reference.U)  # the Gram route was taken, not the fallback
+    torch.testing.assert_close(fast.S, reference.S, rtol=0, atol=1e-13)
+    assert float((fast.U * reference.U).sum(0).abs().min()) > 1 - 1e-9
+    assert float((fast.Vh * reference.Vh).sum(1).abs().min()) > 1 - 1e-9
+    eye = torch.eye(p, dtype=torch.float64)
+    assert float((fast.U.T @ fast.U - eye).abs().max()) < 1e-9
+    assert float((fast.Vh @ fast.Vh.T - eye).abs().max()) < 1e-9
+    assert torch.allclose(fast.U @ torch.diag(fast.S) @ fast.Vh, W, atol=1e-13)
+
+
+def test_without_the_second_solve_the_small_singular_vectors_lose_orthogonality(monkeypatch) -> None:
+    """The planted case above, with the split disabled: the recovered side's bottom rows are no longer orthonormal
+    to float32 precision, so the probe check sends the matrix to LAPACK (the second solve is what keeps it)."""
+    import intrudim.spectral.svd as svd
+
+    W = _spectrum_matrix(500, 500, torch.logspace(0, -5.3, 500, dtype=torch.float64), seed=1000)
+    monkeypatch.setattr(svd, "GRAM_SPLIT", 0.0)
+    fast, reference = svd.base_svd(W), svd.thin_svd(W)
+    assert torch.equal(fast.U, reference.U)  # fell back
+
+
 def test_the_early_condition_check_agrees_with_the_eigenvalues() -> None:
     """Before its eigensolver, the Gram route tests λ_min(G) < λ_max(G)/κ² by a Cholesky factorisation of the
-    shifted G: planted spectra on both sides of the limit (κ = 1e5, so λ ratio 1e-10), and G = 0."""
+    shifted G: planted spectra on both sides of the limit (κ = 3e5, so λ ratio 1.1e-11), and G = 0."""
     import numpy as np
 
     from intrudim.spectral.svd import GRAM_MAX_CONDITION, _too_ill_conditioned
 
-    assert GRAM_MAX_CONDITION == 1e5
+    limit = 1.0 / GRAM_MAX_CONDITION**2
     g = torch.Generator().manual_seed(4)
     Q, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
-    for smallest, ill in ((1e-8, False), (1e-9, False), (1e-11, True), (1e-13, True), (0.0, True)):
+    cases = ((1000 * limit, False), (3 * limit, False), (limit / 3, True), (limit / 100, True), (0.0, True))
+    for smallest, ill in cases:
         lam = torch.logspace(0, -6, 300, dtype=torch.float64)
         lam[-1] = smallest
         G = (Q * (3.0 * lam)) @ Q.T

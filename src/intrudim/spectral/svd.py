@@ -34,9 +34,11 @@ def thin_svd(W: torch.Tensor) -> SVDFactors:
     return SVDFactors(U=U, S=S, Vh=Vh)
 
 
-GRAM_MAX_CONDITION = 1e5
-"""The Gram route is tried only when σ_max/σ_min ≤ this: squaring W squares its condition number, and the side
-recovered as Wᵀu/σ loses about ε·κ² of orthogonality (the probe check below decides)."""
+GRAM_MAX_CONDITION = 3e5
+"""The Gram route is tried only when σ_max/σ_min ≤ this. Squaring W squares its condition number; the split below
+keeps every factor within float32 precision up to κ ≈ 5·10⁵ (see :func:`base_svd`), and the probe check decides."""
+GRAM_SPLIT = 1e-2
+"""Singular values below GRAM_SPLIT·σ₁ are solved a second time from the rows of UᵀW instead of from W Wᵀ."""
 GRAM_CHECK_RTOL = 1e-7
 """Relative float64 residuals the Gram factors must meet on random probes, else LAPACK's SVD is used: float32's
 rounding (6e-8), the precision the default cache stores the factors in anyway."""
@@ -46,12 +48,17 @@ def base_svd(W: torch.Tensor, *, seed: int = 0) -> SVDFactors:
     """Thin SVD of a base matrix for the float32 cache: the factors of :func:`thin_svd` (up to signs, and to
     rotations inside repeated singular values) to float32 precision, several times faster for large matrices.
 
-    The symmetric eigensolver runs on the smaller Gram matrix G = W Wᵀ (out ≤ in) or WᵀW (out > in) in float64;
-    σ = √λ, and the other side follows as Wᵀu/σ (or Wv/σ). That is exact to float64 rounding times the
-    condition number squared, so it is used only for well-conditioned matrices (σ_max/σ_min ≤
-    :data:`GRAM_MAX_CONDITION`) and then checked on random probes x in float64: W x = U Σ Vᵀx and
-    both factors orthonormal (‖UᵀU x − x‖, ‖Vh Vhᵀ x − x‖) to :data:`GRAM_CHECK_RTOL`. Any other matrix
-    (rank deficient, ill-conditioned, small) takes LAPACK's SVD, as before.
+    Written for W (p, q), p ≤ q (a tall W is transposed first). The symmetric eigensolver runs on the smaller
+    Gram matrix G = W Wᵀ in float64: G = E Λ Eᵀ, and the rows of Z = EᵀW are σ_i v_iᵀ, so U = E, σ = √λ,
+    Vᵀ = Σ⁻¹Z. The eigensolver is exact to ε·σ₁² (ε: float64 rounding), so for small σ_i the rows of Σ⁻¹Z lose
+    orthogonality as ε·σ₁²/(σ_i σ_j). Rows with σ_i < :data:`GRAM_SPLIT`·σ₁ (a handful in a weight matrix) are
+    therefore re-solved from Z itself, which holds them to ε·σ₁ (not squared): the eigendecomposition of their
+    small Gram matrix Z_b Z_bᵀ = Q Λ_b Qᵀ rotates E_b → E_b Q and Z_b → Qᵀ Z_b. Then the top rows are orthogonal
+    to ε·σ₁²/(σ_i σ_j) ≤ ε/GRAM_SPLIT² for σ above the split, top against bottom to ε·κ/GRAM_SPLIT, the bottom
+    rows among themselves to ε·(GRAM_SPLIT·κ)², all below 1e-8 for κ ≤ :data:`GRAM_MAX_CONDITION`; and
+    U Σ Vᵀ = E Eᵀ W = W holds for any orthogonal E. So a matrix with σ_max/σ_min above that limit, or whose factors
+    fail the float64 probes (W x = U Σ Vᵀx, UᵀU x = x, Vh Vhᵀ x = x to :data:`GRAM_CHECK_RTOL`), takes LAPACK's
+    SVD, as does a small one.
     """
     W64 = W.to(torch.float64)
     m, n = W64.shape
@@ -62,16 +69,29 @@ def base_svd(W: torch.Tensor, *, seed: int = 0) -> SVDFactors:
     solved = _gram_eigh(W64, wide)
     if solved is None:  # the Gram matrix is too ill-conditioned to try: found before the eigensolver
         return thin_svd(W64)
-    evals, evecs = solved
-    if not bool(evals[-1] > 0) or float(evals[0] / evals[-1]) > GRAM_MAX_CONDITION**2:
+    evals, E = solved
+    if not bool(evals[0] > 0):
         return thin_svd(W64)
-    S = evals.sqrt()
-    if wide:
-        U = evecs
-        Vh = (U.T @ W64) / S[:, None]
-    else:
-        Vh = evecs.T.contiguous()
-        U = (W64 @ evecs) / S
+    X = W64 if wide else W64.T  # (p, q), p ≤ q: X Xᵀ is the Gram matrix that was solved
+    Z = E.T @ X  # rows σ_i v_iᵀ (wide) or σ_i u_iᵀ (tall)
+    split = int((evals >= (GRAM_SPLIT**2) * evals[0]).sum())
+    S = evals[:split].clamp_min(0).sqrt()
+    if split < p:
+        Zb = Z[split:]
+        lam_b, Qb = torch.linalg.eigh(Zb @ Zb.T)
+        lam_b, Qb = lam_b.flip(0), Qb.flip(1)
+        if not bool(lam_b[-1] > 0):
+            return thin_svd(W64)
+        E = torch.cat([E[:, :split], E[:, split:] @ Qb], dim=1)
+        Z = torch.cat([Z[:split], Qb.T @ Zb], dim=0)
+        S = torch.cat([S, lam_b.sqrt()])
+        if not bool((S[1:] <= S[:-1]).all()):  # the two blocks can interleave by rounding at the split
+            order = torch.argsort(S, descending=True)
+            S, E, Z = S[order], E[:, order], Z[order]
+    if not float(S[0] / S[-1]) <= GRAM_MAX_CONDITION:
+        return thin_svd(W64)
+    R = Z / S[:, None]
+    U, Vh = (E, R) if wide else (R.T, E.T.contiguous())
     if not _factors_check(W64, U, S, Vh, seed):
         return thin_svd(W64)
     return SVDFactors(U=U, S=S, Vh=Vh)
