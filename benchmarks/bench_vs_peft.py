@@ -9,8 +9,10 @@ no mitigation, no new adapter) so that the comparison is not inflated by mitigat
 Model: a LLaMA (LlamaConfig, random weights, built in memory) with hidden 1024, 4 layers, MLP 2816, and a
 LoRA adapter r = 16, α = 32 on all seven projections whose B is set non-zero (trained-looking). Base
 (save_pretrained, safetensors) and adapter are saved to a temp dir; ``intrudim.analyze`` reads them from
-disk, with a cold SVD cache (computes float64 base SVDs once) and a warm one (cache hit). The script checks
-that the per-layer intruder counts at k = 10, ε = 0.5 agree with peft's.
+disk, with a cold SVD cache (computes float64 base SVDs once) and a warm one (cache hit); the warm runs are
+interleaved with warm runs that read each matrix only when it is reached (INTRUDIM_READ_AHEAD=0, no background
+reader: the loop before issue 15), whose results must be identical. The script checks that the per-layer
+intruder counts at k = 10, ε = 0.5 agree with peft's.
 
     python benchmarks/bench_vs_peft.py            # hidden 1024, 4 layers (28 matrices)
     python benchmarks/bench_vs_peft.py --quick    # hidden 768, 2 layers
@@ -157,14 +159,30 @@ def main() -> None:
         t0 = clock()
         cold = intrudim.analyze(work / "base", work / "adapter", k=TOP_K, epsilon=EPSILON, cache_dir=cache)
         t_cold = clock() - t0
-        warm_times = []
+        # Warm runs, interleaved with the same run without reading the next matrix ahead (INTRUDIM_READ_AHEAD=0,
+        # the loop before issue 15's background reader) so that both see the same machine.
+        warm_times, sequential_times = [], []
         for _ in range(args.repeats):
-            t0 = clock()
-            warm = intrudim.analyze(
-                work / "base", work / "adapter", k=TOP_K, epsilon=EPSILON, cache_dir=cache
-            )
-            warm_times.append(clock() - t0)
+            for times, ahead in ((warm_times, None), (sequential_times, "0")):
+                if ahead is None:
+                    os.environ.pop("INTRUDIM_READ_AHEAD", None)
+                else:
+                    os.environ["INTRUDIM_READ_AHEAD"] = ahead
+                t0 = clock()
+                result = intrudim.analyze(
+                    work / "base", work / "adapter", k=TOP_K, epsilon=EPSILON, cache_dir=cache
+                )
+                times.append(clock() - t0)
+                if ahead is None:
+                    warm = result
+                else:
+                    sequential = result
+        os.environ.pop("INTRUDIM_READ_AHEAD", None)
         t_warm = statistics.median(warm_times)
+        t_sequential = statistics.median(sequential_times)
+        assert [m.to_json(include_similarity=True) for m in sequential.matrices] == [
+            m.to_json(include_similarity=True) for m in warm.matrices
+        ], "reading ahead changed a result"
         ours = {module_of(m.name): m.intruders for m in warm.matrices}
         ours_cold = {module_of(m.name): m.intruders for m in cold.matrices}
         margins = {module_of(m.name): min(abs(c - EPSILON) for c in m.max_abs_cos) for m in warm.matrices}
@@ -189,6 +207,10 @@ def main() -> None:
             },
             {"method": "intrudim.analyze, cold cache (computes float64 base SVDs)", "seconds": t_cold},
             {"method": f"intrudim.analyze, warm cache (median of {args.repeats})", "seconds": t_warm},
+            {
+                "method": f"intrudim.analyze, warm cache, no read-ahead (INTRUDIM_READ_AHEAD=0, median of {args.repeats})",
+                "seconds": t_sequential,
+            },
         ]
         print("\n| method | seconds | peft whole / this | peft detection only / this |")
         print("|---|---|---|---|")
@@ -210,7 +232,7 @@ def main() -> None:
             "torch": torch.__version__, "peft": peft.__version__, "clock": args.clock, "threads": torch.get_num_threads(), "hidden": hidden, "layers": layers, "mlp": mlp,
             "lora_r": r, "matrices": n_matrices, "k": TOP_K, "epsilon": EPSILON,
             "load_average_start": load_start, "load_average_end": [round(x, 2) for x in os.getloadavg()],
-            "check_pass": agree, "mismatched": mismatched, "rows": rows, "warm_times": warm_times,
+            "check_pass": agree, "mismatched": mismatched, "rows": rows, "warm_times": warm_times, "warm_times_no_read_ahead": sequential_times,
             "per_layer": {k: {"peft": peft_counts.get(k), "intrudim": v, "margin": margins[k]} for k, v in ours.items()},
         }, indent=2) + "\n")  # fmt: skip
         print(f"load average at end: {[round(x, 2) for x in os.getloadavg()]}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 from intrudim.analysis.config import CACHE_DTYPES, AnalyzeConfig
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
+from intrudim.analysis.prefetch import read_ahead
 from intrudim.analysis.results import AnalysisResult, MatrixResult
 from intrudim.errors import IntrudimError
 from intrudim.spectral.intruders import (
@@ -39,8 +41,9 @@ from intrudim.spectral.svd import (
     top_k_svd,
 )
 from intrudim.threads import analysis_threads
+from intrudim.weights.peft_adapter import LoraFactors
 from intrudim.weights.selection import layer_index, module_type
-from intrudim.weights.svd_cache import BaseSVDCache, default_cache_dir
+from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, default_cache_dir
 
 
 def _k_sweep_labels(p: int, k: int, fractions: tuple[float, ...]) -> list[tuple[str, int]]:
@@ -216,17 +219,44 @@ def analyze(
     return result
 
 
+@dataclass
+class ReadJob:
+    """What one planned matrix needs from disk: W₀, its cache lookup, and the LoRA factors or W_t."""
+
+    job: MatrixJob
+    W0: torch.Tensor
+    cached: CacheLookup
+    factors: LoraFactors | None = None
+    Wt: torch.Tensor | None = None
+
+
+def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache) -> ReadJob:
+    """Read one planned matrix: W₀ (checked finite), its base SVD's cache entry (hashed and loaded, not computed),
+    the factors or W_t. No analysis: it may run in a background thread (:mod:`intrudim.analysis.prefetch`)."""
+    W0 = inputs.base_matrix(job)
+    cached = cache.lookup(W0)
+    if inputs.adapter is not None:
+        return ReadJob(job, W0, cached, factors=inputs.lora_factors(job))
+    return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job))
+
+
+def analyze_read(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:
+    """Analyse a read matrix: its base SVD (from the cache, or computed and stored on a miss), then the structured
+    LoRA path or the dense one."""
+    job, W0 = read.job, read.W0
+    base_svd = cache.resolve(W0, read.cached)
+    if read.factors is not None:
+        factors = read.factors
+        return analyze_lora_matrix(job, W0, base_svd, factors.A, factors.B, factors.scale, config)
+    assert read.Wt is not None
+    if torch.equal(W0, read.Wt):
+        return _unchanged(job, base_svd, config)
+    return analyze_dense_matrix(job, W0, base_svd, read.Wt, config)
+
+
 def analyze_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:
     """One planned matrix: read W₀ (and the factors or W_t), get the base SVD, analyse."""
-    W0 = inputs.base_matrix(job)
-    base_svd = cache.get(W0)
-    if inputs.adapter is not None:
-        factors = inputs.lora_factors(job)
-        return analyze_lora_matrix(job, W0, base_svd, factors.A, factors.B, factors.scale, config)
-    Wt = inputs.tuned_matrix(job)
-    if torch.equal(W0, Wt):
-        return _unchanged(job, base_svd, config)
-    return analyze_dense_matrix(job, W0, base_svd, Wt, config)
+    return analyze_read(read_job(inputs, job, cache), cache, config)
 
 
 def _run(
@@ -237,10 +267,13 @@ def _run(
     reporter = make_reporter(progress, len(jobs), "analyze")
     try:
         with analysis_threads():
-            for i, job in enumerate(jobs):
+            # The next job is read (W₀ hashed, its cache entry loaded) in a background thread while this one is
+            # analysed here; the values are those of a plain loop over analyze_job.
+            for i, read in enumerate(read_ahead(jobs, lambda job: read_job(inputs, job, cache))):
                 if reporter is not None:
-                    reporter(i, len(jobs), job.base_key)
-                results.append(analyze_job(inputs, job, cache, config))
+                    reporter(i, len(jobs), read.job.base_key)
+                results.append(analyze_read(read, cache, config))
+                del read  # at most the next job's inputs stay in memory besides this one's
         if reporter is not None:
             reporter(len(jobs), len(jobs), "done")
     finally:

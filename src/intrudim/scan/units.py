@@ -4,8 +4,9 @@ A scan is planned once (:func:`plan_scan`: which matrices of which TUNED input, 
 then run as units over one shared base SVD cache directory:
 
 1. one :class:`BaseUnit` per distinct base matrix: its thin SVD, computed once and stored in the cache;
-2. one :class:`MatrixUnit` per (TUNED input, matrix): :func:`intrudim.analysis.running.analyze_job`, the step
-   `analyze` runs for each matrix, reading the base factors from the cache;
+2. one :class:`MatrixUnit` per (TUNED input, matrix): :func:`intrudim.analysis.running.read_job` and
+   ``analyze_read``, the steps `analyze` runs for each matrix, reading the base factors from the cache (the
+   in-process engine reads the next unit in a background thread while this one is analysed, as `analyze` does);
 3. one :class:`ReportUnit` per TUNED input once its matrices are in: the files `analyze --out` writes (JSON,
    CSV, figures, report), under OUT/runs/<name>/ (figures take longer than a warm analysis: they run in parallel
    too).
@@ -35,8 +36,9 @@ from intrudim.analysis.planning import (
     oriented,
     resolve_tuned_path,
 )
+from intrudim.analysis.prefetch import read_ahead
 from intrudim.analysis.results import AnalysisResult, MatrixResult
-from intrudim.analysis.running import analyze_job, open_cache
+from intrudim.analysis.running import ReadJob, analyze_read, open_cache, read_job
 from intrudim.errors import IntrudimError
 from intrudim.threads import analysis_threads
 from intrudim.weights.peft_adapter import LoraAdapter, is_adapter_dir
@@ -183,26 +185,42 @@ def torch_threads(threads: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def analyze_matrix(base: str, unit: MatrixUnit, config: AnalyzeConfig, cache_dir: str) -> UnitOutcome:
-    """Unit 2: one matrix of one TUNED input, as `analyze` analyses it (the base SVD from the cache), on
-    :data:`MATRIX_UNIT_TORCH_THREADS` torch threads."""
-    started = time.perf_counter()
+def read_matrix_unit(base: str, unit: MatrixUnit, config: AnalyzeConfig, cache_dir: str) -> ReadJob | Exception:
+    """What unit 2 reads from disk (:func:`~intrudim.analysis.running.read_job`: W₀ hashed, its cache entry, the
+    factors or W_t), or the exception that reading raised; the in-process engine reads the next unit ahead."""
     try:
         inputs = opened_inputs(base, unit.tuned, config.allow_pickle)
+        return read_job(inputs, unit.job, open_cache(config, cache_dir, use_cache=True))
+    except Exception as exc:  # noqa: BLE001 - reported by analyze_matrix as the unit's error
+        return exc
+
+
+def analyze_matrix(
+    base: str, unit: MatrixUnit, config: AnalyzeConfig, cache_dir: str, read: ReadJob | Exception | None = None
+) -> UnitOutcome:
+    """Unit 2: one matrix of one TUNED input, as `analyze` analyses it (the base SVD from the cache), on
+    :data:`MATRIX_UNIT_TORCH_THREADS` torch threads. ``read``: the unit's :func:`read_matrix_unit`, when it was read
+    ahead (read here otherwise)."""
+    started = time.perf_counter()
+    try:
+        if read is None:
+            read = read_matrix_unit(base, unit, config, cache_dir)
+        if isinstance(read, Exception):
+            raise read
         cache = open_cache(config, cache_dir, use_cache=True)
         with analysis_threads(), torch_threads(MATRIX_UNIT_TORCH_THREADS):
-            result = analyze_job(inputs, unit.job, cache, config)
+            result = analyze_read(read, cache, config)
         return UnitOutcome(result=result, cache_hit=cache.hits == 1, seconds=time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - reported in this input's row; the scan goes on
         return UnitOutcome(error=describe_error(exc), seconds=time.perf_counter() - started)
 
 
 def analyze_matrix_after(base_outcome: UnitOutcome, base: str, unit: MatrixUnit, config: AnalyzeConfig,
-                         cache_dir: str) -> UnitOutcome:  # fmt: skip
+                         cache_dir: str, read: ReadJob | Exception | None = None) -> UnitOutcome:  # fmt: skip
     """:func:`analyze_matrix` once its base SVD unit is done (Ray passes that unit's outcome: a dependency)."""
     if base_outcome.error is not None:
         return UnitOutcome(error=base_outcome.error)
-    return analyze_matrix(base, unit, config, cache_dir)
+    return analyze_matrix(base, unit, config, cache_dir, read)
 
 
 def write_input_analysis(
@@ -245,10 +263,18 @@ def run_units_here(base: str, base_units: list[BaseUnit], matrix_units: list[Mat
         for unit in base_units:
             base_outcomes[unit] = compute_base_svd(base, unit, config, cache_dir)
             on_done(unit, base_outcomes[unit])
-        for unit in matrix_units:
+        # The next matrix unit is read (W₀ hashed, its cache entry loaded) in a background thread while this one is
+        # analysed, as `analyze` does (intrudim.analysis.prefetch); a unit whose base SVD failed reads nothing.
+        def read(unit: MatrixUnit) -> ReadJob | Exception | None:
+            if base_outcomes[unit.base_unit].error is not None:
+                return None
+            return read_matrix_unit(base, unit, config, cache_dir)
+
+        for unit, unit_read in zip(matrix_units, read_ahead(matrix_units, read), strict=True):
             ready = on_done(
-                unit, analyze_matrix_after(base_outcomes[unit.base_unit], base, unit, config, cache_dir)
+                unit, analyze_matrix_after(base_outcomes[unit.base_unit], base, unit, config, cache_dir, unit_read)
             )
+            del unit_read  # at most the next unit's inputs stay in memory besides this one's
             for report, outcomes in ready or ():
                 on_done(report, write_input_analysis(base, report, outcomes, config))
     finally:

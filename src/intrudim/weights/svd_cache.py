@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,6 +42,15 @@ def matrix_hash(W: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class CacheLookup:
+    """What :meth:`BaseSVDCache.lookup` found for one matrix: its key (None without a cache directory) and the
+    stored factors (None when there is no usable entry)."""
+
+    key: str | None
+    factors: SVDFactors | None
+
+
 class BaseSVDCache:
     """Get-or-compute thin SVDs of base matrices. ``directory=None`` disables the disk cache."""
 
@@ -66,21 +76,46 @@ class BaseSVDCache:
             return SVDFactors(U=factors.U.cpu(), S=factors.S.cpu(), Vh=factors.Vh.cpu())
         return svd(W)
 
+    def lookup(self, W: torch.Tensor) -> CacheLookup:
+        """Hash ``W`` and load its stored SVD if there is one; computes nothing and counts nothing.
+
+        Safe to run in a background thread while another matrix is analysed (the hash releases the GIL), which
+        is how `analyze` reads the next matrix ahead (:mod:`intrudim.analysis.prefetch`); :meth:`resolve` then
+        finishes the lookup on the thread that analyses.
+        """
+        if self.directory is None:
+            return CacheLookup(key=None, factors=None)
+        key = matrix_hash(W)
+        return CacheLookup(key=key, factors=self._load(key))
+
+    def _load(self, key: str) -> SVDFactors | None:
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        try:
+            stored = load_file(str(path))
+            # U and Vh stay in the stored dtype (no float64 copy of large bases); S is float64.
+            return SVDFactors(U=stored["U"], S=stored["S"].to(torch.float64), Vh=stored["Vh"])
+        except (SafetensorError, KeyError, OSError):
+            return None  # a damaged entry (e.g. disk full when written elsewhere): recompute and replace it
+
     def get(self, W: torch.Tensor) -> SVDFactors:
         """Thin SVD of ``W`` from the cache when present: S in float64, U and Vh in the cache dtype."""
-        if self.directory is None:
+        return self.resolve(W, self.lookup(W))
+
+    def resolve(self, W: torch.Tensor, found: CacheLookup) -> SVDFactors:
+        """The SVD of ``W`` given its :meth:`lookup`: the stored factors (a hit), else computed and stored (a miss).
+
+        An entry missing at lookup time is looked for once more: an earlier matrix with the same content may have
+        stored it since (the lookup ran ahead), and it counts as a hit, as in a plain sequential loop.
+        """
+        if found.key is None:
             self.misses += 1
             return self._compute(W, exact=True)  # nothing is stored, so nothing is rounded
-        key = matrix_hash(W)
-        path = self.path_for(key)
-        if path.exists():
-            try:
-                stored = load_file(str(path))
-                self.hits += 1
-                # U and Vh stay in the stored dtype (no float64 copy of large bases); S is float64.
-                return SVDFactors(U=stored["U"], S=stored["S"].to(torch.float64), Vh=stored["Vh"])
-            except (SafetensorError, KeyError, OSError):
-                pass  # a damaged entry (e.g. disk full when written elsewhere): recompute and replace it
+        factors = found.factors if found.factors is not None else self._load(found.key)
+        if factors is not None:
+            self.hits += 1
+            return factors
         self.misses += 1
         factors = self._compute(W)
         stored = {
@@ -89,7 +124,7 @@ class BaseSVDCache:
             "Vh": factors.Vh.to(self.dtype).contiguous(),
         }
         try:
-            with atomic_path(path) as tmp:
+            with atomic_path(self.path_for(found.key)) as tmp:
                 save_file(stored, str(tmp), metadata={"format": CACHE_FORMAT, "shape": str(tuple(W.shape))})
         except OSError:
             pass  # an unwritable cache slows later runs but never fails this one
