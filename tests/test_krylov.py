@@ -33,7 +33,7 @@ def _lora(m: int, n: int, r: int, seed: int, size: float = 0.3) -> tuple[torch.T
     return B, A
 
 
-@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (250, 250)])
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (250, 250), (300, 40), (30, 12), (12, 30)])
 def test_generic_operator_matches_dense_svd(shape):
     W = _gaussian(*shape, seed=sum(shape))
     k = 8

@@ -90,7 +90,7 @@ def block_krylov_top_k(
     if not 1 <= k <= small:
         raise ValueError(f"k={k} must be between 1 and min(shape)={small}.")
     block = block or k + 8
-    max_basis = min(max_basis or max(8 * block, 3 * k + 40, 160), small)
+    max_basis = min(max_basis or max(8 * block, 3 * k + 40, 160), rows)  # Q lives in ℝ^rows
     max_products = max_products or 60 * block + rows
     keep = min(max(k + block, max_basis // 2), max_basis - 1)
 
@@ -112,8 +112,8 @@ def block_krylov_top_k(
         sigma1 = float(S[0]) if n else 0.0
         res = R.norm(dim=0) / max(sigma1, torch.finfo(S.dtype).tiny)
         max_res = float(res[:k].max())
-        if max_res <= tol or Q.shape[1] >= small:
-            # converged, or Q spans the whole space (Ritz triplets are then exact)
+        if max_res <= tol or Q.shape[1] >= rows:
+            # converged, or Q spans all of ℝ^rows (the Ritz triplets are then exact)
             return KrylovResult(S[:k], Y[:, :k], X[:, :k], True, products, max_res)
         if products >= max_products:
             return KrylovResult(S[:k], Y[:, :k], X[:, :k], False, products, max_res)
