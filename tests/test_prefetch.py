@@ -9,6 +9,7 @@ import threading
 import weakref
 
 import pytest
+import torch
 from conftest import merged_state, write_peft_adapter
 from safetensors.torch import load_file, save_file
 
@@ -247,3 +248,40 @@ def test_scan_reading_ahead_gives_the_sequential_rows_and_errors(tiny_models, tm
     rows = outputs[1][0]
     assert rows[0]["error"] is None and rows[0]["total_intruders"] >= 0
     assert "layers.1.mlp.up_proj.lora_A" in rows[1]["error"] and "NaN" in rows[1]["error"]
+
+
+def test_a_job_read_on_a_warm_cache_holds_its_base_matrix_only_mapped(tmp_path):
+    """On a cache hit the structured LoRA path needs W₀ only through its SVD: after hashing, the job read ahead keeps
+    W₀ as mapped from the file, none of its pages resident, so reading ahead adds no W₀ to peak memory."""
+    from test_memory import mapped_resident_kib
+
+    from intrudim.analysis.planning import open_inputs
+    from intrudim.analysis.running import open_cache, read_job
+
+    g = torch.Generator().manual_seed(0)
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    weights = {f"model.layers.{i}.self_attn.q_proj.weight": torch.randn(512, 512, generator=g) for i in range(4)}
+    save_file(weights, str(base / "model.safetensors"))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    factors = {}
+    for i in range(4):
+        prefix = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+        factors[f"{prefix}.lora_A.weight"] = torch.randn(4, 512, generator=g)
+        factors[f"{prefix}.lora_B.weight"] = 0.1 * torch.randn(512, 4, generator=g)
+    save_file(factors, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    if mapped_resident_kib(base / "model.safetensors") is None:
+        pytest.skip("needs /proc/self/smaps (Linux)")
+    config = AnalyzeConfig(k=4)
+    analyze(base, adapter, config, cache_dir=tmp_path / "cache")  # cold: fills the cache
+    cache = open_cache(config, tmp_path / "cache", use_cache=True)
+    one_matrix_kib = 512 * 512 * 4 // 1024
+    with open_inputs(base, adapter, config) as inputs:
+        reads = [read_job(inputs, job, cache, config) for job in inputs.jobs]
+        assert all(read.cached.factors is not None for read in reads)  # every lookup a hit
+        assert mapped_resident_kib(base / "model.safetensors") < one_matrix_kib  # 4 jobs: not even one W₀
+        for read in reads:  # and each is the right matrix
+            assert torch.equal(read.W0, weights[read.job.base_key])

@@ -230,14 +230,22 @@ class ReadJob:
     Wt: torch.Tensor | None = None
 
 
-def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache) -> ReadJob:
+def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: AnalyzeConfig) -> ReadJob:
     """Read one planned matrix: W₀ (checked finite), its base SVD's cache entry (hashed and loaded, not computed),
-    the factors or W_t. No analysis: it may run in a background thread (:mod:`intrudim.analysis.prefetch`)."""
+    the factors or W_t. No analysis: it may run in a background thread (:mod:`intrudim.analysis.prefetch`).
+
+    The structured LoRA path uses W₀ only through its cached SVD: on a cache hit the W₀ that was read and hashed is
+    let go and the job holds it only as mapped from the file (no page read), so that a job read ahead holds no
+    more of W₀ in memory than the sequential loop did."""
     W0 = inputs.base_matrix(job)
     cached = cache.lookup(W0)
-    if inputs.adapter is not None:
-        return ReadJob(job, W0, cached, factors=inputs.lora_factors(job))
-    return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job))
+    if inputs.adapter is None:
+        return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job))
+    if cached.factors is not None and config.method != "dense":
+        del W0
+        W0 = inputs.base.load(job.base_key)  # mapped, not read: the structured path does not use its values
+        W0 = W0.T if job.transpose else W0
+    return ReadJob(job, W0, cached, factors=inputs.lora_factors(job))
 
 
 def analyze_read(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:
@@ -256,7 +264,7 @@ def analyze_read(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> M
 
 def analyze_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:
     """One planned matrix: read W₀ (and the factors or W_t), get the base SVD, analyse."""
-    return analyze_read(read_job(inputs, job, cache), cache, config)
+    return analyze_read(read_job(inputs, job, cache, config), cache, config)
 
 
 def _run(
@@ -269,7 +277,7 @@ def _run(
         with analysis_threads():
             # The next job is read (W₀ hashed, its cache entry loaded) in a background thread while this one is
             # analysed here; the values are those of a plain loop over analyze_job.
-            for i, read in enumerate(read_ahead(jobs, lambda job: read_job(inputs, job, cache))):
+            for i, read in enumerate(read_ahead(jobs, lambda job: read_job(inputs, job, cache, config))):
                 if reporter is not None:
                     reporter(i, len(jobs), read.job.base_key)
                 results.append(analyze_read(read, cache, config))

@@ -190,7 +190,7 @@ def read_matrix_unit(base: str, unit: MatrixUnit, config: AnalyzeConfig, cache_d
     factors or W_t), or the exception that reading raised; the in-process engine reads the next unit ahead."""
     try:
         inputs = opened_inputs(base, unit.tuned, config.allow_pickle)
-        return read_job(inputs, unit.job, open_cache(config, cache_dir, use_cache=True))
+        return read_job(inputs, unit.job, open_cache(config, cache_dir, use_cache=True), config)
     except Exception as exc:  # noqa: BLE001 - reported by analyze_matrix as the unit's error
         return exc
 
