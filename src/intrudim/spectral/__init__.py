@@ -14,10 +14,12 @@ from intrudim.spectral.intruders import (
     max_abs_cosine,
     random_vector_max_cosine,
 )
+from intrudim.spectral.krylov import KrylovResult, block_krylov_top_k
 from intrudim.spectral.structured import CoreTopK, LoraCore, core_full_spectrum, core_top_k, lora_core
 from intrudim.spectral.svd import (
     DENSE_SVD_MAX_DIM,
     SVDFactors,
+    base_svd,
     effective_rank,
     low_rank_singular_values,
     singular_values,
@@ -38,11 +40,14 @@ __all__ = [
     "EPSILON_SWEEP",
     "K_SWEEP_FRACTIONS",
     "CoreTopK",
+    "KrylovResult",
     "LoraCore",
     "RandomBaselinePoint",
     "SVDFactors",
     "ToyPoint",
     "ToySweep",
+    "base_svd",
+    "block_krylov_top_k",
     "core_full_spectrum",
     "core_top_k",
     "count_intruders",
