@@ -43,7 +43,7 @@ from intrudim.spectral.svd import (
 from intrudim.threads import analysis_threads
 from intrudim.weights.peft_adapter import LoraFactors
 from intrudim.weights.selection import layer_index, module_type
-from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, default_cache_dir
+from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, default_cache_dir, file_stat
 
 
 def _k_sweep_labels(p: int, k: int, fractions: tuple[float, ...]) -> list[tuple[str, int]]:
@@ -237,15 +237,32 @@ def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config
     The structured LoRA path uses W₀ only through its cached SVD: on a cache hit the W₀ that was read and hashed is
     let go and the job holds it only as mapped from the file (no page read), so that a job read ahead holds no
     more of W₀ in memory than the sequential loop did."""
+    structured = inputs.adapter is not None and config.method != "dense"
+    memo = cache.memo if not inputs.base.is_pickle else None
+    file = inputs.base.files[job.base_key]
+    if memo is not None and structured:
+        key = memo.get(file, job.base_key, job.transpose)
+        if key is not None:
+            cached = cache.lookup_key(key)
+            if cached.factors is not None:  # W₀ unchanged since it was hashed (and checked finite): not read
+                return ReadJob(job, _mapped_base(inputs, job), cached, factors=inputs.lora_factors(job))
+    read_ns, stat_before = time.time_ns(), file_stat(file) if memo is not None else None
     W0 = inputs.base_matrix(job)
     cached = cache.lookup(W0)
+    if memo is not None and cached.key is not None:
+        memo.put(file, job.base_key, job.transpose, cached.key, stat_before, read_ns)
     if inputs.adapter is None:
         return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job))
-    if cached.factors is not None and config.method != "dense":
+    if cached.factors is not None and structured:
         del W0
-        W0 = inputs.base.load(job.base_key)  # mapped, not read: the structured path does not use its values
-        W0 = W0.T if job.transpose else W0
+        W0 = _mapped_base(inputs, job)
     return ReadJob(job, W0, cached, factors=inputs.lora_factors(job))
+
+
+def _mapped_base(inputs: AnalysisInputs, job: MatrixJob) -> torch.Tensor:
+    """W₀ as mapped from its file, not read: the structured path does not use its values."""
+    W0 = inputs.base.load(job.base_key)
+    return W0.T if job.transpose else W0
 
 
 def analyze_read(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:

@@ -5,12 +5,21 @@ float64 check allows, see ``base_svd``) and stored as safetensors (U, S, Vh), wr
 atomically, then reused by every adapter, checkpoint, sweep and repair against that base. The key is a
 BLAKE2b hash of the matrix's bytes (in the orientation analysed), its shape and dtype, so a renamed or
 moved model still hits the cache and a changed matrix never does.
+
+Hashing a 7B base reads and hashes 13 GB on every run, and ``scan`` does it once per adapter. So the keys are
+also remembered per base file (:class:`KeyMemo`, ``keys/`` beside the factors), the way git's index remembers
+file hashes: a remembered key is used only while the file's device, inode, size, mtime and ctime (ns) are those
+recorded, and only if the file was last changed at least :data:`RACY_SECONDS` before that matrix was read (a
+file changed again within the same clock tick as the read could still look unchanged). Anything else is hashed
+again. ``INTRUDIM_KEY_MEMO=0`` turns the memo off.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +27,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from intrudim.fileio import atomic_path
+from intrudim.fileio import atomic_path, write_json_atomic
 from intrudim.spectral.svd import SVDFactors, base_svd, thin_svd
 
 CACHE_FORMAT = "1"
+KEY_MEMO_ENV = "INTRUDIM_KEY_MEMO"
+KEY_MEMO_FORMAT = 1
+RACY_SECONDS = 2.0
+"""A remembered key is trusted only for a file last changed at least this long before the matrix was read."""
 
 
 def default_cache_dir() -> Path:
@@ -42,6 +55,101 @@ def matrix_hash(W: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+FileStat = tuple[int, int, int, int, int]
+
+
+def file_stat(file: str | Path) -> FileStat | None:
+    """(device, inode, size, mtime_ns, ctime_ns) of ``file``; None when it cannot be read."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class KeyMemo:
+    """The cache keys of a base file's matrices, remembered against the file's stat (module docstring).
+
+    One small JSON per base file under ``<cache>/keys/``: ``{"format", "file", "stat", "keys"}``, ``keys`` mapping
+    ``"<tensor>|<transposed>"`` to [content hash, time.time_ns() when that matrix was read]. Written atomically; a damaged or foreign
+    record is ignored (and the matrix hashed). Safe to use from the read-ahead thread.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory / "keys"
+        self._lock = threading.Lock()
+        self._records: dict[str, dict] = {}
+
+    @staticmethod
+    def _name(tensor: str, transposed: bool) -> str:
+        return f"{tensor}|{int(transposed)}"
+
+    def _path(self, file: Path) -> Path:
+        digest = hashlib.blake2b(str(Path(file).resolve()).encode(), digest_size=16).hexdigest()
+        return self.directory / f"{digest}.json"
+
+    def _record(self, file: Path) -> dict | None:
+        path = self._path(file)
+        with self._lock:
+            if str(path) in self._records:
+                return self._records[str(path)]
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("format") != KEY_MEMO_FORMAT or not isinstance(record.get("keys"), dict):
+                record = None
+            else:
+                record["stat"] = tuple(record["stat"])
+        except (OSError, ValueError, TypeError, KeyError):
+            record = None
+        with self._lock:
+            self._records[str(path)] = record
+        return record
+
+    def get(self, file: Path, tensor: str, transposed: bool) -> str | None:
+        """The remembered key, if the file is provably unchanged since it was recorded; else None."""
+        record = self._record(file)
+        if record is None:
+            return None
+        stat = file_stat(file)
+        if stat is None or record["stat"] != stat:
+            return None
+        entry = record["keys"].get(self._name(tensor, transposed))
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            return None
+        key, read_ns = entry
+        if max(stat[3], stat[4]) > int(read_ns) - int(RACY_SECONDS * 1e9):
+            return None  # the file changed too close to when this matrix was read to prove it has not changed since
+        return key
+
+    def put(
+        self, file: Path, tensor: str, transposed: bool, key: str, stat_before: FileStat | None, read_ns: int
+    ) -> None:
+        """Remember ``key`` for a matrix read from ``file`` at ``read_ns`` (time.time_ns() before the read), when the
+        file's stat was ``stat_before``.
+
+        Nothing is recorded if the file changed while it was read. Each key keeps its own read time: the racy test
+        of :meth:`get` compares the file's last change with it. Never fails the run (an unwritable cache only means
+        hashing again next time)."""
+        if stat_before is None or file_stat(file) != stat_before:
+            return
+        path = self._path(file)
+        with self._lock:
+            old = self._records.get(str(path))
+            keys = dict(old["keys"]) if old is not None and old["stat"] == stat_before else {}
+            keys[self._name(tensor, transposed)] = [key, int(read_ns)]
+            record = {"format": KEY_MEMO_FORMAT, "file": str(Path(file).resolve()), "stat": stat_before, "keys": keys}
+            self._records[str(path)] = record
+            try:
+                write_json_atomic(path, {**record, "stat": list(stat_before)}, indent=None)
+            except OSError:
+                pass
+
+
+def key_memo_enabled() -> bool:
+    """False when ``$INTRUDIM_KEY_MEMO`` is ``0`` (or ``false``/``no``/``off``)."""
+    return os.environ.get(KEY_MEMO_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 @dataclass(frozen=True)
 class CacheLookup:
     """What :meth:`BaseSVDCache.lookup` found for one matrix: its key (None without a cache directory) and the
@@ -60,6 +168,7 @@ class BaseSVDCache:
         self.device = device
         self.hits = 0
         self.misses = 0
+        self.memo = KeyMemo(self.directory) if self.directory is not None and key_memo_enabled() else None
 
     def path_for(self, key: str) -> Path:
         assert self.directory is not None
@@ -86,6 +195,10 @@ class BaseSVDCache:
         if self.directory is None:
             return CacheLookup(key=None, factors=None)
         key = matrix_hash(W)
+        return CacheLookup(key=key, factors=self._load(key))
+
+    def lookup_key(self, key: str) -> CacheLookup:
+        """The stored SVD for a key known without hashing (:class:`KeyMemo`); computes nothing, counts nothing."""
         return CacheLookup(key=key, factors=self._load(key))
 
     def _load(self, key: str) -> SVDFactors | None:
