@@ -141,8 +141,7 @@ def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "c
     if method == "lanczos" and k >= small - 1:
         use_dense = True  # ARPACK needs k < min(shape) - 1
     if use_dense:
-        U, S, _ = torch.linalg.svd(core.dense().to(device), full_matrices=False)
-        return CoreTopK(S=S[:k].cpu(), Y=U[:, :k].cpu())
+        return _dense_core_top_k(core, k, device)
     if method == "krylov" or (method == "auto" and device != "cpu"):
         return _krylov_core_top_k(core, k, device)
     return _arpack_core_top_k(core, k)
@@ -202,9 +201,14 @@ def _krylov_core_top_k(core: LoraCore, k: int, device: str) -> CoreTopK:
     start = torch.cat([coords, Bc, sigma_A], dim=1)
     result = block_krylov_top_k(matvec, rmatvec, (rows, cols), k, start)
     if not result.converged:
-        U, S, _ = torch.linalg.svd(core.dense().to(device), full_matrices=False)
-        return CoreTopK(S=S[:k].cpu(), Y=U[:, :k].cpu())
+        return _dense_core_top_k(core, k, device)
     return CoreTopK(S=result.S.cpu(), Y=result.Y.cpu())
+
+
+def _dense_core_top_k(core: LoraCore, k: int, device: str = "cpu") -> CoreTopK:
+    """Top-k of an SVD of the dense core on ``device`` (small cores, large k, a stalled Krylov run), on the CPU."""
+    U, S, _ = torch.linalg.svd(core.dense().to(device), full_matrices=False)
+    return CoreTopK(S=S[:k].cpu(), Y=U[:, :k].cpu())
 
 
 def core_right_vectors(core: LoraCore, top: CoreTopK) -> torch.Tensor:
@@ -218,5 +222,4 @@ def core_right_vectors(core: LoraCore, top: CoreTopK) -> torch.Tensor:
 
 def core_full_spectrum(core: LoraCore) -> CoreTopK:
     """All singular triplets of the core (for the k-sweep of Fig. 11): a dense SVD of the small core."""
-    U, S, _ = torch.linalg.svd(core.dense(), full_matrices=False)
-    return CoreTopK(S=S, Y=U)
+    return _dense_core_top_k(core, min(core.shape))
