@@ -12,6 +12,10 @@ singular vector equal up to sign (reports the worst 1 − |cos|).
 
     python benchmarks/bench_cold_cache.py             # one LLaMA-7B block (~10 minutes on 2 cores)
     python benchmarks/bench_cold_cache.py --quick     # hidden 2048, MLP 5504 (a ~1B-shaped block)
+    python benchmarks/bench_cold_cache.py --device cuda   # both routes on the GPU (torch eigh / svd), wall clock
+
+On a GPU both routes run in torch on that device (cuSOLVER's eigh and SVD in float64); the exactness check still
+compares against the CPU's LAPACK SVD of the same matrix.
 
 Writes bench_out/bench_cold_cache.json.
 """
@@ -43,8 +47,22 @@ def weight_like(m: int, n: int, generator: torch.Generator) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="hidden 2048, MLP 5504 instead of 4096, 11008")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both routes run")
     add_timing_arguments(parser)
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is available here")
+
+    def on_device(fn):
+        def run(W):
+            out = fn(W.to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return type(out)(U=out.U.cpu(), S=out.S.cpu(), Vh=out.Vh.cpu()) if device.type == "cuda" else out
+
+        return run
+
     hidden, mlp = (2048, 5504) if args.quick else (4096, 11008)
     shapes = {"attn (q, k, v, o)": ((hidden, hidden), 4), "mlp gate/up": ((mlp, hidden), 2), "mlp down": ((hidden, mlp), 1)}
     generator = torch.Generator().manual_seed(0)
@@ -52,12 +70,15 @@ def main() -> None:
     with limit_threads(args.threads):
         for name, ((m, n), count) in shapes.items():
             W = weight_like(m, n, generator)
-            old_time, reference = timed(thin_svd, 1, W)
-            new_time, fast = timed(base_svd, 1, W)
+            if device.type == "cuda":
+                timed(on_device(thin_svd), 1, W), timed(on_device(base_svd), 1, W)  # warm-up: cuSOLVER handles
+            old_time, reference_here = timed(on_device(thin_svd), 1, W)
+            new_time, fast = timed(on_device(base_svd), 1, W)
+            reference = thin_svd(W) if device.type == "cuda" else reference_here
             cos_u = float((fast.U * reference.U).sum(0).abs().min())
             cos_v = float((fast.Vh * reference.Vh).sum(1).abs().min())
             sigma = float(((fast.S - reference.S).abs() / reference.S[0]).max())
-            fell_back = torch.equal(fast.U, reference.U)
+            fell_back = torch.equal(fast.U, reference_here.U)
             old, new = old_time[args.clock], new_time[args.clock]
             totals["old"] += count * old
             totals["new"] += count * new
@@ -71,11 +92,13 @@ def main() -> None:
             assert sigma < 1e-10 and 1 - cos_u < 1e-8 and 1 - cos_v < 1e-8, "not exact"
     ratio = totals["old"] / totals["new"]
     print(f"one block ({hidden}/{mlp}): SVD {totals['old']:.1f} s, Gram {totals['new']:.1f} s: ×{ratio:.2f} "
-          f"({args.clock} clock, threads {args.threads or torch.get_num_threads()}, load {load_average()})")  # fmt: skip
+          f"({args.clock} clock, threads {args.threads or torch.get_num_threads()}, load {load_average()}"
+          f"{', ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''})")  # fmt: skip
     OUT_DIR.mkdir(exist_ok=True)
-    (OUT_DIR / "bench_cold_cache.json").write_text(json.dumps({
+    (OUT_DIR / f"bench_cold_cache{'' if device.type == 'cpu' else '_' + device.type}.json").write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hidden": hidden, "mlp": mlp,
-        "clock": args.clock, "threads": args.threads or torch.get_num_threads(), "load_average": load_average(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "clock": args.clock, "threads": args.threads or torch.get_num_threads(), "load_average": load_average(),
         "rows": rows, "block_svd_seconds": totals["old"], "block_gram_seconds": totals["new"], "ratio": ratio,
     }, indent=2) + "\n")  # fmt: skip
 

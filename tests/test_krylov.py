@@ -180,7 +180,7 @@ def test_a_stalled_krylov_run_falls_back_to_the_dense_svd(monkeypatch):
     torch.testing.assert_close(top.S, dense.S, rtol=1e-13, atol=0)
 
 
-def test_auto_uses_arpack_on_cpu_and_krylov_elsewhere(monkeypatch):
+def test_auto_uses_arpack_on_every_device_and_krylov_when_asked(monkeypatch):
     W0 = _gaussian(300, 300, seed=8)
     B, A = _lora(300, 300, 4, seed=8)
     core = lora_core(thin_svd(W0), B, A, 2.0)
@@ -190,8 +190,9 @@ def test_auto_uses_arpack_on_cpu_and_krylov_elsewhere(monkeypatch):
         structured, "_krylov_core_top_k", lambda c, k, d: calls.append(d) or real(c, k, "cpu")
     )
     core_top_k(core, 10)
-    assert calls == []  # CPU: ARPACK
     core_top_k(core, 10, device="meta-device-for-test")
+    assert calls == []  # ARPACK on the CPU: the small core is latency-bound on a GPU (measured on an H100)
+    core_top_k(core, 10, method="krylov", device="meta-device-for-test")
     assert calls == ["meta-device-for-test"]
     with pytest.raises(ValueError, match="Unknown top-k method"):
         core_top_k(core, 10, method="power")

@@ -126,8 +126,12 @@ def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "c
     """Top-k SVD of the core M; the result is on the CPU in float64.
 
     ``method``: "lanczos" (ARPACK on the implicit operator, CPU), "krylov" (block Krylov in torch on ``device``,
-    :mod:`intrudim.spectral.krylov`), "dense" (an SVD of the dense core on ``device``), or "auto": dense for small
-    cores or large k, otherwise ARPACK on the CPU and block Krylov on any other device (e.g. "cuda").
+    :mod:`intrudim.spectral.krylov`), "dense" (an SVD of the dense core on ``device``), or "auto": dense (on
+    ``device``) for small cores or large k, otherwise ARPACK on the CPU whatever ``device`` is. The core is
+    diagonal plus rank r, O((p + r)·r) numbers: each product is microseconds of work, so on a GPU every iteration
+    is kernel-launch and synchronisation latency. Measured on an H100 (benchmarks/bench_krylov.py, RESULTS.md §7),
+    block Krylov there took 0.03 s (spiked base) and 0.14 s (clustered Gaussian) per 4096² core against ARPACK's
+    0.02 s and 0.08 s on that machine's CPU; the core is built on the CPU, so ARPACK also moves nothing.
     """
     if method not in TOP_K_METHODS:
         raise ValueError(f"Unknown top-k method {method!r}; use one of {', '.join(TOP_K_METHODS)}.")
@@ -142,7 +146,7 @@ def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "c
         use_dense = True  # ARPACK needs k < min(shape) - 1
     if use_dense:
         return _dense_core_top_k(core, k, device)
-    if method == "krylov" or (method == "auto" and device != "cpu"):
+    if method == "krylov":
         return _krylov_core_top_k(core, k, device)
     return _arpack_core_top_k(core, k)
 
