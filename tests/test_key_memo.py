@@ -166,3 +166,25 @@ def test_each_key_is_judged_by_its_own_read_time(tmp_path, monkeypatch):
     assert fresh.get(file, "late", True) is None  # the orientation is part of the name
     file.write_bytes(b"1" * 64)  # same size, new content: the stat differs
     assert svd_cache.KeyMemo(tmp_path / "cache").get(file, "late", False) is None
+
+
+def test_a_warm_repair_reads_through_the_memo_and_repairs_the_same(fresh_base, tmp_path, monkeypatch, counted_hashes):
+    """`repair` reads W₀ as `analyze` does: after an analysis recorded the keys, a repair of the same base hashes
+    nothing, and writes the same adapter as a repair that hashes every matrix."""
+    from intrudim.repair import repair
+
+    monkeypatch.setattr(svd_cache, "RACY_SECONDS", 0.2)
+    time.sleep(0.3)
+    base, adapter = fresh_base
+    cache = tmp_path / "cache"
+    analyze(base, adapter, cache_dir=cache)
+    counted_hashes.clear()
+    memo = repair(base, adapter, lam=0.5, k=6, out=tmp_path / "memo", cache_dir=cache)
+    assert counted_hashes == [] and memo.total_intruders > 0
+    with monkeypatch.context() as m:
+        m.setenv(svd_cache.KEY_MEMO_ENV, "0")
+        hashed = repair(base, adapter, lam=0.5, k=6, out=tmp_path / "hashed", cache_dir=cache)
+    assert len(counted_hashes) == len(hashed.matrices) > 0
+    a = load_file(str(tmp_path / "memo" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "hashed" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(a[key].equal(b[key]) for key in a)

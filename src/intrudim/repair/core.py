@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
-from intrudim.analysis.running import check_device, make_reporter, open_cache
+from intrudim.analysis.running import check_device, make_reporter, open_cache, read_job
 from intrudim.repair.config import RepairConfig
 from intrudim.spectral.repair import (
     RankUpdate,
@@ -72,14 +72,19 @@ class MatrixRepairPlan:
 
 
 def plan_matrix(
-    inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, k: int, epsilon: float, with_control: bool
+    inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: RepairConfig, with_control: bool
 ) -> MatrixRepairPlan:
-    """Top triplets and intruders of one planned matrix (structured for LoRA; Lanczos for dense)."""
-    W0 = inputs.base_matrix(job)
-    base_svd = cache.get(W0)
+    """Top triplets and intruders of one planned matrix (structured for LoRA; Lanczos for dense).
+
+    W₀, its cache entry and the factors (or W_t) are read as ``analyze`` reads them (:func:`read_job`): with the
+    cache's key memo, a LoRA repair of an unchanged base reads no base matrix and hashes nothing."""
+    k, epsilon = config.k, config.epsilon
+    read = read_job(inputs, job, cache, config.analyze_config)
+    W0 = read.W0
+    base_svd = cache.resolve(W0, read.cached)
     p = base_svd.rank_dim
-    factors = inputs.lora_factors(job) if inputs.adapter is not None else None
-    Wt = None if factors is not None else inputs.tuned_matrix(job)
+    factors = read.factors
+    Wt = read.Wt
 
     def top(count: int) -> SingularTriplets:
         if factors is not None:
@@ -119,7 +124,7 @@ def plan_repairs(
             for i, job in enumerate(inputs.jobs):
                 if reporter is not None:
                     reporter(i, len(inputs.jobs), job.base_key)
-                plans.append(plan_matrix(inputs, job, cache, config.k, config.epsilon, with_control))
+                plans.append(plan_matrix(inputs, job, cache, config, with_control))
         if reporter is not None:
             reporter(len(inputs.jobs), len(inputs.jobs), "done")
     finally:
