@@ -84,6 +84,13 @@ TARGETS = {
 
 
 @pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory) -> Path:
+    """One INTRUDIM_CACHE for the tests that load the real embedded SmolLM2: its GGUF is converted once per session
+    (~25 s on 2 cores), not once per module, and never into the user's ~/.cache."""
+    return tmp_path_factory.mktemp("embedded_cache")
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Each tiny architecture saved as an HF directory (config.json + model.safetensors)."""
     root = tmp_path_factory.mktemp("models")
@@ -147,3 +154,31 @@ def base_state(base_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(base_dir / "model.safetensors"))
+
+
+def _train_job(config, run_dir: Path, cache_dir: Path, threads: int):
+    """One training run in a worker process, at a fixed torch thread count (see :func:`train_in_parallel`)."""
+    torch.set_num_threads(threads)
+    from intrudim.train import train
+
+    return train(config, run_dir, progress=False, cache_dir=cache_dir, figures=False)
+
+
+def train_in_parallel(jobs: dict, cache_dir: Path, *, threads: int = 2, workers: int = 3) -> dict:
+    """``{key: (TrainConfig, run_dir)}`` → ``{key: TrainResult}``: the runs of a science module trained at once in
+    ``workers`` spawned processes, each with ``threads`` torch threads.
+
+    A run's result depends on its thread count (the order of float reductions), not on what else runs beside it:
+    two SmolLM2 runs trained side by side wrote adapters bit for bit those of the same runs trained one after the
+    other, in ~2/3 of the time (one 2-thread run keeps 2 cores ~70% busy: tokenising, loading, small kernels).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if not jobs:
+        return {}
+    context = multiprocessing.get_context("spawn")  # no fork of a process that has loaded torch and its threads
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        futures = {key: pool.submit(_train_job, config, run_dir, cache_dir, threads)
+                   for key, (config, run_dir) in jobs.items()}  # fmt: skip
+        return {key: future.result() for key, future in futures.items()}

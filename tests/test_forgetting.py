@@ -566,9 +566,11 @@ def test_minilm_contrastive_objective_is_learned_and_noise_forgets(tokenizer_dir
 
 
 @pytest.mark.slow
-def test_smollm2_perplexity_on_wikipedia_is_sane():
+def test_smollm2_perplexity_on_wikipedia_is_sane(embedded_cache, monkeypatch):
     """DESIGN.md: SmolLM2-135M has perplexity ~30 on Wikipedia paragraphs (780 with the words shuffled)."""
     from intrudim.train.config import resolve_model_path
+
+    monkeypatch.setenv("INTRUDIM_CACHE", str(embedded_cache))
 
     try:
         resolve_model_path("smollm2")
