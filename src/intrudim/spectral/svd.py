@@ -82,15 +82,15 @@ def base_svd(W: torch.Tensor, *, seed: int = 0) -> SVDFactors:
         lam_b, Qb = lam_b.flip(0), Qb.flip(1)
         if not bool(lam_b[-1] > 0):
             return thin_svd(W64)
-        E = torch.cat([E[:, :split], E[:, split:] @ Qb], dim=1)
-        Z = torch.cat([Z[:split], Qb.T @ Zb], dim=0)
+        E[:, split:] = E[:, split:] @ Qb  # in place: E and Z are this function's own (no copy of the large parts)
+        Z[split:] = Qb.T @ Zb
         S = torch.cat([S, lam_b.sqrt()])
         if not bool((S[1:] <= S[:-1]).all()):  # the two blocks can interleave by rounding at the split
             order = torch.argsort(S, descending=True)
             S, E, Z = S[order], E[:, order], Z[order]
     if not float(S[0] / S[-1]) <= GRAM_MAX_CONDITION:
         return thin_svd(W64)
-    R = Z / S[:, None]
+    R = Z.div_(S[:, None])
     U, Vh = (E, R) if wide else (R.T, E.T.contiguous())
     if not _factors_check(W64, U, S, Vh, seed):
         return thin_svd(W64)
