@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import write_peft_adapter
 from test_train import _config as _train_config
-from test_train import tiny_llama  # noqa: F401, F811  (a fixture: a tiny LLaMA saved with a tokenizer)
+from test_train import tiny_bert, tiny_llama  # noqa: F401, F811  (fixtures: tiny models saved with a tokenizer)
 
 from intrudim.spectral.intruders import intruder_ranks
 from intrudim.spectral.structured import core_top_k, lora_core
@@ -140,3 +140,38 @@ def test_train_on_cuda_tracks_what_a_cpu_analysis_finds(tiny_llama, tmp_path):  
     assert result.steps == 8 and result.final_intruders is not None
     found = analyze(tiny_llama, result.final_dir, use_cache=False)
     assert result.final_intruders == sum(m.intruders for m in found.matrices)
+
+
+def test_one_process_trains_on_cuda_then_on_the_cpu_then_on_cuda(tiny_llama, tmp_path):  # noqa: F811
+    """accelerate keeps one state per process; each run still gets the device it asked for (engine.make_accelerator)."""
+    from accelerate.state import AcceleratorState
+
+    from intrudim.train.engine import train
+
+    config = _train_config(tiny_llama, max_steps=4, checkpoint_every=None, objective="classification")
+    for i, device in enumerate(("cuda", "cpu", "cuda")):
+        result = train(config, tmp_path / f"run{i}", progress=False, figures=False, device=device)
+        assert result.steps == 4 and AcceleratorState().device.type == device
+
+
+def test_a_resumed_run_on_cuda_equals_the_uninterrupted_one(tiny_bert, tmp_path):  # noqa: F811
+    """Dropout on the GPU draws from CUDA's generators: a checkpoint saves and restores their state too (BERT has
+    dropout; without that state the resumed run differed from the uninterrupted one on an H100)."""
+    from safetensors.torch import load_file
+
+    from intrudim.train.engine import train
+
+    config = _train_config(tiny_bert, max_steps=10, checkpoint_every=4, eval_every=5, track_intruders=False)
+    whole = train(config, tmp_path / "whole", progress=False, figures=False, device="cuda")
+
+    def interrupt(step: int) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", progress=False, figures=False, device="cuda", on_step=interrupt)
+    resumed = train(config, tmp_path / "cut", progress=False, figures=False, device="cuda", resume=True)
+    assert resumed.steps == whole.steps == 10
+    a = load_file(str(whole.final_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.final_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

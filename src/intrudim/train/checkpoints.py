@@ -109,7 +109,10 @@ def save_checkpoint(
     save_file(trainable_tensors(model), str(training / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), training / "optimizer.pt")
     torch.save(scheduler.state_dict(), training / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, training / "rng.pt")
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from CUDA's generators
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, training / "rng.pt")
     write_json_atomic(training / "state.json", asdict(state))
     _swap_into_place(tmp, destination)
     return destination
@@ -148,6 +151,9 @@ def load_checkpoint(
     scheduler.load_state_dict(scheduler_state)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
+    if rng.get("cuda") and torch.cuda.is_available():  # a run resumed on another machine may have fewer GPUs
+        for index, cuda_state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     return state
 
 

@@ -221,6 +221,25 @@ def _stop_on_non_finite(run: _Run, state: LoopState, loss: torch.Tensor) -> None
 TRAINING_DEVICES = ("auto", "cpu", "cuda")
 
 
+def make_accelerator(device: str) -> Any:
+    """An ``accelerate.Accelerator`` on ``device`` ("auto", "cpu" or "cuda").
+
+    accelerate keeps one state per process: after a run on the GPU, a run with ``device="cpu"`` in the same process
+    is refused ("AcceleratorState has already been initialized"), and after a CPU run a GPU run would silently stay
+    on the CPU. Outside a distributed launch (where that state holds the process group), the state is reset when
+    the device asked for differs from the one it holds.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and not PartialState().use_distributed:
+        held_cpu = AcceleratorState().device.type == "cpu"
+        wanted_cpu = device == "cpu" or not torch.cuda.is_available()
+        if held_cpu != wanted_cpu:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=device == "cpu")
+
+
 def check_training_device(device: str) -> None:
     """``device`` is one of :data:`TRAINING_DEVICES`, and "cuda" only where CUDA is available."""
     if device not in TRAINING_DEVICES:
@@ -236,8 +255,6 @@ def _set_up(
     config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, cache_dir: Path | None, progress: bool = True,
     device: str = "auto",
 ) -> tuple[_Run, LoopState]:
-    from accelerate import Accelerator
-
     check_training_device(device)
 
     base_model = resolve_model_path(config.model, progress=progress)
@@ -246,7 +263,7 @@ def _set_up(
         config.task, seed=config.seed, train_fraction=config.train_fraction, data_path=config.data_path,
         max_train_examples=config.max_train_examples, max_validation_examples=config.max_validation_examples,
     )  # fmt: skip
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = make_accelerator(device)
     check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)  # before any slow work
     max_steps, steps_per_epoch = total_training_steps(config, len(task.train))
     formats = prompt_format(task) if config.objective == "causal-lm" else None  # a task without answers: refused here
