@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from intrudim.analysis.config import AnalyzeConfig
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
 from intrudim.analysis.running import check_device, make_reporter, open_cache, read_job
 from intrudim.repair.config import RepairConfig
@@ -72,14 +73,15 @@ class MatrixRepairPlan:
 
 
 def plan_matrix(
-    inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: RepairConfig, with_control: bool
+    inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: AnalyzeConfig, with_control: bool
 ) -> MatrixRepairPlan:
     """Top triplets and intruders of one planned matrix (structured for LoRA; Lanczos for dense).
 
     W₀, its cache entry and the factors (or W_t) are read as ``analyze`` reads them (:func:`read_job`): with the
-    cache's key memo, a LoRA repair of an unchanged base reads no base matrix and hashes nothing."""
+    cache's key memo, a LoRA repair of an unchanged base reads no base matrix and hashes nothing. ``config``: the
+    repair's :attr:`RepairConfig.analyze_config`."""
     k, epsilon = config.k, config.epsilon
-    read = read_job(inputs, job, cache, config.analyze_config)
+    read = read_job(inputs, job, cache, config)
     W0 = read.W0
     base_svd = cache.resolve(W0, read.cached)
     p = base_svd.rank_dim
@@ -118,13 +120,14 @@ def plan_repairs(
 ) -> list[MatrixRepairPlan]:
     """:func:`plan_matrix` for every planned matrix, with numpy/scipy BLAS single-threaded (intrudim.threads)."""
     reporter = make_reporter(progress, len(inputs.jobs), "repair")
+    analyze_config = config.analyze_config  # built (and validated) once, not per matrix
     plans = []
     try:
         with analysis_threads():
             for i, job in enumerate(inputs.jobs):
                 if reporter is not None:
                     reporter(i, len(inputs.jobs), job.base_key)
-                plans.append(plan_matrix(inputs, job, cache, config, with_control))
+                plans.append(plan_matrix(inputs, job, cache, analyze_config, with_control))
         if reporter is not None:
             reporter(len(inputs.jobs), len(inputs.jobs), "done")
     finally:
