@@ -17,9 +17,8 @@ counts by a few intruders, as docs/train.md measured for MiniLM.
 
 Time (each SmolLM2 run is ~2.5 minutes on 2 cores): the three runs train side by side in worker processes, each
 at 2 threads (the same adapters bit for bit as one after the other), r = 8 is trained for seed 0 only, and the
-repair sweep
-measures only the intruder repair (its controls are tested in tests/test_repair_sweep.py and asserted nothing
-here), which keeps `make test` under 30 minutes. The r = 1 vs r = 8 comparison had wide margins at both seeds
+repair sweep measures only the intruder repair (its controls are tested in tests/test_repair_sweep.py and
+asserted nothing here), which keeps `make test` under 30 minutes. The r = 1 vs r = 8 comparison had wide margins at both seeds
 when the recipe was chosen (docs/repair.md: 6 and 4 intruders against 0; forgetting +16.8 and +11.5 against +0.3
 and +0.6); both seeds of r = 1 still have to show intruders and forgetting, and their repair.
 """
@@ -84,7 +83,8 @@ class Science:
 
 @pytest.fixture(scope="module")
 def science(tmp_path_factory: pytest.TempPathFactory, embedded_cache: Path) -> Iterator[Science]:
-    """Results of a seed depend on the thread count (reduction order): pin it to CI's two cores."""
+    """Results of a seed depend on the thread count (reduction order): the training workers and this process
+    (forgetting, repair) are pinned to CI's two cores."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("repair_science")

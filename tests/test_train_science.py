@@ -39,11 +39,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import train_in_parallel
 
 from intrudim.train import TrainConfig, read_metrics
@@ -88,15 +86,12 @@ class ScienceRuns:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScienceRuns]:
-    """Results of a seed depend on the thread count (reduction order): pin it to CI's two cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+def runs(tmp_path_factory: pytest.TempPathFactory) -> ScienceRuns:
+    """The module's five runs, side by side in worker processes. Results of a seed depend on the thread count
+    (reduction order): each worker is pinned to CI's two cores (train_in_parallel's ``threads=2``)."""
     runs = ScienceRuns(tmp_path_factory.mktemp("science"))
-    # the module's five runs, side by side in worker processes at 2 threads each (same results as one by one)
     runs.train([("lora r=1", seed) for seed in SEEDS] + [("b-only r=1", seed) for seed in SEEDS] + [("full", 0)])
-    yield runs
-    torch.set_num_threads(previous)
+    return runs
 
 
 def _intruders(result: TrainResult, summary: object) -> int:
