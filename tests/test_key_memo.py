@@ -188,3 +188,24 @@ def test_a_warm_repair_reads_through_the_memo_and_repairs_the_same(fresh_base, t
     a = load_file(str(tmp_path / "memo" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "hashed" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(a[key].equal(b[key]) for key in a)
+
+
+def test_a_scan_hashes_each_base_matrix_once_then_never(fresh_base, tmp_path, monkeypatch, counted_hashes):
+    """scan's base units read through the memo as `analyze` does: the cold scan hashes each base matrix once (its
+    base unit records the key, so the matrix unit after it reads none), a second scan hashes nothing, and its
+    rows equal the first's."""
+    from intrudim.scan import scan
+
+    monkeypatch.setattr(svd_cache, "RACY_SECONDS", 0.2)
+    time.sleep(0.3)
+    base, adapter = fresh_base
+    cache = tmp_path / "cache"
+    first = scan(base, [adapter], tmp_path / "first", cache_dir=cache, keep_analyses=True)
+    n = len(first.analyses[0].matrices)
+    assert first.rows[0]["error"] is None and len(counted_hashes) == n
+
+    counted_hashes.clear()
+    second = scan(base, [adapter], tmp_path / "second", cache_dir=cache, keep_analyses=True)
+    assert counted_hashes == []
+    assert second.rows[0]["total_intruders"] == first.rows[0]["total_intruders"] > 0
+    _same(second.analyses[0], _hashed_warm_run(base, adapter, cache, monkeypatch))

@@ -43,6 +43,7 @@ from intrudim.spectral.svd import (
 from intrudim.threads import analysis_threads
 from intrudim.weights.peft_adapter import LoraFactors
 from intrudim.weights.selection import layer_index, module_type
+from intrudim.weights.sources import WeightSource
 from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, default_cache_dir, file_stat
 
 
@@ -238,25 +239,42 @@ def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config
     let go and the job holds it only as mapped from the file (no page read), so that a job read ahead holds no
     more of W₀ in memory than the sequential loop did."""
     structured = inputs.adapter is not None and config.method != "dense"
-    memo = cache.memo if not inputs.base.is_pickle else None
-    file = inputs.base.files[job.base_key]
-    if memo is not None and structured:
-        key = memo.get(file, job.base_key, job.transpose)
+    if structured:
+        key = remembered_key(cache, inputs.base, job.base_key, job.transpose)
         if key is not None:
             cached = cache.lookup_key(key)
             if cached.factors is not None:  # W₀ unchanged since it was hashed (and checked finite): not read
                 return ReadJob(job, _mapped_base(inputs, job), cached, factors=inputs.lora_factors(job))
-    read_ns, stat_before = time.time_ns(), file_stat(file) if memo is not None else None
-    W0 = inputs.base_matrix(job)
-    cached = cache.lookup(W0)
-    if memo is not None and cached.key is not None:
-        memo.put(file, job.base_key, job.transpose, cached.key, stat_before, read_ns)
+    W0, cached = hashed_lookup(cache, inputs.base, job.base_key, job.transpose, lambda: inputs.base_matrix(job))
     if inputs.adapter is None:
         return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job))
     if cached.factors is not None and structured:
         del W0
         W0 = _mapped_base(inputs, job)
     return ReadJob(job, W0, cached, factors=inputs.lora_factors(job))
+
+
+def remembered_key(cache: BaseSVDCache, source: WeightSource, tensor: str, transposed: bool) -> str | None:
+    """The cache key of base matrix ``tensor`` (in the orientation analysed) from the cache's key memo, when its
+    file provably has not changed since it was hashed; None when it has to be read and hashed (or no memo)."""
+    if cache.memo is None or source.is_pickle:
+        return None
+    return cache.memo.get(source.files[tensor], tensor, transposed)
+
+
+def hashed_lookup(
+    cache: BaseSVDCache, source: WeightSource, tensor: str, transposed: bool, read: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, CacheLookup]:
+    """``read()`` base matrix ``tensor``, hash it and look its SVD up in the cache (computing nothing), and remember
+    the key in the memo unless the file changed while it was read: the next run then needs no hash."""
+    memo = cache.memo if not source.is_pickle else None
+    file = source.files[tensor]
+    read_ns, stat_before = time.time_ns(), file_stat(file) if memo is not None else None
+    W0 = read()
+    cached = cache.lookup(W0)
+    if memo is not None and cached.key is not None:
+        memo.put(file, tensor, transposed, cached.key, stat_before, read_ns)
+    return W0, cached
 
 
 def _mapped_base(inputs: AnalysisInputs, job: MatrixJob) -> torch.Tensor:

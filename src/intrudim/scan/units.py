@@ -38,7 +38,14 @@ from intrudim.analysis.planning import (
 )
 from intrudim.analysis.prefetch import read_ahead
 from intrudim.analysis.results import AnalysisResult, MatrixResult
-from intrudim.analysis.running import ReadJob, analyze_read, open_cache, read_job
+from intrudim.analysis.running import (
+    ReadJob,
+    analyze_read,
+    hashed_lookup,
+    open_cache,
+    read_job,
+    remembered_key,
+)
 from intrudim.errors import IntrudimError
 from intrudim.threads import analysis_threads
 from intrudim.weights.peft_adapter import LoraAdapter, is_adapter_dir
@@ -152,15 +159,27 @@ def opened_base(base: str, allow_pickle: bool):
 
 
 def compute_base_svd(base: str, unit: BaseUnit, config: AnalyzeConfig, cache_dir: str) -> UnitOutcome:
-    """Unit 1: the thin SVD of one base matrix, into the cache directory (a hit when it is there already)."""
+    """Unit 1: the thin SVD of one base matrix, into the cache directory (a hit when it is there already).
+
+    Through the cache's key memo, as `analyze` reads: a base matrix whose file has not changed since it was hashed
+    is neither read nor hashed when its entry is there, and a matrix that is hashed has its key remembered, so that
+    the matrix units after it (and the next scan) hash nothing."""
     started = time.perf_counter()
     try:
         source = opened_base(base, config.allow_pickle)
-        W0 = oriented(source.load(unit.base_key), unit.transpose)
-        check_finite(W0, unit.base_key, f"BASE '{source.path}'")
         cache = open_cache(config, cache_dir, use_cache=True)
+        key = remembered_key(cache, source, unit.base_key, unit.transpose)
+        if key is not None and cache.path_for(key).exists():
+            return UnitOutcome(cache_hit=True, seconds=time.perf_counter() - started)
+
+        def read() -> torch.Tensor:
+            W0 = oriented(source.load(unit.base_key), unit.transpose)
+            check_finite(W0, unit.base_key, f"BASE '{source.path}'")
+            return W0
+
+        W0, found = hashed_lookup(cache, source, unit.base_key, unit.transpose, read)
         with analysis_threads():  # as `analyze` computes it
-            cache.get(W0)
+            cache.resolve(W0, found)
         return UnitOutcome(cache_hit=cache.hits == 1, seconds=time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - reported in the rows of the inputs that need this matrix
         return UnitOutcome(error=describe_error(exc), seconds=time.perf_counter() - started)
