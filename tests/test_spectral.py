@@ -261,24 +261,33 @@ def test_without_the_second_solve_the_small_singular_vectors_lose_orthogonality(
     assert torch.equal(fast.U, reference.U)  # fell back
 
 
-def test_the_early_condition_check_agrees_with_the_eigenvalues() -> None:
-    """Before its eigensolver, the Gram route tests λ_min(G) < λ_max(G)/κ² by a Cholesky factorisation of the
-    shifted G: planted spectra on both sides of the limit (κ = 3e5, so λ ratio 1.1e-11), and G = 0."""
+def test_the_diagonal_test_sends_a_zero_row_to_lapack_without_an_eigensolver(monkeypatch) -> None:
+    """Before its eigensolver, the Gram route looks at G's diagonal: min G_ii < max G_ii/κ² proves κ(G) > κ²
+    (λ_min ≤ min G_ii, λ_max ≥ max G_ii). A W with a zero row (a dead unit) goes to LAPACK's SVD, bit for bit,
+    without an eigendecomposition; an ill-conditioned W whose diagonal does not show it still falls back after it."""
     import numpy as np
+    import scipy.linalg
 
-    from intrudim.spectral.svd import GRAM_MAX_CONDITION, _too_ill_conditioned
+    import intrudim.spectral.svd as svd
 
-    limit = 1.0 / GRAM_MAX_CONDITION**2
-    g = torch.Generator().manual_seed(4)
-    Q, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
-    cases = ((1000 * limit, False), (3 * limit, False), (limit / 3, True), (limit / 100, True), (0.0, True))
-    for smallest, ill in cases:
-        lam = torch.logspace(0, -6, 300, dtype=torch.float64)
-        lam[-1] = smallest
-        G = (Q * (3.0 * lam)) @ Q.T
-        lower = np.tril(G.numpy())  # the routine reads the lower triangle only, as dsyrk writes it
-        assert _too_ill_conditioned(np.asfortranarray(lower)) is ill, smallest
-    assert _too_ill_conditioned(np.zeros((50, 50), order="F")) is True
+    limit = 1.0 / svd.GRAM_MAX_CONDITION**2
+    assert svd._surely_too_ill_conditioned(np.array([1.0, 0.5, 0.3 * limit]))
+    assert svd._surely_too_ill_conditioned(np.zeros(5))
+    assert not svd._surely_too_ill_conditioned(np.array([1.0, 0.5, 3 * limit]))
+
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(300, 400, generator=g, dtype=torch.float64)
+    W[17] = 0.0
+    called = []
+    real_eigh = scipy.linalg.eigh
+    monkeypatch.setattr(scipy.linalg, "eigh", lambda *a, **k: called.append(1) or real_eigh(*a, **k))
+    fast, reference = svd.base_svd(W), svd.thin_svd(W)
+    assert called == [] and torch.equal(fast.U, reference.U) and torch.equal(fast.Vh, reference.Vh)
+
+    hidden = _spectrum_matrix(300, 300, torch.logspace(0, -7, 300, dtype=torch.float64), seed=7)  # κ = 1e7
+    assert not svd._surely_too_ill_conditioned(torch.diagonal(hidden @ hidden.T).numpy())
+    fast, reference = svd.base_svd(hidden), svd.thin_svd(hidden)
+    assert len(called) == 1 and torch.equal(fast.U, reference.U)  # the check after the eigensolver decided
 
 
 def test_the_cache_uses_the_gram_route_only_for_float32_factors(tmp_path) -> None:

@@ -232,9 +232,9 @@ class BaseSVDCache:
         self.misses += 1
         factors = self._compute(W)
         stored = {
-            "U": factors.U.to(self.dtype).contiguous(),
+            "U": factors.U.to(self.dtype, memory_format=torch.contiguous_format).contiguous(),  # one pass
             "S": factors.S.to(torch.float64).contiguous(),
-            "Vh": factors.Vh.to(self.dtype).contiguous(),
+            "Vh": factors.Vh.to(self.dtype, memory_format=torch.contiguous_format).contiguous(),
         }
         try:
             with atomic_path(self.path_for(found.key)) as tmp:
