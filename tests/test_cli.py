@@ -88,3 +88,15 @@ def test_embedded_minilm_planted_adapter_end_to_end(tmp_path):
         assert m["effective_rank_delta"] == pytest.approx(1.0, abs=1e-6)
     assert data["total_intruders"] == 18
     assert (out / "report.html").stat().st_size > 50_000
+
+
+def test_version_names_intrudim_and_the_libraries_its_numbers_depend_on() -> None:
+    from importlib.metadata import version
+
+    import intrudim
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"intrudim {version('intrudim')} (torch {version('torch')}, ")
+    assert "peft " in result.output and result.output.count("\n") == 1
+    assert intrudim.__version__ == version("intrudim")  # the package's constant and its metadata agree

@@ -40,6 +40,35 @@ stderr = Console(stderr=True)
 T = TypeVar("T")
 
 
+def _print_version(value: bool) -> None:
+    """``intrudim --version``: this package's version and those of the libraries its numbers depend on (for bug
+    reports), read from the installed metadata without importing them."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("torch", "transformers", "peft", "scipy", "numpy"))
+    line = f"intrudim {installed('intrudim')} ({libraries}; Python {sys.version.split()[0]})"
+    stdout.print(line, highlight=False, soft_wrap=True)
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Find, measure and repair intruder dimensions in fine-tuned transformers."""
+
+
 def run_guarded(fn: Callable[[], T]) -> T:
     """Run ``fn``; turn an IntrudimError into a one-paragraph message and exit code 2 (no traceback)."""
     try:
