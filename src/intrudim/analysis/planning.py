@@ -107,8 +107,39 @@ def plan_adapter_jobs(
             continue
         jobs.append(MatrixJob(base_key=base_key, shape=(stored[0], stored[1]), transpose=False, module=module,
                               embedding=True))  # fmt: skip
+    for module in sorted(adapter.full_weights):
+        job_or_reason = _full_weight_job(base, adapter, matcher, module, selection)
+        if isinstance(job_or_reason, MatrixJob):
+            jobs.append(job_or_reason)
+        else:
+            skipped.append({"name": job_or_reason[0], "reason": job_or_reason[1]})
     jobs.sort(key=lambda job: natural_key(job.base_key))
     return jobs, skipped
+
+
+FULL_WEIGHT_NOTE = "trained fully in the adapter (modules_to_save)"
+
+
+def _full_weight_job(
+    base: WeightSource, adapter: LoraAdapter, matcher: KeyMatcher, module: str, selection: MatrixSelection
+) -> MatrixJob | tuple[str, str]:
+    """A dense job for a weight the adapter saved whole (PEFT's ``modules_to_save``: W_t is that weight), or
+    (name, reason) when it cannot or should not be compared with BASE."""
+    stored_tuned = adapter.full_weight_shape(module)
+    base_key = matcher.base_key(module + ".weight")
+    if base_key is None:
+        return module + ".weight", f"{FULL_WEIGHT_NOTE}, but BASE has no such weight: a new module, nothing to compare"
+    stored = tuple(base.shape(base_key))
+    if stored_tuned != stored:
+        return base_key, (
+            f"{FULL_WEIGHT_NOTE} with shape {stored_tuned}, but BASE's is {stored} (a resized vocabulary?): "
+            f"not comparable"
+        )
+    if not selection.selects(base_key, stored):
+        return base_key, f"{FULL_WEIGHT_NOTE}; not selected (embeddings/heads need --include-*, or --modules)"
+    transpose = is_conv1d(base_key, base.model_type)
+    shape = (stored[1], stored[0]) if transpose else (stored[0], stored[1])
+    return MatrixJob(base_key=base_key, shape=shape, transpose=transpose, tuned_key=module)
 
 
 def plan_dense_jobs(base: WeightSource, tuned: WeightSource, selection: MatrixSelection) -> list[MatrixJob]:
@@ -182,8 +213,14 @@ class AnalysisInputs:
         return factors
 
     def tuned_matrix(self, job: MatrixJob) -> torch.Tensor:
-        """W_t of a dense TUNED model, oriented (out, in), checked finite."""
-        assert self.tuned is not None and job.tuned_key is not None
+        """W_t of a dense TUNED model, or a weight a LoRA adapter saved whole (``modules_to_save``), oriented
+        (out, in), checked finite."""
+        assert job.tuned_key is not None
+        if self.adapter is not None:
+            Wt = oriented(self.adapter.full_weight(job.tuned_key), job.transpose)
+            check_finite(Wt, job.tuned_key + ".weight", f"adapter '{self.adapter.path}'")
+            return Wt
+        assert self.tuned is not None
         Wt = oriented(self.tuned.load(job.tuned_key), job.transpose)
         check_finite(Wt, job.tuned_key, f"TUNED '{self.tuned.path}'")
         return Wt

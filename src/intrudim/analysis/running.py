@@ -238,7 +238,7 @@ def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config
     The structured LoRA path uses W₀ only through its cached SVD: on a cache hit the W₀ that was read and hashed is
     let go and the job holds it only as mapped from the file (no page read), so that a job read ahead holds no
     more of W₀ in memory than the sequential loop did."""
-    structured = inputs.adapter is not None and config.method != "dense"
+    structured = job.module is not None and config.method != "dense"  # LoRA factors (not a weight saved whole)
     if structured:
         key = remembered_key(cache, inputs.base, job.base_key, job.transpose)
         if key is not None:
@@ -246,7 +246,7 @@ def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config
             if cached.factors is not None:  # W₀ unchanged since it was hashed (and checked finite): not read
                 return ReadJob(job, _mapped_base(inputs, job), cached, factors=inputs.lora_factors(job))
     W0, cached = hashed_lookup(cache, inputs.base, job.base_key, job.transpose, lambda: inputs.base_matrix(job))
-    if inputs.adapter is None:
+    if job.module is None:  # a dense TUNED, or a weight the adapter saved whole (modules_to_save)
         return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job))
     if cached.factors is not None and structured:
         del W0

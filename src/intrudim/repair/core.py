@@ -110,6 +110,24 @@ def plan_matrix(
     return MatrixRepairPlan(job, triplets, intruders, non_intruders, delta_norm, factors)
 
 
+FULL_WEIGHT_NOT_REPAIRED = (
+    "trained fully in the adapter (modules_to_save): `analyze` counts its intruders, but repair rewrites LoRA "
+    "factors and leaves this weight as it is; to repair it too, merge the adapter (peft's merge_and_unload) and "
+    "repair the merged model"
+)
+
+
+def set_aside_full_weights(inputs: AnalysisInputs) -> None:
+    """Take the weights a LoRA adapter saved whole (``modules_to_save``) out of a repair's jobs, each listed in
+    ``inputs.skipped`` with the reason: the repaired adapter keeps them unchanged, and the result says so."""
+    if inputs.adapter is None:
+        return
+    for job in inputs.jobs:
+        if job.module is None:
+            inputs.skipped.append({"name": job.base_key, "reason": FULL_WEIGHT_NOT_REPAIRED})
+    inputs.jobs = [job for job in inputs.jobs if job.module is not None]
+
+
 def plan_repairs(
     inputs: AnalysisInputs,
     cache: BaseSVDCache,
@@ -273,6 +291,7 @@ def repair(
     started = time.perf_counter()
     analyze_config = config.analyze_config
     with open_inputs(base, tuned, analyze_config) as inputs:
+        set_aside_full_weights(inputs)
         out_dir = prepare_output(Path(out), inputs, merged=merged, overwrite=overwrite)
         cache = open_cache(analyze_config, cache_dir, use_cache)
         plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress)

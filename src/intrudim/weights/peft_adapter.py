@@ -26,6 +26,8 @@ ADAPTER_PICKLE = "adapter_model.bin"
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 # LoRA on an nn.Embedding: base_model.model.<module>.lora_embedding_A[.<adapter name>] (a parameter, no .weight)
 _LORA_EMBEDDING_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_embedding_(?P<which>[AB])(?:\.[^.]+)?$")
+# A whole weight the adapter trained and saved (PEFT's modules_to_save): base_model.model.<module>[.modules_to_save.<name>].weight
+_FULL_WEIGHT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)(?:\.modules_to_save\.[^.]+)?\.weight$")
 EMBEDDING_LORA_ADVICE = (
     "LoRA on an embedding table (lora_embedding_A/B) is analysed with --include-embeddings (embeddings are left "
     "out by default)"
@@ -94,6 +96,8 @@ class LoraAdapter:
         self.base_model_name = self.config.get("base_model_name_or_path")
         self._tensors = self._open_tensors(allow_pickle)
         self.modules: dict[str, tuple[str, str]] = {}  # module -> (key of A, key of B)
+        # module -> key of a 2-D weight saved whole (modules_to_save: trained fully, not by LoRA)
+        self.full_weights: dict[str, str] = {}
         found: dict[str, dict[str, str]] = {}
         embedding_found: dict[str, dict[str, str]] = {}
         for key in self._tensors["keys"]:
@@ -102,6 +106,8 @@ class LoraAdapter:
                 found.setdefault(match["module"], {})[match["which"]] = key
             elif embedding := _LORA_EMBEDDING_KEY.match(key):
                 embedding_found.setdefault(embedding["module"], {})[embedding["which"]] = key
+            elif "lora_" not in key and (full := _FULL_WEIGHT_KEY.match(key)) and len(self._shape(key)) == 2:
+                self.full_weights[full["module"]] = key
         # LoRA on embedding tables: ΔW = s·(B·A)ᵀ for the (num_embeddings, dim) weight, with A (r, num_embeddings)
         # and B (dim, r) as peft stores them; read as factors (Aᵀ, Bᵀ) of the weight's orientation.
         self.embedding_modules: list[str] = sorted(embedding_found)
@@ -152,6 +158,14 @@ class LoraAdapter:
         if "state" in self._tensors:
             return tuple(self._tensors["state"][key].shape)
         return tuple(self._tensors["handle"].get_slice(key).get_shape())
+
+    def full_weight_shape(self, module: str) -> tuple[int, ...]:
+        """The stored shape of a weight the adapter saved whole (:attr:`full_weights`), from the header."""
+        return self._shape(self.full_weights[module])
+
+    def full_weight(self, module: str) -> torch.Tensor:
+        """A weight the adapter trained fully and saved whole (PEFT's ``modules_to_save``), as stored."""
+        return self._load(self.full_weights[module])
 
     def embedding_factor_shape(self, module: str) -> tuple[int, int]:
         """(num_embeddings, dim) of the table that ``module``'s embedding factors update."""
