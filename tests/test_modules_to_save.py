@@ -94,3 +94,17 @@ def test_repair_leaves_a_weight_saved_whole_as_it_is_and_says_so(tiny_models, tm
     after = load_file(str(tmp_path / "repaired" / "adapter" / "adapter_model.safetensors"))
     key = next(k for k in before if k.endswith("embed_tokens.weight"))
     assert torch.equal(before[key], after[key])
+
+
+def test_other_adapter_tensors_are_listed_not_ignored(tiny_models, tmp_path):
+    """peft's trainable tokens (a (n, dim) delta for chosen token rows, no .weight): named in `skipped`."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    base = tiny_models["llama"]
+    model = AutoModel.from_pretrained(str(base))
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], trainable_token_indices=[1, 2])
+    get_peft_model(model, config).save_pretrained(str(tmp_path / "adapter"))
+    result = analyze(base, tmp_path / "adapter", use_cache=False)
+    listed = [s for s in result.skipped if "trainable tokens" in s["reason"]]
+    assert len(listed) == 1 and "trainable_tokens_delta" in listed[0]["name"], result.skipped

@@ -113,6 +113,9 @@ def plan_adapter_jobs(
             jobs.append(job_or_reason)
         else:
             skipped.append({"name": job_or_reason[0], "reason": job_or_reason[1]})
+    for key in adapter.other_tensors:
+        skipped.append({"name": key, "reason": "an adapter tensor that is neither LoRA factors nor a whole weight "
+                        "(e.g. peft's trainable tokens): not analysed; merge the adapter to include its effect"})  # fmt: skip
     jobs.sort(key=lambda job: natural_key(job.base_key))
     return jobs, skipped
 

@@ -98,6 +98,8 @@ class LoraAdapter:
         self.modules: dict[str, tuple[str, str]] = {}  # module -> (key of A, key of B)
         # module -> key of a 2-D weight saved whole (modules_to_save: trained fully, not by LoRA)
         self.full_weights: dict[str, str] = {}
+        # keys of other tensors of 2 or more dimensions (not LoRA factors, not whole weights): not analysed
+        self.other_tensors: list[str] = []
         found: dict[str, dict[str, str]] = {}
         embedding_found: dict[str, dict[str, str]] = {}
         for key in self._tensors["keys"]:
@@ -108,6 +110,8 @@ class LoraAdapter:
                 embedding_found.setdefault(embedding["module"], {})[embedding["which"]] = key
             elif "lora_" not in key and (full := _FULL_WEIGHT_KEY.match(key)) and len(self._shape(key)) == 2:
                 self.full_weights[full["module"]] = key
+            elif len(self._shape(key)) >= 2:
+                self.other_tensors.append(key)  # e.g. peft's trainable tokens: reported, not analysed
         # LoRA on embedding tables: ΔW = s·(B·A)ᵀ for the (num_embeddings, dim) weight, with A (r, num_embeddings)
         # and B (dim, r) as peft stores them; read as factors (Aᵀ, Bᵀ) of the weight's orientation.
         self.embedding_modules: list[str] = sorted(embedding_found)
