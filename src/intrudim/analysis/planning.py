@@ -131,7 +131,10 @@ def _full_weight_job(
     stored_tuned = adapter.full_weight_shape(module)
     base_key = matcher.base_key(module + ".weight")
     if base_key is None:
-        return module + ".weight", f"{FULL_WEIGHT_NOTE}, but BASE has no such weight: a new module, nothing to compare"
+        return module + ".weight", (
+            f"{FULL_WEIGHT_NOTE}, but BASE stores no such weight (a new module, or one tied to another weight such as "
+            f"a tied lm_head): nothing to compare"
+        )
     stored = tuple(base.shape(base_key))
     if stored_tuned != stored:
         return base_key, (
