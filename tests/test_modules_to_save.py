@@ -1,7 +1,8 @@
-"""Weights a LoRA adapter trained fully and saved whole (PEFT's ``modules_to_save``, e.g. a fully trained
-embedding table next to LoRA on the attention): `analyze` compares them with BASE as a dense fine-tune (W_t is the
-saved weight) and equals the analysis of the merged model; left out, they are listed with the reason; a weight BASE
-lacks or of another shape is listed, never compared; `repair` leaves them as they are and says so."""
+"""What a LoRA adapter trains besides its factors: weights saved whole (PEFT's ``modules_to_save``, e.g. a fully
+trained embedding table next to LoRA on the attention) and trainable tokens (new values for some rows of an
+embedding). `analyze` compares them with BASE as a dense fine-tune, equal to the analysis of the merged model; left
+out, they are listed with the reason; a weight BASE lacks or of another shape is listed, never compared; `repair`
+leaves them as they are and says so; the merge that `forgetting` uses includes them, as peft's does."""
 
 from __future__ import annotations
 
@@ -96,15 +97,70 @@ def test_repair_leaves_a_weight_saved_whole_as_it_is_and_says_so(tiny_models, tm
     assert torch.equal(before[key], after[key])
 
 
-def test_other_adapter_tensors_are_listed_not_ignored(tiny_models, tmp_path):
-    """peft's trainable tokens (a (n, dim) delta for chosen token rows, no .weight): named in `skipped`."""
+def _adapter_with_trainable_tokens(base: Path, out: Path, indices) -> tuple[Path, Path]:
+    """peft's trainable tokens (new values for rows ``indices`` of embed_tokens) beside LoRA on q_proj, the rows
+    set to random values; and the merged model."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel
 
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], trainable_token_indices=indices,
+                        init_lora_weights=False)  # fmt: skip
+    peft_model = get_peft_model(AutoModel.from_pretrained(str(base)), config)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    peft_model.save_pretrained(str(out / "adapter"))
+    peft_model.merge_and_unload().save_pretrained(str(out / "merged"))
+    return out / "adapter", out / "merged"
+
+
+@pytest.mark.parametrize("indices", [[1, 2, 40], {"embed_tokens": [3, 7]}])
+def test_trainable_tokens_are_analysed_as_the_merged_model(tiny_models, tmp_path, indices):
+    """peft's trainable tokens (trainable_token_indices: a list, or a dict by module): with --include-embeddings
+    the table is W₀ with those rows replaced, equal to analysing the merged model; left out, it is named."""
     base = tiny_models["llama"]
-    model = AutoModel.from_pretrained(str(base))
-    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], trainable_token_indices=[1, 2])
-    get_peft_model(model, config).save_pretrained(str(tmp_path / "adapter"))
-    result = analyze(base, tmp_path / "adapter", use_cache=False)
-    listed = [s for s in result.skipped if "trainable tokens" in s["reason"]]
-    assert len(listed) == 1 and "trainable_tokens_delta" in listed[0]["name"], result.skipped
+    adapter, merged = _adapter_with_trainable_tokens(base, tmp_path, indices)
+    found = _by_name(analyze(base, adapter, include_embeddings=True, use_cache=False))
+    reference = _by_name(analyze(base, merged, include_embeddings=True, use_cache=False))
+    assert found["embed_tokens.weight"].lora_rank is None and found["embed_tokens.weight"].intruders > 0
+    for key in found:
+        assert found[key].intruder_ranks == reference[key].intruder_ranks, key
+        assert found[key].max_abs_cos == pytest.approx(reference[key].max_abs_cos, abs=1e-6), key
+        assert found[key].singular_values == pytest.approx(reference[key].singular_values, rel=1e-6), key
+    default = analyze(base, adapter, use_cache=False)
+    reasons = {s["name"]: s["reason"] for s in default.skipped}
+    assert "trainable tokens" in reasons["embed_tokens.weight"] and "--include-embeddings" in reasons["embed_tokens.weight"]
+    repaired = repair(base, adapter, lam=0.5, out=tmp_path / "repaired", include_embeddings=True, use_cache=False)
+    assert "leaves these rows as they are" in {s["name"]: s["reason"] for s in repaired.skipped}["embed_tokens.weight"]
+
+
+def test_trainable_tokens_merge_as_peft_merges_them(tiny_models, tmp_path):
+    """forgetting/repair-sweep load a tuned model by merging the adapter: trainable tokens included, equal to peft."""
+    from transformers import AutoModel
+
+    from intrudim.evaluate.forgetting import merge_lora_adapter_
+
+    base = tiny_models["llama"]
+    adapter, merged = _adapter_with_trainable_tokens(base, tmp_path, [1, 2, 40])
+    ours = AutoModel.from_pretrained(str(base))
+    merge_lora_adapter_(ours, adapter)
+    reference = AutoModel.from_pretrained(str(merged)).state_dict()
+    for key, value in ours.state_dict().items():
+        assert torch.allclose(value, reference[key], atol=1e-6), key
+    assert not torch.equal(ours.state_dict()["embed_tokens.weight"], AutoModel.from_pretrained(str(base)).embed_tokens.weight)
+
+
+def test_other_adapter_tensors_are_listed_not_ignored(tiny_models, tmp_path):
+    """A 2-D adapter tensor intrudim does not know (neither LoRA factors, a whole weight nor trainable tokens) is
+    named in `skipped`."""
+    base = tiny_models["llama"]
+    adapter, _ = _adapter_with_full_weights(base, tmp_path, targets=["q_proj"], full=[])
+    file = adapter / "adapter_model.safetensors"
+    tensors = load_file(str(file))
+    tensors["base_model.model.layers.0.self_attn.q_proj.some_new_variant"] = torch.randn(4, 4)
+    save_file(tensors, str(file))
+    result = analyze(base, adapter, use_cache=False)
+    listed = [s for s in result.skipped if "not analysed" in s["reason"]]
+    assert [s["name"] for s in listed] == ["base_model.model.layers.0.self_attn.q_proj.some_new_variant"]

@@ -55,6 +55,7 @@ class MatrixJob:
     tuned_key: str | None = None  # dense tuned
     module: str | None = None  # adapter module
     embedding: bool = False  # LoRA on an embedding table (lora_embedding_A/B)
+    token_rows: bool = False  # peft's trainable tokens: W_t is W₀ with some rows replaced (tuned_key: the module)
 
 
 def plan_adapter_jobs(
@@ -113,6 +114,18 @@ def plan_adapter_jobs(
             jobs.append(job_or_reason)
         else:
             skipped.append({"name": job_or_reason[0], "reason": job_or_reason[1]})
+    for module in sorted(adapter.token_rows):
+        base_key = matcher.base_key(module + ".weight")
+        if base_key is None:
+            skipped.append({"name": module, "reason": f"{TOKEN_ROWS_NOTE}, but BASE has no weight '{module}.weight'"})
+            continue
+        stored = tuple(base.shape(base_key))
+        if not selection.selects(base_key, stored):
+            skipped.append({"name": base_key, "reason": f"{TOKEN_ROWS_NOTE}; embeddings are analysed with "
+                            "--include-embeddings"})  # fmt: skip
+            continue
+        jobs.append(MatrixJob(base_key=base_key, shape=(stored[0], stored[1]), transpose=False, tuned_key=module,
+                              token_rows=True))  # fmt: skip
     for key in adapter.other_tensors:
         skipped.append({"name": key, "reason": "an adapter tensor that is neither LoRA factors nor a whole weight "
                         "(e.g. peft's trainable tokens): not analysed; merge the adapter to include its effect"})  # fmt: skip
@@ -121,6 +134,7 @@ def plan_adapter_jobs(
 
 
 FULL_WEIGHT_NOTE = "trained fully in the adapter (modules_to_save)"
+TOKEN_ROWS_NOTE = "rows replaced by the adapter's trainable tokens (trainable_token_indices)"
 
 
 def _full_weight_job(
@@ -219,12 +233,15 @@ class AnalysisInputs:
         return factors
 
     def tuned_matrix(self, job: MatrixJob) -> torch.Tensor:
-        """W_t of a dense TUNED model, or a weight a LoRA adapter saved whole (``modules_to_save``), oriented
-        (out, in), checked finite."""
+        """W_t of a dense TUNED model, a weight a LoRA adapter saved whole (``modules_to_save``), or an embedding
+        with the adapter's trainable tokens in place; oriented (out, in), checked finite."""
         assert job.tuned_key is not None
         if self.adapter is not None:
-            Wt = oriented(self.adapter.full_weight(job.tuned_key), job.transpose)
-            check_finite(Wt, job.tuned_key + ".weight", f"adapter '{self.adapter.path}'")
+            if job.token_rows:
+                Wt = self.adapter.with_token_rows(job.tuned_key, self.base_matrix(job))
+            else:
+                Wt = oriented(self.adapter.full_weight(job.tuned_key), job.transpose)
+            check_finite(Wt, job.tuned_key, f"adapter '{self.adapter.path}'")
             return Wt
         assert self.tuned is not None
         Wt = oriented(self.tuned.load(job.tuned_key), job.transpose)

@@ -282,7 +282,8 @@ def _add_into(parameter: torch.Tensor, delta: torch.Tensor, name: str, source: s
 
 
 def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bool = False) -> TunedWeightsReport:
-    """Merge a PEFT LoRA adapter into ``model`` in place: W += s·B·A per module, plus its biases and modules_to_save.
+    """Merge a PEFT LoRA adapter into ``model`` in place: W += s·B·A per module, plus its biases, modules_to_save and
+    trainable tokens (rows of an embedding replaced, as peft merges them).
 
     Module names are mapped onto ``model`` by one prefix rewrite (see :func:`_prefix_rewrite`), so an adapter
     trained on a ``*ForSequenceClassification`` wrapper merges into the LM of the same base; head-only modules
@@ -298,7 +299,7 @@ def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bo
     report = TunedWeightsReport("adapter", str(adapter_dir))
     modules = dict(model.named_modules())
     module_names = set(modules)
-    rule = _prefix_rewrite(sorted(adapter.modules) + adapter.embedding_modules, module_names)
+    rule = _prefix_rewrite(sorted(adapter.modules) + adapter.embedding_modules + sorted(adapter.token_rows), module_names)
     for module_name in sorted(adapter.modules):
         target_name = _rewrite(module_name, rule)
         target = modules.get(target_name) if target_name is not None else None
@@ -330,7 +331,19 @@ def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bo
         delta = adapter.scale_for(module_name, int(A.shape[0])) * (B @ A).T  # (num_embeddings, dim)
         _add_into(target.weight, delta, f"{target_name}.weight (embedding LoRA)", str(adapter_dir))
         report.lora_modules += 1
+    for module_name in sorted(adapter.token_rows):  # peft's trainable tokens: rows of an embedding, index_copy'd
+        target_name = _rewrite(module_name, rule)
+        target = modules.get(target_name) if target_name is not None else None
+        if target is None or not hasattr(target, "weight"):
+            raise IncompatibleWeightsError(
+                f"Adapter '{adapter_dir}' has trainable tokens for '{module_name}', which BASE does not have."
+            )
+        with torch.no_grad():
+            target.weight.copy_(adapter.with_token_rows(module_name, target.weight.detach()))
+        report.tensors_replaced += 1
     for key, value in state.items():
+        if ".token_adapter.trainable_tokens_delta" in key:
+            continue  # merged above
         if ".lora_" in key:
             if re.search(r"\.lora_(A|B|embedding_A|embedding_B)(\.|$)", key):
                 continue

@@ -116,6 +116,11 @@ FULL_WEIGHT_NOT_REPAIRED = (
     "repair the merged model"
 )
 
+TOKEN_ROWS_NOT_REPAIRED = (
+    "rows replaced by the adapter's trainable tokens: `analyze` counts the table's intruders, but repair rewrites "
+    "LoRA factors and leaves these rows as they are; to repair them too, merge the adapter and repair the merged model"
+)
+
 
 def set_aside_full_weights(inputs: AnalysisInputs) -> None:
     """Take the weights a LoRA adapter saved whole (``modules_to_save``) out of a repair's jobs, each listed in
@@ -124,7 +129,8 @@ def set_aside_full_weights(inputs: AnalysisInputs) -> None:
         return
     for job in inputs.jobs:
         if job.module is None:
-            inputs.skipped.append({"name": job.base_key, "reason": FULL_WEIGHT_NOT_REPAIRED})
+            reason = TOKEN_ROWS_NOT_REPAIRED if job.token_rows else FULL_WEIGHT_NOT_REPAIRED
+            inputs.skipped.append({"name": job.base_key, "reason": reason})
     inputs.jobs = [job for job in inputs.jobs if job.module is not None]
 
 

@@ -28,6 +28,11 @@ _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which
 _LORA_EMBEDDING_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_embedding_(?P<which>[AB])(?:\.[^.]+)?$")
 # A whole weight the adapter trained and saved (PEFT's modules_to_save): base_model.model.<module>[.modules_to_save.<name>].weight
 _FULL_WEIGHT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)(?:\.modules_to_save\.[^.]+)?\.weight$")
+# peft's trainable tokens: new values for chosen rows of an embedding (base_model.model.<module>.token_adapter.
+# trainable_tokens_delta[.<adapter name>]); the rows are the config's trainable_token_indices
+_TRAINABLE_TOKENS_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.token_adapter\.trainable_tokens_delta(?:\.[^.]+)?$"
+)
 EMBEDDING_LORA_ADVICE = (
     "LoRA on an embedding table (lora_embedding_A/B) is analysed with --include-embeddings (embeddings are left "
     "out by default)"
@@ -98,6 +103,8 @@ class LoraAdapter:
         self.modules: dict[str, tuple[str, str]] = {}  # module -> (key of A, key of B)
         # module -> key of a 2-D weight saved whole (modules_to_save: trained fully, not by LoRA)
         self.full_weights: dict[str, str] = {}
+        # module -> key of peft's trainable tokens (new values of some rows of that embedding table)
+        self.token_rows: dict[str, str] = {}
         # keys of other tensors of 2 or more dimensions (not LoRA factors, not whole weights): not analysed
         self.other_tensors: list[str] = []
         found: dict[str, dict[str, str]] = {}
@@ -108,6 +115,8 @@ class LoraAdapter:
                 found.setdefault(match["module"], {})[match["which"]] = key
             elif embedding := _LORA_EMBEDDING_KEY.match(key):
                 embedding_found.setdefault(embedding["module"], {})[embedding["which"]] = key
+            elif tokens := _TRAINABLE_TOKENS_KEY.match(key):
+                self.token_rows[tokens["module"]] = key
             elif "lora_" not in key and (full := _FULL_WEIGHT_KEY.match(key)) and len(self._shape(key)) == 2:
                 self.full_weights[full["module"]] = key
             elif len(self._shape(key)) >= 2:
@@ -170,6 +179,32 @@ class LoraAdapter:
     def full_weight(self, module: str) -> torch.Tensor:
         """A weight the adapter trained fully and saved whole (PEFT's ``modules_to_save``), as stored."""
         return self._load(self.full_weights[module])
+
+    def token_indices(self, module: str) -> list[int]:
+        """The rows of ``module``'s embedding that peft's trainable tokens replace (``trainable_token_indices``: a
+        list, or a dict of module name patterns to lists, as peft reads it)."""
+        indices = self.config.get("trainable_token_indices")
+        if isinstance(indices, dict):
+            indices = _pattern_value(indices, module, None)
+        if not isinstance(indices, list) or not all(isinstance(i, int) for i in indices):
+            raise CorruptFileError(
+                f"Adapter '{self.path}' has trainable tokens for '{module}' but its {ADAPTER_CONFIG} gives no list "
+                f"of token indices for it (trainable_token_indices: {self.config.get('trainable_token_indices')!r})."
+            )
+        return indices
+
+    def with_token_rows(self, module: str, W0: torch.Tensor) -> torch.Tensor:
+        """The embedding table ``W0`` (num_embeddings, dim) with the rows peft's trainable tokens replace, as peft
+        merges them (``index_copy``)."""
+        indices = self.token_indices(module)
+        rows = self._load(self.token_rows[module])
+        if rows.ndim != 2 or rows.shape[0] != len(indices) or rows.shape[1] != W0.shape[1] or max(indices) >= W0.shape[0]:
+            raise CorruptFileError(
+                f"Adapter '{self.path}': trainable tokens of '{module}' have shape {tuple(rows.shape)} for "
+                f"{len(indices)} token indices (largest {max(indices)}), which does not fit the embedding "
+                f"{tuple(W0.shape)} of BASE."
+            )
+        return W0.index_copy(0, torch.tensor(indices), rows.to(W0.dtype))
 
     def embedding_factor_shape(self, module: str) -> tuple[int, int]:
         """(num_embeddings, dim) of the table that ``module``'s embedding factors update."""
