@@ -108,27 +108,17 @@ def plan_adapter_jobs(
             continue
         jobs.append(MatrixJob(base_key=base_key, shape=(stored[0], stored[1]), transpose=False, module=module,
                               embedding=True))  # fmt: skip
-    for module in sorted(adapter.full_weights):
-        job_or_reason = _full_weight_job(base, adapter, matcher, module, selection)
+    planned = [(module, _full_weight_job) for module in sorted(adapter.full_weights)]
+    planned += [(module, _token_rows_job) for module in sorted(adapter.token_rows)]
+    for module, plan in planned:
+        job_or_reason = plan(base, adapter, matcher, module, selection)
         if isinstance(job_or_reason, MatrixJob):
             jobs.append(job_or_reason)
         else:
             skipped.append({"name": job_or_reason[0], "reason": job_or_reason[1]})
-    for module in sorted(adapter.token_rows):
-        base_key = matcher.base_key(module + ".weight")
-        if base_key is None:
-            skipped.append({"name": module, "reason": f"{TOKEN_ROWS_NOTE}, but BASE has no weight '{module}.weight'"})
-            continue
-        stored = tuple(base.shape(base_key))
-        if not selection.selects(base_key, stored):
-            skipped.append({"name": base_key, "reason": f"{TOKEN_ROWS_NOTE}; embeddings are analysed with "
-                            "--include-embeddings"})  # fmt: skip
-            continue
-        jobs.append(MatrixJob(base_key=base_key, shape=(stored[0], stored[1]), transpose=False, tuned_key=module,
-                              token_rows=True))  # fmt: skip
     for key in adapter.other_tensors:
-        skipped.append({"name": key, "reason": "an adapter tensor that is neither LoRA factors nor a whole weight "
-                        "(e.g. peft's trainable tokens): not analysed; merge the adapter to include its effect"})  # fmt: skip
+        skipped.append({"name": key, "reason": "an adapter tensor that is neither LoRA factors, a whole weight nor "
+                        "trainable tokens: not analysed; merge the adapter to include its effect"})  # fmt: skip
     jobs.sort(key=lambda job: natural_key(job.base_key))
     return jobs, skipped
 
@@ -160,6 +150,21 @@ def _full_weight_job(
     transpose = is_conv1d(base_key, base.model_type)
     shape = (stored[1], stored[0]) if transpose else (stored[0], stored[1])
     return MatrixJob(base_key=base_key, shape=shape, transpose=transpose, tuned_key=module)
+
+
+def _token_rows_job(
+    base: WeightSource, adapter: LoraAdapter, matcher: KeyMatcher, module: str, selection: MatrixSelection
+) -> MatrixJob | tuple[str, str]:
+    """A dense job for an embedding some of whose rows peft's trainable tokens replace (W_t: W₀ with those rows,
+    built when read), or (name, reason) when it cannot or should not be compared with BASE."""
+    base_key = matcher.base_key(module + ".weight")
+    if base_key is None:
+        return module, f"{TOKEN_ROWS_NOTE}, but BASE has no weight '{module}.weight'"
+    stored = tuple(base.shape(base_key))
+    if not selection.selects(base_key, stored):
+        return base_key, f"{TOKEN_ROWS_NOTE}; embeddings are analysed with --include-embeddings"
+    return MatrixJob(base_key=base_key, shape=(stored[0], stored[1]), transpose=False, tuned_key=module,
+                     token_rows=True)  # fmt: skip
 
 
 def plan_dense_jobs(base: WeightSource, tuned: WeightSource, selection: MatrixSelection) -> list[MatrixJob]:
@@ -232,13 +237,14 @@ class AnalysisInputs:
         check_finite(factors.B, f"{job.module}.lora_B", f"adapter '{self.adapter.path}'")
         return factors
 
-    def tuned_matrix(self, job: MatrixJob) -> torch.Tensor:
+    def tuned_matrix(self, job: MatrixJob, W0: torch.Tensor | None = None) -> torch.Tensor:
         """W_t of a dense TUNED model, a weight a LoRA adapter saved whole (``modules_to_save``), or an embedding
-        with the adapter's trainable tokens in place; oriented (out, in), checked finite."""
+        with the adapter's trainable tokens in place (built on ``W0`` when the caller has read it, else on W₀ read
+        here); oriented (out, in), checked finite."""
         assert job.tuned_key is not None
         if self.adapter is not None:
             if job.token_rows:
-                Wt = self.adapter.with_token_rows(job.tuned_key, self.base_matrix(job))
+                Wt = self.adapter.with_token_rows(job.tuned_key, W0 if W0 is not None else self.base_matrix(job))
             else:
                 Wt = oriented(self.adapter.full_weight(job.tuned_key), job.transpose)
             check_finite(Wt, job.tuned_key, f"adapter '{self.adapter.path}'")

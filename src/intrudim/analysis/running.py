@@ -246,8 +246,8 @@ def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config
             if cached.factors is not None:  # W₀ unchanged since it was hashed (and checked finite): not read
                 return ReadJob(job, _mapped_base(inputs, job), cached, factors=inputs.lora_factors(job))
     W0, cached = hashed_lookup(cache, inputs.base, job.base_key, job.transpose, lambda: inputs.base_matrix(job))
-    if job.module is None:  # a dense TUNED, or a weight the adapter saved whole (modules_to_save)
-        return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job))
+    if job.module is None:  # a dense TUNED, a weight the adapter saved whole, or its trainable tokens on W₀
+        return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job, W0))
     if cached.factors is not None and structured:
         del W0
         W0 = _mapped_base(inputs, job)

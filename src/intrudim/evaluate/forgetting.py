@@ -341,9 +341,10 @@ def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bo
         with torch.no_grad():
             target.weight.copy_(adapter.with_token_rows(module_name, target.weight.detach()))
         report.tensors_replaced += 1
+    token_keys = set(adapter.token_rows.values())  # merged above
     for key, value in state.items():
-        if ".token_adapter.trainable_tokens_delta" in key:
-            continue  # merged above
+        if key in token_keys:
+            continue
         if ".lora_" in key:
             if re.search(r"\.lora_(A|B|embedding_A|embedding_B)(\.|$)", key):
                 continue

@@ -123,8 +123,9 @@ TOKEN_ROWS_NOT_REPAIRED = (
 
 
 def set_aside_full_weights(inputs: AnalysisInputs) -> None:
-    """Take the weights a LoRA adapter saved whole (``modules_to_save``) out of a repair's jobs, each listed in
-    ``inputs.skipped`` with the reason: the repaired adapter keeps them unchanged, and the result says so."""
+    """Take the weights a LoRA adapter saved whole (``modules_to_save``) and the embeddings its trainable tokens
+    change out of a repair's jobs, each listed in ``inputs.skipped`` with the reason: the repaired adapter keeps
+    them unchanged, and the result says so."""
     if inputs.adapter is None:
         return
     for job in inputs.jobs:

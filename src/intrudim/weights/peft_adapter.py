@@ -105,7 +105,7 @@ class LoraAdapter:
         self.full_weights: dict[str, str] = {}
         # module -> key of peft's trainable tokens (new values of some rows of that embedding table)
         self.token_rows: dict[str, str] = {}
-        # keys of other tensors of 2 or more dimensions (not LoRA factors, not whole weights): not analysed
+        # keys of other tensors of 2 or more dimensions (none of the above): not analysed
         self.other_tensors: list[str] = []
         found: dict[str, dict[str, str]] = {}
         embedding_found: dict[str, dict[str, str]] = {}
@@ -120,7 +120,7 @@ class LoraAdapter:
             elif "lora_" not in key and (full := _FULL_WEIGHT_KEY.match(key)) and len(self._shape(key)) == 2:
                 self.full_weights[full["module"]] = key
             elif len(self._shape(key)) >= 2:
-                self.other_tensors.append(key)  # e.g. peft's trainable tokens: reported, not analysed
+                self.other_tensors.append(key)  # reported, not analysed
         # LoRA on embedding tables: ΔW = s·(B·A)ᵀ for the (num_embeddings, dim) weight, with A (r, num_embeddings)
         # and B (dim, r) as peft stores them; read as factors (Aᵀ, Bᵀ) of the weight's orientation.
         self.embedding_modules: list[str] = sorted(embedding_found)
