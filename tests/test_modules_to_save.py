@@ -164,3 +164,38 @@ def test_other_adapter_tensors_are_listed_not_ignored(tiny_models, tmp_path):
     result = analyze(base, adapter, use_cache=False)
     listed = [s for s in result.skipped if "not analysed" in s["reason"]]
     assert [s["name"] for s in listed] == ["base_model.model.layers.0.self_attn.q_proj.some_new_variant"]
+
+
+def test_bad_trainable_tokens_get_clear_errors(tiny_models, tmp_path):
+    """No indices in the config, rows that do not fit the table, tokens for a module BASE lacks: one-paragraph
+    errors naming the adapter and what is wrong (analyze and the merge that forgetting uses)."""
+    import json
+
+    from transformers import AutoModel
+
+    from intrudim.errors import IntrudimError
+    from intrudim.evaluate.forgetting import merge_lora_adapter_
+
+    base = tiny_models["llama"]
+    adapter, _ = _adapter_with_trainable_tokens(base, tmp_path, [1, 2, 40])
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+
+    config_file.write_text(json.dumps({**config, "trainable_token_indices": None}))
+    with pytest.raises(IntrudimError, match=r"trainable tokens for 'embed_tokens' but its adapter_config.json gives no list"):
+        analyze(base, adapter, include_embeddings=True, use_cache=False)
+
+    config_file.write_text(json.dumps({**config, "trainable_token_indices": [1, 2]}))  # 3 rows stored, 2 indices
+    with pytest.raises(IntrudimError, match=r"trainable tokens of 'embed_tokens' have shape \(3, 48\) for 2 token indices"):
+        analyze(base, adapter, include_embeddings=True, use_cache=False)
+
+    config_file.write_text(json.dumps(config))
+    file = adapter / "adapter_model.safetensors"
+    tensors = load_file(str(file))
+    key = next(k for k in tensors if "trainable_tokens_delta" in k)
+    tensors[key.replace("embed_tokens", "no_such_table")] = tensors.pop(key)
+    save_file(tensors, str(file))
+    reasons = {s["name"]: s["reason"] for s in analyze(base, adapter, include_embeddings=True, use_cache=False).skipped}
+    assert "BASE has no weight 'no_such_table.weight'" in reasons["no_such_table"]
+    with pytest.raises(IntrudimError, match=r"has trainable tokens for 'no_such_table', which BASE does not have"):
+        merge_lora_adapter_(AutoModel.from_pretrained(str(base)), adapter)
