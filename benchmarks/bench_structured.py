@@ -7,6 +7,8 @@ For each shape n×n and LoRA rank r, one adapter matrix W_t = W₀ + s·B·A is 
 * fast path: ``lora_core(base, B, A, s)`` + ``core_top_k(core, k)`` + ``max_abs_cosine`` from the cached
   base SVD (timed *excluding* the base SVD — "once the base cache exists"; the one-time base SVD cost is
   reported in its own column).
+* the same without the base's right vectors (``GramCore``: what the default cache holds for a wide or square
+  matrix): the top eigenpairs of N = U₀ᵀW_tW_tᵀU₀, built from U₀, Σ₀ and W₀ itself ("Gram core" column).
 
 Two LoRA cases per (n, r): "realistic" (A ~ N(0, 1/n), B small, s = α/r with α = 2r: typically no
 intruders) and "planted" (B with a few strong random directions, so counts are non-zero). The script
@@ -33,7 +35,7 @@ from _common import add_timing_arguments, limit_threads, load_average, timed
 
 from intrudim.spectral.intruders import intruder_ranks
 from intrudim.spectral.structured import core_top_k, lora_core
-from intrudim.spectral.svd import thin_svd
+from intrudim.spectral.svd import SVDFactors, thin_svd
 
 K = 10
 EPSILON = 0.5
@@ -69,6 +71,13 @@ def lora_factors(
 
 def structured(base, B, A, scale):
     core = lora_core(base, B, A, scale)
+    top = core_top_k(core, K)
+    max_cos = top.max_abs_cosine(core.p)
+    return top.S, intruder_ranks(max_cos, EPSILON), max_cos
+
+
+def structured_without_vh(base, W0, B, A, scale):
+    core = lora_core(base, B, A, scale, W0=W0)  # base.Vh is None: a GramCore
     top = core_top_k(core, K)
     max_cos = top.max_abs_cosine(core.p)
     return top.S, intruder_ranks(max_cos, EPSILON), max_cos
@@ -112,6 +121,7 @@ def main() -> None:
         base = thin_svd(W0)  # float64 thin SVD: what the cache stores (computed once per base matrix)
         base_svd_s = time.perf_counter() - t0 if clock == "wall" else time.process_time() - c0
         U0 = base.U
+        left_only = SVDFactors(U=base.U, S=base.S, Vh=None)
         # dense references: 3 repeats below 4096, 1 at 4096 (a dense 4096² float64 SVD takes tens of seconds)
         dense_repeats = 1 if n >= 4096 else 3
         for r in ranks:
@@ -120,6 +130,8 @@ def main() -> None:
                 # one warm-up call so that ARPACK/BLAS first-call costs are not in the median
                 structured(base, B, A, scale)
                 t_struct, (S_s, ranks_s, cos_s) = timed(structured, args.repeats, base, B, A, scale)
+                structured_without_vh(left_only, W0, B, A, scale)
+                t_gram, (S_g, ranks_g, cos_g) = timed(structured_without_vh, args.repeats, left_only, W0, B, A, scale)
                 reps = dense_repeats if case == "realistic" else 1  # planted: one run, for the count check
                 # at n ≥ 4096 the float32 reference (timing only) runs for r = 16 alone: its cost does not depend
                 # on r, and each run takes tens of seconds; float64 (the correctness reference) runs for every case
@@ -128,11 +140,12 @@ def main() -> None:
                 else:
                     t_d32, (S_32, ranks_32, _) = timed(dense, reps, W0, U0, B, A, scale, torch.float32)
                 t_d64, (S_64, ranks_64, cos_64) = timed(dense, reps, W0, U0, B, A, scale, torch.float64)
-                sigma_rel = float(((S_s - S_64).abs() / S_64.abs()).max())
-                cos_diff = float((cos_s - cos_64).abs().max())
+                sigma_rel = max(float(((S - S_64).abs() / S_64.abs()).max()) for S in (S_s, S_g))
+                cos_diff = max(float((cos - cos_64).abs().max()) for cos in (cos_s, cos_g))
                 row = {
                     "n": n, "r": r, "case": case, "clock": clock,
-                    "structured_s": t_struct[clock], "dense_f32_s": t_d32[clock], "dense_f64_s": t_d64[clock],
+                    "structured_s": t_struct[clock], "gram_core_s": t_gram[clock],
+                    "dense_f32_s": t_d32[clock], "dense_f64_s": t_d64[clock],
                     "speedup_vs_f32": t_d32[clock] / t_struct[clock], "speedup_vs_f64": t_d64[clock] / t_struct[clock],
                     "wall_s": {"structured": t_struct["wall"], "dense_f32": t_d32["wall"], "dense_f64": t_d64["wall"]},
                     "cpu_s": {"structured": t_struct["cpu"], "dense_f32": t_d32["cpu"], "dense_f64": t_d64["cpu"]},
@@ -140,7 +153,7 @@ def main() -> None:
                     "intruders_structured": len(ranks_s), "intruders_dense_f64": len(ranks_64),
                     "intruders_dense_f32": None if ranks_32 is None else len(ranks_32),
                     "ranks_structured": ranks_s, "ranks_dense_f64": ranks_64, "ranks_dense_f32": ranks_32,
-                    "counts_identical_f64": ranks_s == ranks_64,
+                    "counts_identical_f64": ranks_s == ranks_64 and ranks_g == ranks_64,
                     "counts_identical_f32": None if ranks_32 is None else ranks_s == ranks_32,
                     "sigma_max_rel_err_vs_f64": sigma_rel, "max_cos_max_abs_diff_vs_f64": cos_diff,
                     "min_margin_to_epsilon": float((cos_64 - EPSILON).abs().min()),
@@ -148,27 +161,29 @@ def main() -> None:
                 }  # fmt: skip
                 rows.append(row)
                 print(
-                    f"n={n:5d} r={r:3d} {case:9s} structured {row['structured_s']:8.4f}s | dense f32 {row['dense_f32_s']:8.3f}s "
+                    f"n={n:5d} r={r:3d} {case:9s} structured {row['structured_s']:8.4f}s | Gram core "
+                    f"{row['gram_core_s']:8.4f}s | dense f32 {row['dense_f32_s']:8.3f}s "
                     f"({row['speedup_vs_f32']:7.1f}×) | dense f64 {row['dense_f64_s']:8.3f}s ({row['speedup_vs_f64']:7.1f}×) | "
                     f"intruders {len(ranks_s)} vs f64 {len(ranks_64)} / f32 {'-' if ranks_32 is None else len(ranks_32)} "
-                    f"{'OK' if ranks_s == ranks_64 else 'MISMATCH'} | σ rel err {sigma_rel:.1e}",
+                    f"{'OK' if row['counts_identical_f64'] else 'MISMATCH'} | σ rel err {sigma_rel:.1e}",
                     flush=True,
                 )
 
     print(
-        "\n| n×n | r | case | structured (s) | dense f32 (s) | dense f64 (s) | × vs f32 | × vs f64 | base SVD once (s) | intruders struct / f64 / f32 | identical |"
+        "\n| n×n | r | case | structured (s) | Gram core, no V₀ (s) | dense f32 (s) | dense f64 (s) | × vs f32 | × vs f64 | base SVD once (s) | intruders struct / f64 / f32 | identical |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['n']}² | {row['r']} | {row['case']} | {row['structured_s']:.4f} | {row['dense_f32_s']:.3f} | "
+            f"| {row['n']}² | {row['r']} | {row['case']} | {row['structured_s']:.4f} | {row['gram_core_s']:.4f} | "
+            f"{row['dense_f32_s']:.3f} | "
             f"{row['dense_f64_s']:.3f} | {row['speedup_vs_f32']:.0f}× | {row['speedup_vs_f64']:.0f}× | "
             f"{row['base_svd_once_s']:.2f} | {row['intruders_structured']} / {row['intruders_dense_f64']} / "
             f"{'-' if row['intruders_dense_f32'] is None else row['intruders_dense_f32']} | {'yes' if row['counts_identical_f64'] else 'NO'} |"
         )
     all_ok = all(row["counts_identical_f64"] and row["sigma_max_rel_err_vs_f64"] < 1e-8 for row in rows)
     print(
-        f"\nCHECK structured == dense float64 (intruder ranks at k={K}, ε={EPSILON}; top-k σ to 1e-8): "
+        f"\nCHECK structured (with V₀ and Gram core) == dense float64 (intruder ranks at k={K}, ε={EPSILON}; top-k σ to 1e-8): "
         f"{'PASS' if all_ok else 'FAIL'}"
     )
     f32_mismatch = [(row["n"], row["r"], row["case"]) for row in rows if row["counts_identical_f32"] is False]

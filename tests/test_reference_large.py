@@ -141,6 +141,13 @@ def _count_lanczos(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(svd, "_arpack_top_k", spy)
     monkeypatch.setattr(structured, "_arpack_top_k", spy)
+    real_symmetric = structured._arpack_symmetric_top_k  # a GramCore's Lanczos (wide/square, no cached Vh)
+
+    def symmetric_spy(*args, **kwargs):
+        calls.append(1)
+        return real_symmetric(*args, **kwargs)
+
+    monkeypatch.setattr(structured, "_arpack_symmetric_top_k", symmetric_spy)
     return calls
 
 

@@ -30,7 +30,13 @@ from intrudim.spectral.intruders import (
     max_abs_cosine,
     update_alignment,
 )
-from intrudim.spectral.structured import core_full_spectrum, core_top_k, lora_core
+from intrudim.spectral.structured import (
+    GramCore,
+    core_full_spectrum,
+    core_top_k,
+    lora_core,
+    projected_full_spectrum,
+)
 from intrudim.spectral.svd import (
     dense_top_direction,
     effective_rank,
@@ -116,11 +122,17 @@ def analyze_lora_matrix(
             job, W0, base_svd, W0.to(torch.float64) + scale * (B.to(torch.float64) @ A.to(torch.float64)), config,
             delta_sigma=low_rank_singular_values(B, A, scale) if config.effective_rank else None, lora_rank=int(A.shape[0]),
         )  # fmt: skip
-    core = lora_core(base_svd, B, A, scale)
+    core = lora_core(base_svd, B, A, scale, W0=W0)  # W₀'s values are read only by a GramCore (no Vh cached)
     top = core_top_k(core, config.k, device=config.device)
     max_cos = top.max_abs_cosine(core.p)
     similarity = top.Y[:n_sim].abs().T
-    max_cos_all = core_full_spectrum(core).max_abs_cosine(core.p) if config.k_sweep else None
+    max_cos_all = None
+    if config.k_sweep:
+        full = (
+            projected_full_spectrum(base_svd.U, W0, B, A, scale) if isinstance(core, GramCore)
+            else core_full_spectrum(core)
+        )  # fmt: skip
+        max_cos_all = full.max_abs_cosine(core.p)
     update_sigma, update_U = low_rank_svd(B, A, scale)  # ΔW's spectrum: effective rank and pressure
     delta_sigma = update_sigma if config.effective_rank else None
     return _finish(
@@ -235,9 +247,10 @@ def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config
     """Read one planned matrix: W₀ (checked finite), its base SVD's cache entry (hashed and loaded, not computed),
     the factors or W_t. No analysis: it may run in a background thread (:mod:`intrudim.analysis.prefetch`).
 
-    The structured LoRA path uses W₀ only through its cached SVD: on a cache hit the W₀ that was read and hashed is
-    let go and the job holds it only as mapped from the file (no page read), so that a job read ahead holds no
-    more of W₀ in memory than the sequential loop did."""
+    On a cache hit the structured LoRA path needs W₀ only as mapped from the file: the W₀ that was read and hashed
+    is let go, so that a job read ahead holds no more of W₀ in memory than the sequential loop did. Its values are
+    read from the mapping when the analysis needs them (a wide or square matrix whose cached SVD has no right
+    vectors: :class:`~intrudim.spectral.structured.GramCore`), else never."""
     structured = job.module is not None and config.method != "dense"  # LoRA factors (not a weight saved whole)
     if structured:
         key = remembered_key(cache, inputs.base, job.base_key, job.transpose)
@@ -278,7 +291,7 @@ def hashed_lookup(
 
 
 def _mapped_base(inputs: AnalysisInputs, job: MatrixJob) -> torch.Tensor:
-    """W₀ as mapped from its file, not read: the structured path does not use its values."""
+    """W₀ as mapped from its file, not read: the structured path reads its values only for a GramCore."""
     W0 = inputs.base.load(job.base_key)
     return W0.T if job.transpose else W0
 

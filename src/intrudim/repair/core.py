@@ -90,7 +90,7 @@ def plan_matrix(
 
     def top(count: int) -> SingularTriplets:
         if factors is not None:
-            return lora_top_triplets(base_svd, factors.B, factors.A, factors.scale, count, device=cache.device)
+            return lora_top_triplets(base_svd, factors.B, factors.A, factors.scale, count, device=cache.device, W0=W0)
         assert Wt is not None
         return dense_top_triplets(Wt, base_svd.U, count)
 

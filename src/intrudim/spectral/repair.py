@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from intrudim.spectral.structured import core_right_vectors, core_top_k, lora_core
+from intrudim.spectral.structured import GramCore, core_right_vectors, core_top_k, lora_core
 from intrudim.spectral.svd import SVDFactors, low_rank_singular_values, top_k_svd
 
 CONTROLS: tuple[str, ...] = ("none", "non-intruder", "shrink")
@@ -45,16 +45,30 @@ class SingularTriplets:
 
 
 def lora_top_triplets(
-    base: SVDFactors, B: torch.Tensor, A: torch.Tensor, scale: float, k: int, *, device: str = "cpu"
+    base: SVDFactors,
+    B: torch.Tensor,
+    A: torch.Tensor,
+    scale: float,
+    k: int,
+    *,
+    device: str = "cpu",
+    W0: torch.Tensor | None = None,
 ) -> SingularTriplets:
     """Top-k triplets of W₀ + scale·B·A from the base SVD and the factors (structured: no dense SVD of W_t).
 
-    ``device``: where the core's top-k is solved (:func:`~intrudim.spectral.structured.core_top_k`)."""
-    core = lora_core(base, B, A, scale)
+    ``device``: where the core's top-k is solved (:func:`~intrudim.spectral.structured.core_top_k`). ``W0``: the
+    base matrix, needed when ``base`` has no right vectors (a :class:`~intrudim.spectral.structured.GramCore`);
+    the right vectors are then v_j = W_tᵀu_j/σ_j = (W₀ᵀu_j + scale·Aᵀ(Bᵀu_j))/σ_j."""
+    core = lora_core(base, B, A, scale, W0=W0)
     top = core_top_k(core, k, device=device)
-    X = core_right_vectors(core, top)  # (p + r_A, k)
     p = core.p
     U = base.U.to(torch.float64) @ top.Y[:p]
+    if isinstance(core, GramCore):
+        assert W0 is not None
+        Vt = W0.to(torch.float64).T @ U + scale * (A.to(torch.float64).T @ (B.to(torch.float64).T @ U))
+        V = Vt / top.S.clamp_min(torch.finfo(torch.float64).tiny)[None, :]
+        return SingularTriplets(U=U, S=top.S.to(torch.float64), V=V, max_cos=top.max_abs_cosine(p))
+    X = core_right_vectors(core, top)  # (p + r_A, k)
     if core.Q_out is not None:
         U = U + core.Q_out @ top.Y[p:]
     V = base.Vh.to(torch.float64).T @ X[:p]

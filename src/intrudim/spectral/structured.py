@@ -15,6 +15,11 @@ Q_B ⟂ U₀: the max |cos| to every base vector is max |y[:p]| — no m×p prod
 
 When out > in, the thin U₀ does not span ℝ^out; Q_B carries the rest (DESIGN.md). The top-k of M come
 from ARPACK Lanczos on the implicit diagonal-plus-rank-r operator: O((p + r)·r) per product.
+
+A wide or square W₀ (out ≤ in) whose cached SVD has no right vectors (the cache's Gram route leaves them out, see
+:func:`~intrudim.spectral.svd.base_svd`) takes :class:`GramCore` instead: U₀ spans ℝ^out, and the left vectors of
+W_t are the eigenvectors of the p × p matrix N = U₀ᵀ W_t W_tᵀ U₀, diagonal plus rank 2r, built from W₀ and the
+factors without V₀.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 
 from intrudim.spectral.krylov import block_krylov_top_k
-from intrudim.spectral.svd import DENSE_SVD_MAX_DIM, SVDFactors, _arpack_top_k
+from intrudim.spectral.svd import DENSE_SVD_MAX_DIM, SVDFactors, _arpack_symmetric_top_k, _arpack_top_k
 
 # A residual column counts as outside the base span only above this relative size.
 _RESIDUAL_RTOL = 1e-10
@@ -90,21 +95,101 @@ def _split_against_basis(
     return torch.cat([inside.to(torch.float64), T], dim=0), Q
 
 
-def lora_core(base: SVDFactors, B: torch.Tensor, A: torch.Tensor, scale: float) -> LoraCore:
-    """Express W₀ + scale·B·A in the base's singular coordinates. B: (out, r), A: (r, in)."""
-    U0 = base.U  # float64, or float32 as stored in the cache
-    V0 = base.Vh.T
-    S0 = base.S.to(torch.float64)
-    out_dim, in_dim = U0.shape[0], V0.shape[0]
-    p = int(S0.shape[0])
+@dataclass(frozen=True)
+class GramCore:
+    """W_t = W₀ + s·B·A for a wide or square W₀ (p = out) whose base SVD has no right vectors.
+
+    U₀ is square orthogonal, so the left singular vectors of W_t in base coordinates (y = U₀ᵀu) and its singular
+    values are the eigenpairs (y, σ²) of
+
+        N = U₀ᵀ W_t W_tᵀ U₀ = Σ₀² + C B̃ᵀ + B̃ Cᵀ + B̃ (A Aᵀ) B̃ᵀ        (p × p, diagonal plus rank 2r)
+
+    with B̃ = s·U₀ᵀB and C = U₀ᵀ(W₀Aᵀ): the W₀ V₀ Σ₀ A₀ cross term of the LoRA core's M Mᵀ written without V₀, and
+    A₀ᵀA₀ + T_AᵀT_A = A Aᵀ. Nothing is divided by σ, so the small base singular values cost no precision (the
+    form A₀ = Σ₀⁻¹C does: errors of ~1e-4 measured). ARPACK's ``svds`` of the LoRA core already iterates on
+    M Mᵀ, so the top-k eigenpairs of N are as accurate as the core's: σ_j to ε·σ₁²/σ_j relative.
+    """
+
+    S0: torch.Tensor  # (p,)
+    B_coords: torch.Tensor  # (p, r): s·U₀ᵀB
+    C: torch.Tensor  # (p, r): U₀ᵀ(W₀Aᵀ)
+    AAt: torch.Tensor  # (r, r)
+    p: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.p, self.p)
+
+    def matvec(self, X: torch.Tensor) -> torch.Tensor:
+        """N·X for a block X (p, m): O(p·r·m)."""
+        Bt = self.B_coords.T @ X  # (r, m)
+        return self.S0[:, None] ** 2 * X + self.C @ Bt + self.B_coords @ (self.C.T @ X + self.AAt @ Bt)
+
+    def dense(self) -> torch.Tensor:
+        """N as a dense matrix (for small cores and tests)."""
+        N = self.C @ self.B_coords.T
+        N = N + N.T + self.B_coords @ self.AAt @ self.B_coords.T
+        idx = torch.arange(self.p)
+        N[idx, idx] += self.S0**2
+        return N
+
+    def frobenius_sq(self) -> float:
+        """‖W₀ + sBA‖_F² = trace(N), in O(p·r²)."""
+        return float(
+            (self.S0**2).sum() + 2.0 * (self.B_coords * self.C).sum()
+            + ((self.B_coords.T @ self.B_coords) * self.AAt).sum()
+        )  # fmt: skip
+
+
+def _check_factor_shapes(out_dim: int, in_dim: int, B: torch.Tensor, A: torch.Tensor) -> None:
     if B.shape[0] != out_dim or A.shape[1] != in_dim or B.shape[1] != A.shape[0]:
         raise ValueError(
             f"LoRA factors B {tuple(B.shape)} and A {tuple(A.shape)} do not fit a base matrix of shape "
             f"({out_dim}, {in_dim}): expected B (out, r) and A (r, in)."
         )
+
+
+def lora_core(
+    base: SVDFactors, B: torch.Tensor, A: torch.Tensor, scale: float, W0: torch.Tensor | None = None
+) -> LoraCore | GramCore:
+    """Express W₀ + scale·B·A in the base's singular coordinates. B: (out, r), A: (r, in).
+
+    A base SVD without right vectors (``base.Vh`` None: a wide or square matrix from the cache's Gram route)
+    gives a :class:`GramCore`, which needs W₀ (out, in) itself."""
+    if base.Vh is None:
+        if W0 is None:
+            raise ValueError("This base SVD has no right vectors (Vh); pass W0 to express the tuned matrix.")
+        return gram_core(base, W0, B, A, scale)
+    U0 = base.U  # float64, or float32 as stored in the cache
+    V0 = base.Vh.T
+    S0 = base.S.to(torch.float64)
+    out_dim, in_dim = U0.shape[0], V0.shape[0]
+    p = int(S0.shape[0])
+    _check_factor_shapes(out_dim, in_dim, B, A)
     B_coords, Q_out = _split_against_basis(B, U0, full_span=(p == out_dim))
     A_coords, Q_in = _split_against_basis(A.T, V0, full_span=(p == in_dim))
     return LoraCore(S0=S0, B_coords=B_coords * scale, A_coords=A_coords, p=p, Q_out=Q_out, Q_in=Q_in)
+
+
+def gram_core(base: SVDFactors, W0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> GramCore:
+    """The :class:`GramCore` of W₀ + scale·B·A from U₀, Σ₀ and W₀ (out ≤ in). Products run in U₀'s dtype (float32
+    for the default cache: the same precision as the LoRA core's projections on the stored V₀)."""
+    U0 = base.U
+    out_dim, in_dim = int(W0.shape[0]), int(W0.shape[1])
+    p = int(base.S.shape[0])
+    if U0.shape[0] != out_dim or p != out_dim:
+        raise ValueError(
+            f"A base SVD without right vectors needs a wide or square base matrix whose U spans its rows; got U "
+            f"{tuple(U0.shape)} for a base matrix of shape ({out_dim}, {in_dim})."
+        )
+    _check_factor_shapes(out_dim, in_dim, B, A)
+    dtype = U0.dtype
+    A_ = A.to(dtype)
+    WA = W0.to(dtype) @ A_.T  # (out, r)
+    B_coords = (B.to(dtype).T @ U0).T.to(torch.float64) * scale  # written as (Bᵀ U₀)ᵀ: see _split_against_basis
+    C = (WA.T @ U0).T.to(torch.float64)
+    A64 = A.to(torch.float64)
+    return GramCore(S0=base.S.to(torch.float64), B_coords=B_coords, C=C, AAt=A64 @ A64.T, p=p)
 
 
 @dataclass(frozen=True)
@@ -122,7 +207,7 @@ class CoreTopK:
 TOP_K_METHODS = ("auto", "lanczos", "krylov", "dense")
 
 
-def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "cpu") -> CoreTopK:
+def core_top_k(core: LoraCore | GramCore, k: int, *, method: str = "auto", device: str = "cpu") -> CoreTopK:
     """Top-k SVD of the core M; the result is on the CPU in float64.
 
     ``method``: "lanczos" (ARPACK on the implicit operator, CPU), "krylov" (block Krylov in torch on ``device``,
@@ -144,11 +229,45 @@ def core_top_k(core: LoraCore, k: int, *, method: str = "auto", device: str = "c
     )
     if method == "lanczos" and k >= small - 1:
         use_dense = True  # ARPACK needs k < min(shape) - 1
+    if isinstance(core, GramCore):
+        return _gram_top_k(core, k, "dense" if use_dense else method, device)
     if use_dense:
         return _dense_core_top_k(core, k, device)
     if method == "krylov":
         return _krylov_core_top_k(core, k, device)
     return _arpack_core_top_k(core, k)
+
+
+def _gram_top_k(core: GramCore, k: int, method: str, device: str) -> CoreTopK:
+    """Top-k eigenpairs of N (σ = √λ): a dense ``eigh`` on ``device``, block Krylov in torch on ``device`` (on the
+    symmetric operator, a dense ``eigh`` if it stalls), or ARPACK's symmetric Lanczos (``eigsh``) on the CPU."""
+    if method == "dense":
+        evals, evecs = torch.linalg.eigh(core.dense().to(device))
+        return _from_eigenpairs(evals.flip(0)[:k].cpu(), evecs.flip(1)[:, :k].cpu())
+    if method == "krylov":
+        moved = GramCore(
+            S0=core.S0.to(device), B_coords=core.B_coords.to(device), C=core.C.to(device),
+            AAt=core.AAt.to(device), p=core.p,
+        )  # fmt: skip
+        n_coords = min(k + 8, core.p)
+        coords = torch.zeros(core.p, n_coords, dtype=torch.float64, device=device)
+        coords[torch.arange(n_coords), torch.arange(n_coords)] = 1.0
+        start = torch.cat([coords, moved.B_coords, moved.C], dim=1)
+        result = block_krylov_top_k(moved.matvec, moved.matvec, core.shape, k, start)
+        if not result.converged:
+            return _gram_top_k(core, k, "dense", device)
+        return _from_eigenpairs(result.S.cpu(), result.Y.cpu())  # N is positive semi-definite: σ(N) = λ(N)
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        return core.matvec(torch.from_numpy(np.ascontiguousarray(x).reshape(core.p, -1))).numpy().reshape(x.shape)
+
+    evals, evecs = _arpack_symmetric_top_k(matvec, core.p, k)
+    return _from_eigenpairs(torch.from_numpy(evals.copy()), torch.from_numpy(evecs.copy()))
+
+
+def _from_eigenpairs(evals: torch.Tensor, evecs: torch.Tensor) -> CoreTopK:
+    """CoreTopK from N's eigenpairs, descending: σ = √λ (a rounding-negative λ of a rank-deficient W_t is 0)."""
+    return CoreTopK(S=evals.clamp_min(0).sqrt(), Y=evecs)
 
 
 def _arpack_core_top_k(core: LoraCore, k: int) -> CoreTopK:
@@ -227,3 +346,14 @@ def core_right_vectors(core: LoraCore, top: CoreTopK) -> torch.Tensor:
 def core_full_spectrum(core: LoraCore) -> CoreTopK:
     """All singular triplets of the core (for the k-sweep of Fig. 11): a dense SVD of the small core."""
     return _dense_core_top_k(core, min(core.shape))
+
+
+def projected_full_spectrum(U0: torch.Tensor, W0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> CoreTopK:
+    """All singular values and left vectors, in base coordinates, of W₀ + scale·B·A for a wide or square W₀
+    (U₀ square orthogonal): a dense float64 SVD of U₀ᵀW_t (p × in), the k-sweep of a :class:`GramCore`.
+
+    N's small eigenvalues hold σ_j only to ε·σ₁²/σ_j², so the whole spectrum is taken from U₀ᵀW_t itself: as
+    accurate as the dense SVD of the LoRA core (p × (p + r)), at the same O(p²·in) cost."""
+    Wt = W0.to(torch.float64) + scale * (B.to(torch.float64) @ A.to(torch.float64))
+    Y, S, _ = torch.linalg.svd(U0.to(torch.float64).T @ Wt, full_matrices=False)
+    return CoreTopK(S=S, Y=Y)

@@ -1,8 +1,9 @@
 """On-disk cache of base-model SVDs, keyed by a content hash of each matrix (DESIGN.md, "Base SVD cache").
 
 The thin SVD of a base matrix is computed once (float64; from the eigendecomposition of its Gram matrix when a
-float64 check allows, see ``base_svd``) and stored as safetensors (U, S, Vh), written
-atomically, then reused by every adapter, checkpoint, sweep and repair against that base. The key is a
+float64 check allows, see ``base_svd``) and stored as safetensors (U, S, and Vh unless the matrix is wide or
+square: then U spans the output space and the warm path forms what it needs of the right vectors from W₀ itself,
+see :class:`~intrudim.spectral.structured.GramCore`), written atomically, then reused by every adapter, checkpoint, sweep and repair against that base. The key is a
 BLAKE2b hash of the matrix's bytes (in the orientation analysed), its shape and dtype, so a renamed or
 moved model still hits the cache and a changed matrix never does.
 
@@ -21,6 +22,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -178,11 +180,13 @@ class BaseSVDCache:
         """The base SVD. Factors stored in float32 (the default) come from the symmetric eigensolver on the smaller
         Gram matrix, checked in float64 to float32 precision, or from LAPACK's SVD where that check fails
         (:func:`~intrudim.spectral.svd.base_svd`); a float64 cache and ``exact`` (no cache: nothing rounded) take
-        LAPACK's SVD, exact to float64 rounding."""
-        svd = thin_svd if exact or self.dtype != torch.float32 else base_svd
+        LAPACK's SVD, exact to float64 rounding. The Gram route leaves out a wide or square matrix's right vectors
+        (Vh None): the warm path does not need them (:class:`~intrudim.spectral.structured.GramCore`)."""
+        svd = thin_svd if exact or self.dtype != torch.float32 else partial(base_svd, right_vectors=False)
         if self.device != "cpu":
             factors = svd(W.to(self.device))
-            return SVDFactors(U=factors.U.cpu(), S=factors.S.cpu(), Vh=factors.Vh.cpu())
+            Vh = None if factors.Vh is None else factors.Vh.cpu()
+            return SVDFactors(U=factors.U.cpu(), S=factors.S.cpu(), Vh=Vh)
         return svd(W)
 
     def lookup(self, W: torch.Tensor) -> CacheLookup:
@@ -207,13 +211,15 @@ class BaseSVDCache:
             return None
         try:
             stored = load_file(str(path))
-            # U and Vh stay in the stored dtype (no float64 copy of large bases); S is float64.
-            return SVDFactors(U=stored["U"], S=stored["S"].to(torch.float64), Vh=stored["Vh"])
+            # U and Vh stay in the stored dtype (no float64 copy of large bases); S is float64. An entry of a wide or
+            # square matrix written by the Gram route has no Vh (entries written before it have one: both are used).
+            return SVDFactors(U=stored["U"], S=stored["S"].to(torch.float64), Vh=stored.get("Vh"))
         except (SafetensorError, KeyError, OSError):
             return None  # a damaged entry (e.g. disk full when written elsewhere): recompute and replace it
 
     def get(self, W: torch.Tensor) -> SVDFactors:
-        """Thin SVD of ``W`` from the cache when present: S in float64, U and Vh in the cache dtype."""
+        """Thin SVD of ``W`` from the cache when present: S in float64, U and Vh in the cache dtype (Vh None for a
+        wide or square matrix from the Gram route, see :meth:`_compute`)."""
         return self.resolve(W, self.lookup(W))
 
     def resolve(self, W: torch.Tensor, found: CacheLookup) -> SVDFactors:
@@ -234,11 +240,12 @@ class BaseSVDCache:
         stored = {
             "U": factors.U.to(self.dtype, memory_format=torch.contiguous_format).contiguous(),  # one pass
             "S": factors.S.to(torch.float64).contiguous(),
-            "Vh": factors.Vh.to(self.dtype, memory_format=torch.contiguous_format).contiguous(),
         }
+        if factors.Vh is not None:
+            stored["Vh"] = factors.Vh.to(self.dtype, memory_format=torch.contiguous_format).contiguous()
         try:
             with atomic_path(self.path_for(found.key)) as tmp:
                 save_file(stored, str(tmp), metadata={"format": CACHE_FORMAT, "shape": str(tuple(W.shape))})
         except OSError:
             pass  # an unwritable cache slows later runs but never fails this one
-        return SVDFactors(U=stored["U"], S=stored["S"], Vh=stored["Vh"])
+        return SVDFactors(U=stored["U"], S=stored["S"], Vh=stored.get("Vh"))
