@@ -8,7 +8,8 @@ For each shape n×n and LoRA rank r, one adapter matrix W_t = W₀ + s·B·A is 
   base SVD (timed *excluding* the base SVD — "once the base cache exists"; the one-time base SVD cost is
   reported in its own column).
 * the same without the base's right vectors (``GramCore``: what the default cache holds for a wide or square
-  matrix): the top eigenpairs of N = U₀ᵀW_tW_tᵀU₀, built from U₀, Σ₀ and W₀ itself ("Gram core" column).
+  matrix): the top eigenpairs of N = U₀ᵀW_tW_tᵀU₀, built from U₀, Σ₀ and W₀ itself ("Gram core" column), with
+  U₀ in float32 as the default cache stores it (the column before it uses the float64 factors).
 
 Two LoRA cases per (n, r): "realistic" (A ~ N(0, 1/n), B small, s = α/r with α = 2r: typically no
 intruders) and "planted" (B with a few strong random directions, so counts are non-zero). The script
@@ -121,7 +122,7 @@ def main() -> None:
         base = thin_svd(W0)  # float64 thin SVD: what the cache stores (computed once per base matrix)
         base_svd_s = time.perf_counter() - t0 if clock == "wall" else time.process_time() - c0
         U0 = base.U
-        left_only = SVDFactors(U=base.U, S=base.S, Vh=None)
+        left_only = SVDFactors(U=base.U.to(torch.float32), S=base.S, Vh=None)  # as the default cache stores it
         # dense references: 3 repeats below 4096, 1 at 4096 (a dense 4096² float64 SVD takes tens of seconds)
         dense_repeats = 1 if n >= 4096 else 3
         for r in ranks:
@@ -170,7 +171,7 @@ def main() -> None:
                 )
 
     print(
-        "\n| n×n | r | case | structured (s) | Gram core, no V₀ (s) | dense f32 (s) | dense f64 (s) | × vs f32 | × vs f64 | base SVD once (s) | intruders struct / f64 / f32 | identical |"
+        "\n| n×n | r | case | structured (s) | Gram core, no V₀, f32 U₀ (s) | dense f32 (s) | dense f64 (s) | × vs f32 | × vs f64 | base SVD once (s) | intruders struct / f64 / f32 | identical |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
