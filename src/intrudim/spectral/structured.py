@@ -348,7 +348,9 @@ def core_full_spectrum(core: LoraCore) -> CoreTopK:
     return _dense_core_top_k(core, min(core.shape))
 
 
-def projected_full_spectrum(U0: torch.Tensor, W0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> CoreTopK:
+def projected_full_spectrum(
+    U0: torch.Tensor, W0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float
+) -> CoreTopK:
     """All singular values and left vectors, in base coordinates, of W₀ + scale·B·A for a wide or square W₀
     (U₀ square orthogonal): a dense float64 SVD of U₀ᵀW_t (p × in), the k-sweep of a :class:`GramCore`.
 

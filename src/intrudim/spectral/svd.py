@@ -68,7 +68,8 @@ def base_svd(W: torch.Tensor, *, seed: int = 0, right_vectors: bool = True) -> S
     neither formed nor returned (``Vh`` None): of Z only the rows of the second solve are computed, which saves
     the p×p×q product Z = EᵀW (1.5 s of a 4096² matrix's 10 s on 2 cores) and the Vh half of the cache entry. The
     probes still check them, as Vh = Σ⁻¹UᵀW applied implicitly, so the U returned passes the same test as the full
-    call's (equal to it up to rounding: the second solve's rows of Z come from a smaller product). A tall W's right vectors are its Gram eigenvectors, free: they are always returned.
+    call's (equal to it up to rounding: the second solve's rows of Z come from a smaller product). A tall W's right
+    vectors are its Gram eigenvectors, free: they are always returned.
     """
     W64 = W.to(torch.float64)
     m, n = W64.shape
