@@ -2,7 +2,8 @@
 trained embedding table next to LoRA on the attention) and trainable tokens (new values for some rows of an
 embedding). `analyze` compares them with BASE as a dense fine-tune, equal to the analysis of the merged model; left
 out, they are listed with the reason; a weight BASE lacks or of another shape is listed, never compared; `repair`
-leaves them as they are and says so; the merge that `forgetting` uses includes them, as peft's does."""
+repairs a weight saved whole as the merged model's repair does and writes it back whole, and leaves trainable
+tokens' rows as they are and says so; the merge that `forgetting` uses includes them, as peft's does."""
 
 from __future__ import annotations
 
@@ -84,17 +85,49 @@ def test_left_out_new_or_resized_weights_are_listed_with_the_reason(tiny_models,
     assert "new module" in reasons["new_head.weight"]
 
 
-def test_repair_leaves_a_weight_saved_whole_as_it_is_and_says_so(tiny_models, tmp_path):
-    base = tiny_models["llama"]
-    adapter, _ = _adapter_with_full_weights(base, tmp_path, targets=["q_proj"], full=["embed_tokens"])
-    result = repair(base, adapter, lam=0.5, out=tmp_path / "repaired", include_embeddings=True, use_cache=False)
-    assert {m.name for m in result.matrices} == {"layers.0.self_attn.q_proj.weight", "layers.1.self_attn.q_proj.weight"}
-    reasons = {s["name"]: s["reason"] for s in result.skipped}
-    assert "leaves this weight as it is" in reasons["embed_tokens.weight"]
+@pytest.mark.parametrize(
+    ("arch", "targets", "full", "full_weight"),
+    [
+        ("llama", ["q_proj"], ["embed_tokens"], "embed_tokens.weight"),
+        ("gpt2", ["c_attn"], ["h.0.mlp.c_fc"], "h.0.mlp.c_fc.weight"),  # Conv1D: stored (in, out)
+    ],
+)
+@pytest.mark.parametrize("control", ["none", "shrink"])
+def test_repair_of_a_weight_saved_whole_equals_the_merged_models_repair(
+    tiny_models, tmp_path, arch, targets, full, full_weight, control
+):
+    """The repaired adapter, merged by peft, equals `repair` of the merged model (a dense fine-tune) in every
+    weight: the LoRA modules through their extended factors, the weight saved whole written back whole."""
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    base = tiny_models[arch]
+    adapter, merged = _adapter_with_full_weights(base, tmp_path, targets=targets, full=full,
+                                                 fan_in_fan_out=arch == "gpt2")  # fmt: skip
+    options = {"lam": 0.5, "control": control, "include_embeddings": True, "use_cache": False}
+    result = repair(base, adapter, out=tmp_path / "repaired", **options)
+    reference = repair(base, merged, out=tmp_path / "reference", **options)
+    name = next(n for n in _by_name(result) if n.endswith(full_weight))
+    assert _by_name(result)[name].intruder_ranks == _by_name(reference)[name].intruder_ranks != []
+    assert _by_name(result)[name].removed_frobenius > 0 and _by_name(result)[name].rank_added == 0
+    assert not any(name == s["name"] for s in result.skipped)
+
     before = load_file(str(adapter / "adapter_model.safetensors"))
     after = load_file(str(tmp_path / "repaired" / "adapter" / "adapter_model.safetensors"))
-    key = next(k for k in before if k.endswith("embed_tokens.weight"))
-    assert torch.equal(before[key], after[key])
+    key = next(k for k in before if k.endswith(full_weight) and "lora_" not in k)
+    assert after[key].shape == before[key].shape and after[key].dtype == before[key].dtype
+    assert not torch.equal(before[key], after[key])
+
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(str(base)), str(tmp_path / "repaired" / "adapter"))
+    repaired = model.merge_and_unload().state_dict()
+    expected = load_file(str(tmp_path / "reference" / "model" / "model.safetensors"))
+    for k, W in expected.items():
+        torch.testing.assert_close(repaired[k], W, rtol=0, atol=2e-5, msg=k)
+    if control == "none":  # --merged: the repaired adapter merged by peft into BASE, written as a model
+        repair(base, adapter, out=tmp_path / "merged-out", merged=True, **options)
+        written = load_file(str(tmp_path / "merged-out" / "model" / "model.safetensors"))
+        for k, W in expected.items():
+            torch.testing.assert_close(written[k], W, rtol=0, atol=2e-5, msg=k)
 
 
 def _adapter_with_trainable_tokens(base: Path, out: Path, indices) -> tuple[Path, Path]:

@@ -88,6 +88,38 @@ def test_sweep_equals_written_repairs_measured_from_disk(lm, tmp_path):
     assert result.point(0.0, "non-intruder").removed_frobenius > 0
 
 
+def test_sweep_repairs_a_weight_saved_whole_as_the_written_repair(lm, tmp_path):
+    """An adapter that saved a down_proj whole (modules_to_save) beside LoRA: the sweep's in-memory repair of it
+    equals the repaired adapter `repair` writes, measured from disk."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+
+    peft_model = get_peft_model(
+        LlamaForCausalLM.from_pretrained(str(lm["base"])),
+        LoraConfig(r=2, lora_alpha=4, task_type="CAUSAL_LM", init_lora_weights=False, target_modules=["q_proj"],
+                   modules_to_save=["layers.0.mlp.down_proj"]),
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "modules_to_save" in name and param.ndim == 2:
+                param.add_(3.0 * param.std() * torch.randn(param.shape, generator=generator))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(str(adapter))
+    config = RepairConfig(k=4)
+    result = repair_sweep(lm["base"], adapter, (0.0,), ("none",), config=config, text=str(lm["text"]), use_cache=False)
+    written = repair(lm["base"], adapter, RepairConfig(k=4, lam=0.0), out=tmp_path / "repaired", use_cache=False)
+    whole = next(m for m in written.matrices if m.name.endswith("layers.0.mlp.down_proj.weight"))
+    assert whole.intruder_ranks and whole.removed_frobenius > 0
+    probe = ForgettingProbe.prepare(lm["base"], str(lm["text"]), ForgettingConfig())
+    model, _ = probe.load_tuned_model(tmp_path / "repaired" / "adapter")
+    loss = float(probe.losses(model).mean())
+    assert result.point(0.0, "none").forgetting_loss == pytest.approx(loss, rel=1e-5)
+    assert result.point(0.0, "none").forgetting_loss != result.point(1.0, "none").forgetting_loss
+
+
 def _script() -> str:
     script = Path(sys.executable).parent / "intrudim"
     if not script.exists():

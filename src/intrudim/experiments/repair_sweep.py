@@ -21,7 +21,7 @@ from intrudim.analysis.planning import AnalysisInputs, open_inputs, resolve_tune
 from intrudim.analysis.running import open_cache
 from intrudim.errors import IntrudimError
 from intrudim.repair.config import RepairConfig, check_lambda
-from intrudim.repair.core import MatrixRepairPlan, plan_repairs, set_aside_full_weights
+from intrudim.repair.core import MatrixRepairPlan, plan_repairs, set_aside_token_rows
 from intrudim.weights.matching import KeyMatcher
 from intrudim.weights.peft_adapter import is_adapter_dir
 
@@ -225,7 +225,7 @@ def repair_sweep(
     base_path = resolve_base_path(base)
     tuned_path = resolve_tuned_path(tuned)
     with open_inputs(base, tuned, analyze_config) as inputs:
-        set_aside_full_weights(inputs)
+        set_aside_token_rows(inputs)
         say("planning: top singular triplets and intruders of every matrix")
         plans = plan_repairs(inputs, open_cache(analyze_config, cache_dir, use_cache), config, with_control=True)
         result = RepairSweepResult(

@@ -4,7 +4,8 @@ For each matrix planned as ``analyze`` plans it (same k, ε, selection), the top
 come from the structured top-k (LoRA) or a Lanczos top-k (dense), the intruders among the top-k are found
 as in ``analyze``, and W' = W_t + (λ − 1)·Σ_{j∈I} σ_j u_j v_jᵀ is written:
 - for a LoRA adapter, as a PEFT adapter of rank r + |I| on the repaired modules (``rank_pattern`` /
-  ``alpha_pattern``), exact: merged, it equals W' up to the output dtype's rounding;
+  ``alpha_pattern``), exact: merged, it equals W' up to the output dtype's rounding; a weight the adapter saved
+  whole (``modules_to_save``) is repaired as a dense fine-tune and written back whole in the adapter;
 - for a dense (fully fine-tuned) model, as merged weights, sharded like the input.
 An adapter or model without intruders is copied unchanged, bit for bit.
 """
@@ -110,29 +111,25 @@ def plan_matrix(
     return MatrixRepairPlan(job, triplets, intruders, non_intruders, delta_norm, factors)
 
 
-FULL_WEIGHT_NOT_REPAIRED = (
-    "trained fully in the adapter (modules_to_save): `analyze` counts its intruders, but repair rewrites LoRA "
-    "factors and leaves this weight as it is; to repair it too, merge the adapter (peft's merge_and_unload) and "
-    "repair the merged model"
-)
-
 TOKEN_ROWS_NOT_REPAIRED = (
-    "rows replaced by the adapter's trainable tokens: `analyze` counts the table's intruders, but repair rewrites "
-    "LoRA factors and leaves these rows as they are; to repair them too, merge the adapter and repair the merged model"
+    "rows replaced by the adapter's trainable tokens: `analyze` counts the table's intruders, but the adapter stores "
+    "only those rows while a repair of the table changes every row, so repair leaves these rows as they are; to "
+    "repair the table too, merge the adapter and repair the merged model"
 )
 
 
-def set_aside_full_weights(inputs: AnalysisInputs) -> None:
-    """Take the weights a LoRA adapter saved whole (``modules_to_save``) and the embeddings its trainable tokens
-    change out of a repair's jobs, each listed in ``inputs.skipped`` with the reason: the repaired adapter keeps
-    them unchanged, and the result says so."""
+def set_aside_token_rows(inputs: AnalysisInputs) -> None:
+    """Take the embeddings an adapter's trainable tokens change out of a repair's jobs, each listed in
+    ``inputs.skipped`` with the reason: the repaired adapter keeps those rows unchanged, and the result says so.
+
+    Weights the adapter saved whole (``modules_to_save``) stay planned: they are repaired as a dense fine-tune and
+    written back whole in the repaired adapter."""
     if inputs.adapter is None:
         return
     for job in inputs.jobs:
-        if job.module is None:
-            reason = TOKEN_ROWS_NOT_REPAIRED if job.token_rows else FULL_WEIGHT_NOT_REPAIRED
-            inputs.skipped.append({"name": job.base_key, "reason": reason})
-    inputs.jobs = [job for job in inputs.jobs if job.module is not None]
+        if job.token_rows:
+            inputs.skipped.append({"name": job.base_key, "reason": TOKEN_ROWS_NOT_REPAIRED})
+    inputs.jobs = [job for job in inputs.jobs if not job.token_rows]
 
 
 def plan_repairs(
@@ -298,7 +295,7 @@ def repair(
     started = time.perf_counter()
     analyze_config = config.analyze_config
     with open_inputs(base, tuned, analyze_config) as inputs:
-        set_aside_full_weights(inputs)
+        set_aside_token_rows(inputs)
         out_dir = prepare_output(Path(out), inputs, merged=merged, overwrite=overwrite)
         cache = open_cache(analyze_config, cache_dir, use_cache)
         plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress)

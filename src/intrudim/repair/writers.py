@@ -1,5 +1,5 @@
-"""Writing a repair: an exact PEFT adapter of rank r + |I| (rank_pattern / alpha_pattern), or merged weights
-sharded like the input, or a bit-for-bit copy when nothing changes. Every output directory is built beside
+"""Writing a repair: an exact PEFT adapter of rank r + |I| (rank_pattern / alpha_pattern; weights it saved whole,
+``modules_to_save``, written back whole, repaired), or merged weights sharded like the input, or a bit-for-bit copy when nothing changes. Every output directory is built beside
 its destination and moved into place at the end, so an interrupted repair leaves nothing half-written.
 """
 
@@ -94,6 +94,7 @@ def write_outputs(
     if inputs.adapter is not None:
         adapter = inputs.adapter
         new_factors = lora_replacements(plans, adapter, lam, control)
+        whole = {adapter.full_weights[key]: W for key, W in dense_replacements(plans, inputs, lam, control).items()}
         with atomic_directory(target) as tmp:
             if not changed:
                 result.unchanged = True
@@ -103,10 +104,10 @@ def write_outputs(
                     _copy_tree(adapter.path, tmp)
             elif merged:
                 with tempfile.TemporaryDirectory(dir=out) as staging:
-                    write_adapter(adapter, new_factors, Path(staging))
+                    write_adapter(adapter, new_factors, Path(staging), whole=whole)
                     merge_with_peft(inputs.base, Path(staging), tmp)
             else:
-                write_adapter(adapter, new_factors, tmp)
+                write_adapter(adapter, new_factors, tmp, whole=whole)
         return
     assert inputs.tuned is not None
     with atomic_directory(target) as tmp:
@@ -140,13 +141,20 @@ def lora_replacements(
 
 
 def write_adapter(
-    adapter: LoraAdapter, new: dict[str, tuple[torch.Tensor, torch.Tensor, float | None]], dest: Path
+    adapter: LoraAdapter,
+    new: dict[str, tuple[torch.Tensor, torch.Tensor, float | None]],
+    dest: Path,
+    *,
+    whole: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """A PEFT adapter directory: the input's files, with the repaired modules' factors replaced (in the input's
     dtype) and their rank and α set through rank_pattern / alpha_pattern (first in each, so that they win
-    over any broader pattern, as PEFT takes the first matching key)."""
+    over any broader pattern, as PEFT takes the first matching key). ``whole``: adapter key → the repaired value
+    of a weight the adapter saved whole (``modules_to_save``), stored orientation, cast to the stored dtype."""
     weights = adapter.path / ADAPTER_WEIGHTS
     tensors = load_file(str(weights)) if weights.exists() else dict(adapter._tensors["state"])
+    for key, W in (whole or {}).items():
+        tensors[key] = W.to(tensors[key].dtype).contiguous()
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, float] = {}
     for module, (B_new, A_new, alpha) in new.items():
@@ -179,10 +187,11 @@ def write_adapter(
 def dense_replacements(
     plans: list[MatrixRepairPlan], inputs: AnalysisInputs, lam: float, control: str
 ) -> dict[str, torch.Tensor]:
-    """Stored key → W' (float64, stored orientation) for every dense matrix that changes."""
+    """Stored key → W' (float64, stored orientation) for every dense matrix that changes: a dense TUNED's weights,
+    or the weights a LoRA adapter saved whole (keyed by module, ``job.tuned_key``)."""
     out: dict[str, torch.Tensor] = {}
     for plan in plans:
-        if not plan.intruders:
+        if not plan.intruders or plan.factors is not None:
             continue
         job = plan.job
         Wt = inputs.tuned_matrix(job).to(torch.float64)
