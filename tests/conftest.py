@@ -156,6 +156,16 @@ def base_state(base_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(base_dir / "model.safetensors"))
 
 
+def train_saved_weights_(peft_model: torch.nn.Module, seed: int) -> None:
+    """Stand-in for fully training the weights a peft model saves whole (``modules_to_save``): strong dense noise,
+    3× each weight's std, on every 2-D one, in place."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "modules_to_save" in name and param.ndim == 2:
+                param.add_(3.0 * param.std() * torch.randn(param.shape, generator=generator))
+
+
 def _train_job(config, run_dir: Path, cache_dir: Path, threads: int):
     """One training run in a worker process, at a fixed torch thread count (see :func:`train_in_parallel`)."""
     torch.set_num_threads(threads)

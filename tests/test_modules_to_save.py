@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_saved_weights_
 from safetensors.torch import load_file, save_file
 
 from intrudim import analyze
@@ -27,11 +28,7 @@ def _adapter_with_full_weights(base: Path, out: Path, *, targets: list[str], ful
     config = LoraConfig(r=2, lora_alpha=4, target_modules=targets, modules_to_save=full, init_lora_weights=False,
                         fan_in_fan_out=fan_in_fan_out)  # fmt: skip
     peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "modules_to_save" in name and param.ndim == 2:
-                param.add_(3.0 * param.std() * torch.randn(param.shape, generator=generator))
+    train_saved_weights_(peft_model, seed=11)
     peft_model.save_pretrained(str(out / "adapter"))
     peft_model.merge_and_unload().save_pretrained(str(out / "merged"))
     return out / "adapter", out / "merged"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_saved_weights_
 
 from intrudim.errors import IntrudimError
 from intrudim.experiments.repair_sweep import parse_controls, parse_lambdas, repair_sweep
@@ -101,11 +102,7 @@ def test_sweep_repairs_a_weight_saved_whole_as_the_written_repair(lm, tmp_path):
         LoraConfig(r=2, lora_alpha=4, task_type="CAUSAL_LM", init_lora_weights=False, target_modules=["q_proj"],
                    modules_to_save=["layers.0.mlp.down_proj"]),
     )  # fmt: skip
-    generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "modules_to_save" in name and param.ndim == 2:
-                param.add_(3.0 * param.std() * torch.randn(param.shape, generator=generator))
+    train_saved_weights_(peft_model, seed=2)
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(str(adapter))
     config = RepairConfig(k=4)

@@ -1,6 +1,7 @@
-"""Writing a repair: an exact PEFT adapter of rank r + |I| (rank_pattern / alpha_pattern; weights it saved whole,
-``modules_to_save``, written back whole, repaired), or merged weights sharded like the input, or a bit-for-bit copy when nothing changes. Every output directory is built beside
-its destination and moved into place at the end, so an interrupted repair leaves nothing half-written.
+"""Writing a repair: an exact PEFT adapter of rank r + |I| (rank_pattern / alpha_pattern), with the weights it saved
+whole (``modules_to_save``) repaired and written back whole; or merged weights sharded like the input; or a
+bit-for-bit copy when nothing changes. Every output directory is built beside its destination and moved into place
+at the end, so an interrupted repair leaves nothing half-written.
 """
 
 from __future__ import annotations
