@@ -43,7 +43,7 @@ def peak_rss_mib() -> float:
 def small_llama(folder: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from intrudim.weights.sources import embedded_model_path
+    from intrudim.models.embedded import embedded_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path("minilm")))
     torch.manual_seed(0)
@@ -82,9 +82,9 @@ def main() -> None:
     load_start = load_average()
     with tempfile.TemporaryDirectory() as tmp, limit_threads(args.threads):
         if args.smollm2:
-            from intrudim.train.config import resolve_model_path
+            from intrudim.models.references import resolve_model_folder
 
-            base = resolve_model_path("smollm2")
+            base = resolve_model_folder("smollm2")
         else:
             base = small_llama(Path(tmp) / "llama")
         adapter = random_adapter(base, Path(tmp) / "adapter")

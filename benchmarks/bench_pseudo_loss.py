@@ -40,7 +40,7 @@ def windows(count: int, seq_len: int, generator: torch.Generator) -> torch.Tenso
         from transformers import AutoTokenizer
 
         from intrudim.evaluate.text import load_text
-        from intrudim.weights.sources import embedded_model_path
+        from intrudim.models.embedded import embedded_model_path
 
         tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path("minilm")))
         ids = tokenizer(" ".join(load_text("news").paragraphs[:40]), add_special_tokens=False)["input_ids"]

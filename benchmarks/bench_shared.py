@@ -41,7 +41,7 @@ while True:  # MiniLM-sized matmuls on every core, forever (killed by the benchm
 TRAIN_STEPS = """
 import time, torch
 from transformers import AutoModel, AutoTokenizer
-from intrudim.weights.sources import embedded_model_path
+from intrudim.models.embedded import embedded_model_path
 path = embedded_model_path("minilm")
 model, tok = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 batch = tok(["the movie was great and i loved every minute of it"] * 16, return_tensors="pt",
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     workloads = ["analyze:minilm", "train"] if args.quick else ["analyze:smollm2", "train"]
     if not args.quick:  # convert SmolLM2 once, outside the timings
-        subprocess.run([sys.executable, "-c", "from intrudim.weights.sources import embedded_model_path; "
+        subprocess.run([sys.executable, "-c", "from intrudim.models.embedded import embedded_model_path; "
                         "embedded_model_path('smollm2', progress=False)"], env=_env("PASSIVE"), check=True)  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

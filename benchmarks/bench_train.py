@@ -26,9 +26,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from intrudim.evaluate.batching import example_labels, example_logits
+from intrudim.models.references import resolve_model_folder
 from intrudim.tasks import get_task
 from intrudim.train.checkpoints import LoopState, save_checkpoint
-from intrudim.train.config import TrainConfig, resolve_model_path
+from intrudim.train.config import TrainConfig
 from intrudim.train.engine import _make_optimizer, batch_indices
 from intrudim.train.methods import build_model
 from intrudim.train.tracking import track_intruders
@@ -38,7 +39,7 @@ CASES = (("full", 0), ("lora", 1), ("lora", 8), ("lora", 64))
 
 def _time_steps(config: TrainConfig, steps: int, warmup: int) -> tuple[float, object, object, object]:
     task = get_task(config.task, seed=config.seed)
-    base = resolve_model_path(config.model)
+    base = resolve_model_folder(config.model)
     parts = build_model(config, base, task.head_outputs)
     model = parts.model.train()
     optimizer, scheduler = _make_optimizer(model, config, steps + warmup)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    base = resolve_model_path("minilm")
+    base = resolve_model_folder("minilm")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "svd_cache"

@@ -186,8 +186,8 @@ def test_intruders_accumulate_against_the_original_base(bert_run, tiny_bert: Pat
 
 def test_each_task_keeps_its_own_head(bert_run) -> None:
     from intrudim.evaluate.accuracy import accuracy
+    from intrudim.models.loading import load_base_model
     from intrudim.tasks import get_task
-    from intrudim.train.methods import load_base_model
 
     result, _ = bert_run
     root = result.out_dir / "r-2"
@@ -219,9 +219,9 @@ def test_figures_are_written_and_not_blank(bert_run) -> None:
 
 def test_causal_lm_measures_every_task_at_every_stage(tiny_llama: Path, tmp_path: Path) -> None:
     from intrudim.evaluate.accuracy import accuracy
+    from intrudim.models.loading import load_causal_lm
     from intrudim.tasks import get_task
     from intrudim.tasks.prompts import prompt_format
-    from intrudim.train.methods import load_causal_lm
 
     config = _config(tiny_llama, ranks=(2,), train=TrainConfig(
         model=str(tiny_llama), max_steps=4, eval_every=4, checkpoint_every=None, max_train_examples=48,

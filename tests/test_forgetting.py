@@ -20,13 +20,13 @@ from intrudim.evaluate.forgetting import (
     PAIR_SHUFFLE_SEED,
     ForgettingConfig,
     ForgettingProbe,
-    apply_tuned_weights_,
     measure_forgetting,
-    merge_lora_adapter_,
     paired_bootstrap_ci,
     summarize,
 )
 from intrudim.evaluate.text import adjacent_sentence_pairs, load_text, split_sentences
+from intrudim.models.loading import is_sentence_transformer, load_transformers_config, measure_for_config
+from intrudim.models.tuned import apply_tuned_weights_, merge_lora_adapter_
 
 HIDDEN = 32
 WORDS = (
@@ -62,7 +62,7 @@ def _write_text(path: Path, paragraphs: int = 40, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir():
-    from intrudim.weights.sources import embedded_model_path
+    from intrudim.models.embedded import embedded_model_path
 
     try:
         return embedded_model_path("minilm")
@@ -85,9 +85,31 @@ def _save(model, tokenizer_dir: Path, out: Path) -> Path:
     return out
 
 
+def _as_sentence_transformer(folder: Path, out: Path) -> Path:
+    """A copy of a bare encoder's folder with the files sentence-transformers' ``save`` writes beside the weights:
+    modules.json (a Transformer module at the folder itself, then mean pooling), 1_Pooling/config.json and the
+    Transformer module's and the package's settings (as in the embedded MiniLM's folder)."""
+    import shutil
+
+    shutil.copytree(folder, out)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (out / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    (out / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+               "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}  # fmt: skip
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2), encoding="utf-8")
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    (out / "config_sentence_transformers.json").write_text(json.dumps({"__version__": {"sentence_transformers": "2.0.0"}}))
+    return out
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
-    """Tiny random models with the MiniLM tokenizer: masked LM, causal LM (LLaMA), bare encoder, headless LLaMA."""
+    """Tiny random models with the MiniLM tokenizer: masked LM, causal LM (LLaMA), a sentence-transformers encoder,
+    the same bare BertModel without the sentence-transformers files, headless LLaMA."""
     from transformers import (
         AutoTokenizer,
         BertForMaskedLM,
@@ -105,9 +127,10 @@ def models(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
     paths = {
         "mlm": _save(BertForMaskedLM(_bert_config(vocab)), tokenizer_dir, root / "mlm"),
         "causal": _save(LlamaForCausalLM(llama_config), tokenizer_dir, root / "causal"),
-        "encoder": _save(BertModel(_bert_config(vocab)), tokenizer_dir, root / "encoder"),
+        "bert": _save(BertModel(_bert_config(vocab)), tokenizer_dir, root / "bert"),
         "headless": _save(LlamaModel(llama_config), tokenizer_dir, root / "headless"),
     }
+    paths["encoder"] = _as_sentence_transformer(paths["bert"], root / "encoder")
     paths["text"] = _write_text(root / "text.txt")
     return paths
 
@@ -231,6 +254,46 @@ def test_probe_scores_classification_wrappers_or_says_why_not(models):
     causal = ForgettingProbe.prepare(models["causal"], models["text"], ForgettingConfig(max_tokens=32, seq_len=16))
     with pytest.raises(IntrudimError, match="causal LM"):
         causal.losses(LlamaForSequenceClassification.from_pretrained(str(models["causal"]), num_labels=2, pad_token_id=0))
+
+
+# ------------------------------------------------------------------------------------- choosing the measure
+
+
+def test_sentence_transformers_detected_from_their_own_files(models, tokenizer_dir, tmp_path):
+    """modules.json with a Transformer module at the folder itself marks a sentence-transformers model; the
+    embedded MiniLM has one, a BertModel saved by save_pretrained (or a masked LM) does not."""
+    assert is_sentence_transformer(tokenizer_dir)  # the embedded minilm folder
+    assert is_sentence_transformer(models["encoder"])
+    assert not is_sentence_transformer(models["bert"]) and not is_sentence_transformer(models["mlm"])
+    cases = {
+        "pooling_only": [{"idx": 0, "name": "0", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
+        "transformer_elsewhere": [{"idx": 0, "name": "0", "path": "0_Transformer",
+                                   "type": "sentence_transformers.models.Transformer"}],  # fmt: skip
+        "not_a_list": {"type": "sentence_transformers.models.Transformer"},
+    }
+    for name, modules in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+        assert not is_sentence_transformer(tmp_path / name), name
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "modules.json").write_text("[{", encoding="utf-8")
+    assert not is_sentence_transformer(tmp_path / "broken")
+    assert not is_sentence_transformer(tmp_path / "missing")
+
+
+def test_bare_encoder_without_sentence_transformers_files_is_refused(models):
+    """A plain BertModel (pre-trained as a masked LM whose head it lacks) gets no contrastive loss: one paragraph
+    naming the model and the heads that would work."""
+    config = load_transformers_config(models["bert"])
+    assert measure_for_config(config, sentence_transformer=True) == "contrastive"
+    with pytest.raises(IntrudimError) as info:
+        ForgettingProbe.prepare(models["bert"], models["text"], ForgettingConfig(max_tokens=2000, pairs_per_batch=4))
+    message = str(info.value)
+    assert f"BASE '{models['bert']}' is BertModel" in message and "not a sentence-transformers model" in message
+    for head in ("BertForMaskedLM", "pseudo-loss", "ForCausalLM: perplexity", "sentence-transformers folder",
+                 "modules.json", "contrastive loss"):  # fmt: skip
+        assert head in message, head
+    assert "\n" not in message
 
 
 # ------------------------------------------------------------------------------------- planted cases
@@ -509,6 +572,7 @@ def test_bad_input_through_the_installed_script(models, tmp_path):
     cases = {
         "short": ([str(models["causal"]), str(models["causal"]), "--text", str(short)], "fewer than one sequence"),
         "headless": ([str(models["headless"]), str(models["headless"]), *text], "Supported: a causal LM"),
+        "bare_bert": ([str(models["bert"]), str(models["bert"]), *text], "(BertForMaskedLM: the MLM pseudo-loss"),
         "mismatch": ([str(models["mlm"]), str(tmp_path / "llama_adapter"), *text], "another base model"),
         "unwritable": ([str(models["causal"]), str(models["causal"]), *text, "--out", str(blocker / "out")], "Cannot write"),
         "keyword": ([str(models["causal"]), str(models["causal"]), "--text", "wikipedia"], "not a known text"),
@@ -568,15 +632,54 @@ def test_minilm_contrastive_objective_is_learned_and_noise_forgets(tokenizer_dir
 @pytest.mark.slow
 def test_smollm2_perplexity_on_wikipedia_is_sane(embedded_cache, monkeypatch):
     """DESIGN.md: SmolLM2-135M has perplexity ~30 on Wikipedia paragraphs (780 with the words shuffled)."""
-    from intrudim.train.config import resolve_model_path
+    from intrudim.models.references import resolve_model_folder
 
     monkeypatch.setenv("INTRUDIM_CACHE", str(embedded_cache))
 
     try:
-        resolve_model_path("smollm2")
+        resolve_model_folder("smollm2")
     except IntrudimError as exc:
         pytest.skip(f"smollm2 is not available: {exc}")
     probe = ForgettingProbe.prepare("smollm2", "wiki", ForgettingConfig(max_tokens=1024))
     assert probe.measure == "perplexity" and probe.tokens == 1024
     result = probe.summarize(*(2 * [probe.losses(probe.load_base_model())]))
     assert 8 < result.base.perplexity < 80
+
+
+@pytest.mark.parametrize("which", ["causal", "encoder"])
+def test_forgetting_of_a_peft_model_in_memory_equals_files(models, tmp_path, which):
+    """intrudim.forgetting(peft_model): BASE scored with the adapters disabled, TUNED with it active (nothing merged)
+    equals the measurement of the same base folder and saved adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    import intrudim
+
+    loader = AutoModelForCausalLM if which == "causal" else AutoModel
+    targets = ["q_proj", "v_proj"] if which == "causal" else ["query", "value"]
+    model = get_peft_model(loader.from_pretrained(str(models[which])),
+                           LoraConfig(r=2, target_modules=targets, init_lora_weights=False))  # fmt: skip
+    _random_lora(model, torch.Generator().manual_seed(5), scale=0.5)
+    model.save_pretrained(str(tmp_path / "adapter"))
+    settings = {"text": str(models["text"]), "max_tokens": 1500, "seq_len": 32, "bootstrap_resamples": 200}
+    from_files = intrudim.forgetting(tmp_path / "adapter", models[which], **settings)
+    alone = intrudim.forgetting(tmp_path / "adapter", **settings)  # BASE: the base the adapter records
+    in_memory = intrudim.forgetting(model, **settings)
+    assert from_files.measure == in_memory.measure == ("perplexity" if which == "causal" else "contrastive")
+    assert alone.delta == from_files.delta and abs(from_files.delta) > 1e-4  # the adapter changes the loss
+    assert in_memory.delta == pytest.approx(from_files.delta, rel=1e-4, abs=1e-6)
+    assert in_memory.ci95 == pytest.approx(from_files.ci95, rel=1e-3, abs=1e-6)
+    assert model.active_adapter == "default"
+
+
+def test_forgetting_of_a_module_in_memory_needs_a_base(models):
+    from transformers import AutoModelForCausalLM
+
+    import intrudim
+
+    model = AutoModelForCausalLM.from_pretrained(str(models["causal"]))
+    with pytest.raises(IntrudimError, match="needs BASE"):
+        intrudim.forgetting(model)
+    same = intrudim.forgetting(model, AutoModelForCausalLM.from_pretrained(str(models["causal"])),
+                               text=str(models["text"]), max_tokens=800, seq_len=32, bootstrap_resamples=100)  # fmt: skip
+    assert same.delta == 0.0

@@ -170,7 +170,7 @@ def test_trainable_tokens_merge_as_peft_merges_them(tiny_models, tmp_path):
     """forgetting/repair-sweep load a tuned model by merging the adapter: trainable tokens included, equal to peft."""
     from transformers import AutoModel
 
-    from intrudim.evaluate.forgetting import merge_lora_adapter_
+    from intrudim.models.tuned import merge_lora_adapter_
 
     base = tiny_models["llama"]
     adapter, merged = _adapter_with_trainable_tokens(base, tmp_path, [1, 2, 40])
@@ -204,7 +204,7 @@ def test_bad_trainable_tokens_get_clear_errors(tiny_models, tmp_path):
     from transformers import AutoModel
 
     from intrudim.errors import IntrudimError
-    from intrudim.evaluate.forgetting import merge_lora_adapter_
+    from intrudim.models.tuned import merge_lora_adapter_
 
     base = tiny_models["llama"]
     adapter, _ = _adapter_with_trainable_tokens(base, tmp_path, [1, 2, 40])

@@ -284,7 +284,7 @@ def test_a_real_train_run_directory_is_accepted_by_analyze(tmp_path):
     assert [m.max_abs_cos for m in from_run.matrices] == [m.max_abs_cos for m in from_final.matrices]
     from peft import PeftModel
 
-    from intrudim.train.methods import load_base_model
+    from intrudim.models.loading import load_base_model
 
     base = base_state(model_dir)
     model, _ = load_base_model(model_dir, 2)

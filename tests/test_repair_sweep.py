@@ -27,7 +27,7 @@ def lm(tmp_path_factory) -> dict[str, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from intrudim.weights.sources import embedded_model_path
+    from intrudim.models.embedded import embedded_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path("minilm")))
     root = tmp_path_factory.mktemp("sweep")

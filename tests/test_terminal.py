@@ -119,7 +119,7 @@ def test_help_at_80_columns(command):
     assert_fits(text)
     assert "<bool>" not in text  # flags are shown as flags
     if command in ("analyze", "forgetting", "repair"):
-        assert f"Usage: intrudim {command} [OPTIONS] BASE TUNED" in text
+        assert f"Usage: intrudim {command} [OPTIONS] [BASE] TUNED" in text
     if command == "analyze":
         assert "--effective-rank / --no-effective-rank" in text
     # No option's help squeezed into a narrow column: it starts by column 40, leaving it 40 or more characters.

@@ -268,7 +268,7 @@ def test_gpt2_conv1d_b_only_run_is_tracked_like_the_dense_reference(tiny_gpt2: P
     from peft import PeftModel
     from safetensors.torch import load_file as load_base
 
-    from intrudim.train.methods import load_base_model
+    from intrudim.models.loading import load_base_model
 
     config = _config(tiny_gpt2, method="lora-b-only", rank=2, lr=2e-2, max_steps=6, checkpoint_every=None,
                      objective="classification")  # fmt: skip
@@ -331,7 +331,7 @@ def test_run_directory_layout(lora_run: tuple[TrainConfig, Path], tiny_bert: Pat
 def test_final_adapter_reloads_with_peft(lora_run: tuple[TrainConfig, Path], tiny_bert: Path) -> None:
     from peft import PeftModel
 
-    from intrudim.train.methods import load_base_model
+    from intrudim.models.loading import load_base_model
 
     _, out = lora_run
     base, tokenizer = load_base_model(tiny_bert, 2)

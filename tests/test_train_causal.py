@@ -34,12 +34,13 @@ from intrudim.evaluate.batching import (
     encode_candidates,
     prompt_token_ids,
 )
+from intrudim.models.loading import is_causal_lm
 from intrudim.tasks import get_task
 from intrudim.tasks.base import Example, Task
 from intrudim.tasks.generated import generated_task_specs
 from intrudim.tasks.prompts import PromptFormat, default_prompt_format, prompt_format
 from intrudim.train import TrainConfig, rank_sweep, read_metrics, train
-from intrudim.train.methods import build_model, is_causal_lm, orthonormal_rows
+from intrudim.train.methods import build_model, orthonormal_rows
 from intrudim.train.run_dir import CONFIG_FILE
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

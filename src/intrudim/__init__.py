@@ -21,9 +21,21 @@ _gc.disable()
 try:
     from intrudim.analyze import AnalysisResult, AnalyzeConfig, MatrixResult, analyze  # noqa: E402
     from intrudim.errors import IntrudimError  # noqa: E402
+    from intrudim.repair.core import repair  # noqa: E402  (binds the function over the subpackage's name)
 finally:
     if _collecting:
         _gc.enable()
     del _collecting
 
-__all__ = ["AnalysisResult", "AnalyzeConfig", "IntrudimError", "MatrixResult", "analyze", "__version__"]
+__all__ = [
+    "AnalysisResult", "AnalyzeConfig", "IntrudimError", "MatrixResult", "analyze", "forgetting", "repair",
+    "__version__",
+]  # fmt: skip
+
+
+def __getattr__(name: str):  # the heavier verbs load on first use: `import intrudim` stays fast
+    if name == "forgetting":
+        from intrudim.evaluate.forgetting_api import forgetting
+
+        return forgetting
+    raise AttributeError(f"module 'intrudim' has no attribute {name!r}")

@@ -11,11 +11,10 @@ from intrudim.analysis import (
     analyze,
     analyze_dense_matrix,
     analyze_lora_matrix,
-    resolve_tuned_path,
     write_json,
 )
 
 __all__ = [
     "AnalysisResult", "AnalyzeConfig", "MatrixResult", "analyze", "analyze_dense_matrix", "analyze_lora_matrix",
-    "resolve_tuned_path", "write_json",
+    "write_json",
 ]  # fmt: skip

@@ -91,7 +91,7 @@ class PlainHelpCommand(typer.core.TyperCommand):
         self.rich_markup_mode = None
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return [re.sub(r"^\{(.+)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+        return [re.sub(r"^\{(.+)\}(?:\.\.\.)?$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
 def quiet_libraries() -> None:
@@ -112,16 +112,29 @@ def quiet_libraries() -> None:
         transformers_logging.set_verbosity(getattr(logging, os.environ["TRANSFORMERS_VERBOSITY"].upper(), logging.ERROR))
 
 
+def base_and_tuned(models: list[str]) -> tuple[str | None, str]:
+    """``[BASE] TUNED`` as typed: two references, or TUNED alone (its recorded base is used)."""
+    if len(models) == 1:
+        return None, models[0]
+    if len(models) == 2:
+        return models[0], models[1]
+    raise IntrudimError(
+        f"Expected [BASE] TUNED (one or two references), got {len(models)}: {' '.join(models)}. To look at many "
+        f"adapters of one base, use `intrudim scan BASE TUNED...`."
+    )
+
+
 def _command_line() -> str:
     return "intrudim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 @app.command(cls=PlainHelpCommand)
 def analyze(
-    base: Annotated[str, typer.Argument(metavar="BASE", show_default=False,
-                    help="Base model: HF directory, .safetensors file, 'minilm' or 'smollm2' (embedded).")],
-    tuned: Annotated[str, typer.Argument(metavar="TUNED", show_default=False,
-                     help="PEFT LoRA adapter dir, intrudim run dir, or fine-tuned model (same forms as BASE).")],
+    models: Annotated[list[str], typer.Argument(metavar="[BASE] TUNED", show_default=False,
+                      help="BASE: the base model (a Hugging Face folder, a .safetensors file, 'minilm'/'smollm2' "
+                      "(embedded) or a Hub repo id org/name[@revision]). TUNED: a PEFT LoRA adapter, an intrudim run "
+                      "dir, a Trainer output_dir or checkpoint-N, or a fine-tuned model, as a folder or a Hub id. "
+                      "With TUNED alone, BASE is the base the adapter records (base_model_name_or_path).")],
     k: Annotated[int, typer.Option(help="Top-k tuned singular vectors examined per matrix.")] = 10,
     epsilon: Annotated[float, typer.Option(help="Intruder threshold on max |cos| to every base vector, in (0, 1].")] = 0.5,
     modules: Annotated[str | None, typer.Option(metavar="REGEX", help="Regex on parameter names choosing the matrices (replaces the default choice).")] = None,
@@ -145,6 +158,7 @@ def analyze(
     from intrudim.analyze import analyze as run_analysis
 
     def work() -> None:
+        base, tuned = base_and_tuned(models)
         if threads is not None:
             from intrudim.threads import limit_threads
 

@@ -32,3 +32,7 @@ class InvalidConfigError(IntrudimError, ValueError):
 
 class NonFiniteWeightsError(IntrudimError):
     """A weight matrix holds NaN or Inf values."""
+
+
+class HubError(IntrudimError):
+    """A Hugging Face Hub repository cannot be used: not cached while offline, not found, gated or private."""

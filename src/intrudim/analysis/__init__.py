@@ -5,7 +5,7 @@ keeps working.
 """
 
 from intrudim.analysis.config import AnalyzeConfig
-from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs, resolve_tuned_path
+from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
 from intrudim.analysis.results import AnalysisResult, MatrixResult, write_json
 from intrudim.analysis.running import (
     analyze,
@@ -18,5 +18,5 @@ from intrudim.analysis.running import (
 __all__ = [
     "AnalysisInputs", "AnalysisResult", "AnalyzeConfig", "MatrixJob", "MatrixResult", "analyze",
     "analyze_dense_matrix", "analyze_lora_matrix", "open_cache", "open_inputs", "resolve_config",
-    "resolve_tuned_path", "write_json",
+    "write_json",
 ]  # fmt: skip

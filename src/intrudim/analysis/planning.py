@@ -8,26 +8,17 @@ matrix (oriented as ``nn.Linear``: (out, in); GPT-2 Conv1D weights transposed), 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from intrudim.analysis.config import AnalyzeConfig
 from intrudim.errors import IncompatibleWeightsError, IntrudimError, InvalidConfigError, NonFiniteWeightsError
+from intrudim.models.opening import open_base_weights, open_tuned, resolve_pair
 from intrudim.weights.matching import KeyMatcher
-from intrudim.weights.peft_adapter import EMBEDDING_LORA_ADVICE, LoraAdapter, is_adapter_dir
+from intrudim.weights.peft_adapter import EMBEDDING_LORA_ADVICE, LoraAdapter
 from intrudim.weights.selection import BLOCK_PATTERN, MatrixSelection, is_conv1d
-from intrudim.weights.sources import EMBEDDED_MODELS, WeightSource, open_weights
-
-
-def resolve_tuned_path(tuned: str | Path) -> Path:
-    """A training run directory (``RUN_DIR/final`` + metrics) resolves to its final adapter or model."""
-    path = Path(tuned).expanduser()
-    if path.is_dir() and (path / "final").is_dir() and ((path / "metrics.jsonl").exists() or (path / "config.json").exists()):
-        if not (path / "model.safetensors").exists() and not (path / "adapter_config.json").exists():
-            return path / "final"
-    return path
+from intrudim.weights.sources import WeightSource
 
 
 def check_finite(W: torch.Tensor, name: str, where: str) -> None:
@@ -266,23 +257,28 @@ class AnalysisInputs:
         self.close()
 
 
-def open_inputs(base_spec: str | Path, tuned_spec: str | Path, config: AnalyzeConfig) -> AnalysisInputs:
-    """Open BASE and TUNED and plan the matrix pairs; errors name the file, key or shape at fault."""
-    base_src = open_weights(base_spec, allow_pickle=config.allow_pickle)
-    tuned_path = resolve_tuned_path(tuned_spec)
+def open_inputs(
+    base_spec: Any, tuned_spec: Any, config: AnalyzeConfig, *, adapter_name: str | None = None, progress: bool = True
+) -> AnalysisInputs:
+    """Resolve and open BASE and TUNED (any reference of :mod:`intrudim.models`: paths, names, Hub ids, models in
+    memory; BASE None: the adapter's recorded base or a PeftModel's own W₀) and plan the matrix pairs; errors name
+    the file, key or shape at fault."""
+    base_ref, tuned_ref = resolve_pair(base_spec, tuned_spec, allow_pickle=config.allow_pickle,
+                                       adapter_name=adapter_name, progress=progress)  # fmt: skip
+    base_src = open_base_weights(base_ref, allow_pickle=config.allow_pickle)
     adapter: LoraAdapter | None = None
     tuned_src: WeightSource | None = None
     try:
-        if is_adapter_dir(tuned_path):
-            adapter = LoraAdapter(tuned_path, allow_pickle=config.allow_pickle)
+        opened = open_tuned(tuned_ref, allow_pickle=config.allow_pickle)
+        if isinstance(opened, LoraAdapter):
+            adapter = opened
             jobs, skipped = plan_adapter_jobs(base_src, adapter, config.selection)
         else:
-            tuned_src = open_weights(tuned_path if str(tuned_spec) not in EMBEDDED_MODELS else str(tuned_spec),
-                                     allow_pickle=config.allow_pickle)  # fmt: skip
+            tuned_src = opened
             jobs, skipped = plan_dense_jobs(base_src, tuned_src, config.selection), []
         if not jobs:
             raise IntrudimError(
-                f"No matrices to analyse in '{tuned_spec}' against '{base_spec}'"
+                f"No matrices to analyse in '{tuned_ref.describe()}' against '{base_ref.describe()}'"
                 + (f" with --modules {config.modules!r}" if config.modules else "")
                 + ". By default intrudim analyses the 2-D linear weights inside the transformer blocks; use --modules "
                 "REGEX to choose others."
@@ -306,4 +302,4 @@ def open_inputs(base_spec: str | Path, tuned_spec: str | Path, config: AnalyzeCo
         if tuned_src is not None:
             tuned_src.close()
         raise
-    return AnalysisInputs(str(base_spec), str(tuned_spec), base_src, adapter, tuned_src, jobs, skipped)
+    return AnalysisInputs(base_ref.describe(), tuned_ref.describe(), base_src, adapter, tuned_src, jobs, skipped)

@@ -205,28 +205,39 @@ def open_cache(config: AnalyzeConfig, cache_dir: str | Path | None, use_cache: b
 
 
 def analyze(
-    base: str | Path,
-    tuned: str | Path,
+    base: Any = None,
+    tuned: Any = None,
     config: AnalyzeConfig | None = None,
     *,
+    adapter_name: str | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool | ProgressCallback = False,
     **overrides: Any,
 ) -> AnalysisResult:
-    """Find intruder dimensions of TUNED (a PEFT LoRA adapter, a run directory, or a dense model) against BASE.
+    """Find intruder dimensions of TUNED against BASE (Sec. 3-4).
 
-    ``base``: a HuggingFace model directory, a .safetensors file, or an embedded model name (``"minilm"``).
-    Keyword overrides build the config: ``analyze(base, tuned, k=10, epsilon=0.5)``.
+    TUNED: a PEFT LoRA adapter (a folder, a Hub repo id, or a ``PeftModel`` in memory: its active adapter, or
+    ``adapter_name``), an intrudim run directory, a Trainer output_dir or checkpoint, or a fully fine-tuned model
+    (a folder, a Hub id or an ``nn.Module``). BASE: the same kinds of reference, or None: the base a PEFT adapter
+    records (``base_model_name_or_path``), or a ``PeftModel``'s own weights (W₀ is the weight inside each LoRA
+    layer; nothing is merged or saved). ``analyze(peft_model)`` alone works. Keyword overrides build the config:
+    ``analyze(base, tuned, k=10, epsilon=0.5)``. The base SVD cache is used for weights in memory too (keyed by
+    content).
 
     Example::
 
         result = intrudim.analyze("minilm", "my_adapter/", k=10, epsilon=0.5)
         print(result.total_intruders, result.to_json()["matrices"][0]["intruder_ranks"])
+        result = intrudim.analyze(peft_model)  # a PeftModel in a notebook
     """
+    if tuned is None:
+        if base is None:
+            raise IntrudimError("analyze needs TUNED: an adapter, a fine-tuned model, or a PeftModel in memory.")
+        base, tuned = None, base  # analyze(adapter) / analyze(peft_model)
     config = resolve_config(config, overrides)
     started = time.perf_counter()
-    with open_inputs(base, tuned, config) as inputs:
+    with open_inputs(base, tuned, config, adapter_name=adapter_name, progress=bool(progress)) as inputs:
         result = _run(inputs, config, open_cache(config, cache_dir, use_cache), progress)
     result.seconds = time.perf_counter() - started
     return result
@@ -270,7 +281,7 @@ def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config
 def remembered_key(cache: BaseSVDCache, source: WeightSource, tensor: str, transposed: bool) -> str | None:
     """The cache key of base matrix ``tensor`` (in the orientation analysed) from the cache's key memo, when its
     file provably has not changed since it was hashed; None when it has to be read and hashed (or no memo)."""
-    if cache.memo is None or source.is_pickle:
+    if cache.memo is None or source.is_pickle or source.in_memory:
         return None
     return cache.memo.get(source.files[tensor], tensor, transposed)
 
@@ -280,7 +291,7 @@ def hashed_lookup(
 ) -> tuple[torch.Tensor, CacheLookup]:
     """``read()`` base matrix ``tensor``, hash it and look its SVD up in the cache (computing nothing), and remember
     the key in the memo unless the file changed while it was read: the next run then needs no hash."""
-    memo = cache.memo if not source.is_pickle else None
+    memo = cache.memo if not (source.is_pickle or source.in_memory) else None
     file = source.files[tensor]
     read_ns, stat_before = time.time_ns(), file_stat(file) if memo is not None else None
     W0 = read()

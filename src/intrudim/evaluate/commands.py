@@ -21,10 +21,13 @@ def _fail(error: IntrudimError) -> typer.Exit:
 
 
 def forgetting_command(
-    base: Annotated[str, typer.Argument(metavar="BASE", help="Base model: a local HF folder, 'minilm' or 'smollm2' (embedded).")],
-    tuned: Annotated[str, typer.Argument(metavar="TUNED", help="PEFT LoRA adapter folder, intrudim run directory, or fine-tuned model folder.")],
+    models: Annotated[list[str], typer.Argument(metavar="[BASE] TUNED", help="BASE: the base model with its head (a HF "
+                      "folder, 'minilm'/'smollm2', a Hub id org/name[@rev]); TUNED: a PEFT LoRA adapter, intrudim run "
+                      "dir, Trainer checkpoint or fine-tuned model (a folder or Hub id). TUNED alone: BASE is the base "
+                      "the adapter records.")],
     text: Annotated[str | None, typer.Option("--text", help="wiki (Wikipedia sample), news (news sample), a UTF-8 file, "
-                    "a folder of .txt, or a saved datasets dataset. Default: wiki for LMs, news for minilm-like encoders.")] = None,
+                    "a folder of .txt, or a saved datasets dataset. Default: wiki for LMs, news for sentence-transformers "
+                    "encoders.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="At most this many tokens of text are scored.")] = 20_000,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window (LMs), or per sentence (contrastive).")] = 128,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sequences per forward pass (default 4 windows, "
@@ -40,9 +43,12 @@ def forgetting_command(
 ) -> None:
     """Loss on pre-training-like text before and after fine-tuning: perplexity (causal LM), MLM pseudo-loss
     (Salazar et al. 2020; Sec. 4, Figs. 9, 16), or MiniLM's contrastive objective; tuned − base with a 95% CI."""
-    from intrudim.evaluate.forgetting import ForgettingConfig, measure_forgetting
+    from intrudim.cli import base_and_tuned
+    from intrudim.evaluate.forgetting import ForgettingConfig
+    from intrudim.evaluate.forgetting_api import forgetting
 
     try:
+        base, tuned = base_and_tuned(models)
         config = ForgettingConfig(
             text=text, max_tokens=max_tokens, seq_len=seq_len, batch_size=batch_size, pairs_per_batch=pairs_per_batch,
             bootstrap_resamples=resamples, bootstrap_seed=seed, device=device, allow_pickle=allow_pickle,
@@ -51,7 +57,7 @@ def forgetting_command(
             from intrudim.fileio import ensure_writable_directory
 
             ensure_writable_directory(out)
-        result = measure_forgetting(base, tuned, config, progress=not quiet)  # the bar is on stderr
+        result = forgetting(tuned, base, config=config, progress=not quiet)  # the bar is on stderr
         paths: dict[str, Path] = {}
         if out is not None:
             from intrudim.report.forgetting_report import write_forgetting_outputs

@@ -8,16 +8,21 @@ model was pre-trained to do; the measure is chosen from BASE's architecture:
   over fixed windows (:mod:`intrudim.evaluate.perplexity`);
 - masked LM (any ``*ForMaskedLM``, the paper's RoBERTa): the pseudo-loss of Salazar et al. (2020)
   (:mod:`intrudim.evaluate.pseudo_loss`);
-- sentence-embedding encoder without an LM head (a bare ``BertModel``/``RobertaModel``/… such as the
-  embedded ``minilm``): its own pre-training objective, the in-batch contrastive loss of adjacent-sentence
-  pairs, plus retrieval accuracy (:mod:`intrudim.evaluate.contrastive`).
+- sentence-transformers encoder (a bare ``BertModel``/``RobertaModel``/… whose folder has the
+  sentence-transformers files ``modules.json``…, such as the embedded ``minilm``): its own pre-training
+  objective, the in-batch contrastive loss of adjacent-sentence pairs, plus retrieval accuracy
+  (:mod:`intrudim.evaluate.contrastive`). A bare encoder without those files (a plain ``BertModel``) is
+  refused: its pre-training objective needs the MLM head it lacks.
 
-TUNED is a PEFT LoRA adapter (merged in memory into the loaded LM, whatever wrapper it was trained on:
-``intrudim train`` trains a ``*ForSequenceClassification`` wrapper, so its adapter names modules
-``bert.encoder…`` and saves a classifier that the LM does not have), an ``intrudim train`` run directory
-(its ``final/``), or a fine-tuned model folder (its body weights replace BASE's; an LM head that TUNED lacks,
-as after a classification fine-tune, is BASE's). The difference tuned − base comes with a paired bootstrap
-95% interval over sequences.
+Models are resolved and loaded by :mod:`intrudim.models` (:mod:`~intrudim.models.loading` picks the measure and
+loads the head it needs, :mod:`~intrudim.models.tuned` applies TUNED's weights).
+
+TUNED is a PEFT LoRA adapter (merged in memory into the loaded LM, whatever wrapper it was trained on: the
+``train`` verb trains a ``*ForSequenceClassification`` wrapper, so its adapter names modules ``bert.encoder…``
+and saves a classifier that the LM does not have), a run directory of ``train`` (its ``final/``), a Trainer
+checkpoint, a Hub repo id, or a fine-tuned model folder (its body weights replace BASE's; an LM head that TUNED
+lacks, as after a classification fine-tune, is BASE's). The difference tuned − base comes with a paired
+bootstrap 95% interval over sequences.
 
 For many models of one base (the repair sweep), prepare the text once and score loaded models::
 
@@ -37,39 +42,37 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from intrudim.errors import IncompatibleWeightsError, InputNotFoundError, IntrudimError, InvalidConfigError
+from intrudim.errors import IntrudimError, InvalidConfigError
 from intrudim.evaluate.contrastive import SENTENCE_TRANSFORMERS_SCALE, PairScores, contrastive_pair_scores
 from intrudim.evaluate.perplexity import causal_lm_window_losses, token_windows
 from intrudim.evaluate.pseudo_loss import pseudo_log_likelihood_losses
 from intrudim.evaluate.text import TextSample, adjacent_sentence_pairs, load_text
+from intrudim.models.loading import (
+    Measure,
+    is_sentence_transformer,
+    load_language_model,
+    load_tokenizer,
+    load_transformers_config,
+    measure_for_config,
+)
+from intrudim.models.references import resolve_local_path, resolve_model_folder
+from intrudim.models.tuned import TunedWeightsReport, apply_tuned_weights_
 
-Measure = Literal["perplexity", "pseudo_loss", "contrastive"]
 MEASURES: tuple[str, ...] = ("perplexity", "pseudo_loss", "contrastive")
 MEASURE_DESCRIPTIONS = {
     "perplexity": "causal LM: mean next-token cross-entropy over windows of the text (perplexity = exp(loss))",
     "pseudo_loss": "masked LM: pseudo-loss −PLL/L of Salazar et al. (2020), every token masked once "
     "(pseudo-perplexity = exp(loss)), as in the paper (Sec. 4, Figs. 9, 16)",
-    "contrastive": "sentence encoder without an LM head: its own pre-training objective, the symmetric in-batch "
+    "contrastive": "sentence-transformers encoder: its own pre-training objective, the symmetric in-batch "
     "InfoNCE loss (scale 20, mean-pooled normalised embeddings) of adjacent-sentence pairs, and retrieval accuracy",
 }
-SUPPORTED_HEADS = (
-    "a causal LM (*ForCausalLM / *LMHeadModel: perplexity), a masked LM (*ForMaskedLM: the pseudo-loss of "
-    "Salazar et al. 2020), or a sentence-embedding encoder without a head such as minilm (BertModel, RobertaModel, "
-    "… : its contrastive pre-training objective)"
-)
 DEFAULT_BATCH_SIZE = {"perplexity": 4, "pseudo_loss": 64, "contrastive": 64}
 DEFAULT_TEXT = {"perplexity": "wiki", "pseudo_loss": "wiki", "contrastive": "news"}
-# Encoder families whose bare model (no head) is taken as a sentence encoder (the contrastive measure).
-ENCODER_MODEL_TYPES = (
-    "bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2", "camembert",
-    "albert", "modernbert", "nomic_bert", "xlm-roberta-xl", "ernie",
-)  # fmt: skip
-_HEAD_MODULE_NAMES = ("classifier", "score", "pooler", "qa_outputs", "lm_head", "cls", "pre_classifier")
 _POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")  # positions start at pad+1
 PAIR_SHUFFLE_SEED = 0
 
@@ -117,323 +120,6 @@ class ForgettingConfig:
 
     def batch_size_for(self, measure: str) -> int:
         return self.batch_size or DEFAULT_BATCH_SIZE[measure]
-
-
-# ----------------------------------------------------------------------------------------------- models
-
-
-def resolve_base_path(base: str | Path) -> Path:
-    """BASE: a local HF folder, or an embedded model name (``minilm``, ``smollm2``) resolved by ``train.config``."""
-    path = Path(base).expanduser()
-    if (path / "config.json").is_file():
-        return path.resolve()
-    from intrudim.train.config import resolve_model_path
-
-    try:
-        return resolve_model_path(str(base))
-    except IntrudimError as exc:
-        message = str(exc).replace("--model", "BASE")
-        raise type(exc)(message) from None
-
-
-def _read_config(path: Path) -> Any:
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise IntrudimError(f"Cannot read the model config of '{path}': {exc}") from None
-
-
-def measure_for_config(config: Any, where: str = "BASE") -> Measure:
-    """The forgetting measure that fits a model's architecture; a clear error when none does."""
-    architectures = list(getattr(config, "architectures", None) or [])
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        return "perplexity"
-    if any(a.endswith("ForMaskedLM") for a in architectures):
-        return "pseudo_loss"
-    model_type = getattr(config, "model_type", "")
-    is_bare = not architectures or all(a.endswith("Model") and "For" not in a for a in architectures)
-    if is_bare and model_type in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False):
-        return "contrastive"
-    found = ", ".join(architectures) or f"a bare {model_type or 'unknown'} model"
-    raise IntrudimError(
-        f"{where} is {found}, which has no head that `forgetting` can score. Supported: {SUPPORTED_HEADS}. A model "
-        f"saved without its LM head (e.g. LlamaModel) or with only a task head (…ForSequenceClassification) cannot "
-        f"measure loss on text: give the pre-trained LM folder as BASE (its head is used for TUNED too)."
-    )
-
-
-def load_language_model(path: Path, measure: str, device: str = "cpu") -> nn.Module:
-    """Load BASE with the head its measure needs (float32, eval mode); refuse a head that would be random."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
-
-    auto = {"perplexity": AutoModelForCausalLM, "pseudo_loss": AutoModelForMaskedLM, "contrastive": AutoModel}[measure]
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # our own progress bar is the one on stderr
-    try:
-        model, info = auto.from_pretrained(str(path), dtype=torch.float32, output_loading_info=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise IntrudimError(f"Could not load '{path}' as a {measure} model: {exc}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    missing = [k for k in info.get("missing_keys", []) if not k.endswith(("position_ids", "rotary_emb.inv_freq"))]
-    if missing and measure != "contrastive":
-        raise IntrudimError(
-            f"'{path}' lacks weights of its language-model head ({', '.join(sorted(missing)[:4])}…): loading it would "
-            f"score text with a random head. Give the folder of the pre-trained LM with its head. Supported: "
-            f"{SUPPORTED_HEADS}."
-        )
-    return model.to(device).eval()
-
-
-def _load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise IntrudimError(
-            f"Cannot load a tokenizer from '{path}': {exc}. BASE must be a folder with its tokenizer files "
-            f"(tokenizer.json or vocab files), as save_pretrained writes them."
-        ) from None
-
-
-def _prefix_rewrite(sources: list[str], targets: set[str]) -> tuple[str, str]:
-    """(old, new): the one prefix rewrite ``old + rest → new + rest`` that maps the most ``sources`` onto ``targets``.
-
-    Wrappers rename the same weights by a leading component: a BertForSequenceClassification says
-    ``bert.encoder…`` where a BertModel says ``encoder…`` and a BertForMaskedLM ``bert.encoder…``. One rewrite
-    for the whole model (not a best match per name) keeps, e.g., BERT's pooler from landing on a same-named
-    layer of an MLM head.
-    """
-
-    def prefixes(names: list[str] | set[str]) -> set[str]:
-        out = {""}
-        for name in names:
-            parts = name.split(".")
-            out.update(".".join(parts[:i]) + "." for i in range(1, min(3, len(parts))))
-        return out
-
-    best, best_count = ("", ""), -1
-    for old in sorted(prefixes(sources), key=len):
-        for new in sorted(prefixes(targets), key=len):
-            count = sum(1 for s in sources if s.startswith(old) and new + s[len(old) :] in targets)
-            if count > best_count:
-                best, best_count = (old, new), count
-    return best
-
-
-def _rewrite(name: str, rule: tuple[str, str]) -> str | None:
-    old, new = rule
-    return new + name[len(old) :] if name.startswith(old) else None
-
-
-def _example_module(names: set[str]) -> str:
-    deep = sorted(n for n in names if n.count(".") >= 3)
-    return deep[0] if deep else sorted(names)[-1]
-
-
-def _is_head_name(name: str) -> bool:
-    return any(part in _HEAD_MODULE_NAMES for part in name.split("."))
-
-
-@dataclass
-class TunedWeightsReport:
-    """What applying TUNED changed: LoRA modules merged, tensors replaced, head-only weights ignored."""
-
-    kind: str  # "adapter" or "model"
-    path: str
-    lora_modules: int = 0
-    tensors_replaced: int = 0
-    ignored_head_weights: list[str] = field(default_factory=list)
-    kept_from_base: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "lora_modules": self.lora_modules,
-                "tensors_replaced": self.tensors_replaced, "ignored_head_weights": self.ignored_head_weights,
-                "kept_from_base": self.kept_from_base}  # fmt: skip
-
-
-def _check_shape(parameter: torch.Tensor, value: torch.Tensor, name: str, source: str) -> None:
-    if tuple(parameter.shape) != tuple(value.shape):
-        raise IncompatibleWeightsError(
-            f"'{source}' does not fit BASE: its tensor for '{name}' has shape {tuple(value.shape)}, BASE's has "
-            f"{tuple(parameter.shape)}. TUNED must be a fine-tune (or adapter) of this BASE."
-        )
-
-
-def _copy_into(parameter: torch.Tensor, value: torch.Tensor, name: str, source: str) -> None:
-    _check_shape(parameter, value, name, source)
-    with torch.no_grad():
-        parameter.copy_(value.to(parameter.dtype))
-
-
-def _add_into(parameter: torch.Tensor, delta: torch.Tensor, name: str, source: str) -> None:
-    """parameter += delta, computed in float64 and rounded once to the parameter's dtype."""
-    _check_shape(parameter, delta, name, source)
-    with torch.no_grad():
-        parameter.copy_((parameter.double() + delta.to(parameter.device)).to(parameter.dtype))
-
-
-def merge_lora_adapter_(model: nn.Module, adapter_dir: Path, *, allow_pickle: bool = False) -> TunedWeightsReport:
-    """Merge a PEFT LoRA adapter into ``model`` in place: W += s·B·A per module, plus its biases, modules_to_save and
-    trainable tokens (rows of an embedding replaced, as peft merges them).
-
-    Module names are mapped onto ``model`` by one prefix rewrite (see :func:`_prefix_rewrite`), so an adapter
-    trained on a ``*ForSequenceClassification`` wrapper merges into the LM of the same base; head-only modules
-    (classifier, score, pooler…) that the LM lacks are ignored and listed. s = α/r (α/√r with rsLoRA), honouring
-    rank_pattern/alpha_pattern; GPT-2 Conv1D (fan_in_fan_out) weights are updated as (in, out). The result
-    equals peft's ``merge_and_unload`` (tested).
-    """
-    from transformers.pytorch_utils import Conv1D
-
-    from intrudim.weights.peft_adapter import ADAPTER_WEIGHTS, LoraAdapter
-
-    adapter = LoraAdapter(adapter_dir, allow_pickle=allow_pickle)
-    report = TunedWeightsReport("adapter", str(adapter_dir))
-    modules = dict(model.named_modules())
-    module_names = set(modules)
-    rule = _prefix_rewrite(sorted(adapter.modules) + adapter.embedding_modules + sorted(adapter.token_rows), module_names)
-    for module_name in sorted(adapter.modules):
-        target_name = _rewrite(module_name, rule)
-        target = modules.get(target_name) if target_name is not None else None
-        if target is None or not hasattr(target, "weight"):
-            raise IncompatibleWeightsError(
-                f"Adapter '{adapter_dir}' has LoRA factors for module '{module_name}', which BASE does not have "
-                f"(BASE's modules look like '{_example_module(module_names)}'). The adapter "
-                f"was trained on another base model; give the BASE it was trained from."
-            )
-        factors = adapter.factors(module_name)
-        delta = factors.scale * (factors.B.double() @ factors.A.double())  # (out, in)
-        if isinstance(target, Conv1D) or (adapter.fan_in_fan_out and not isinstance(target, nn.Linear)):
-            delta = delta.T  # Conv1D stores (in, out)
-        _add_into(target.weight, delta, f"{target_name}.weight (LoRA B·A)", str(adapter_dir))
-        report.lora_modules += 1
-    state = _adapter_state(adapter_dir, ADAPTER_WEIGHTS, allow_pickle)
-    parameters = dict(model.named_parameters(remove_duplicate=False))
-    embedding_keys = [k for k in state if ".lora_embedding_A" in k]
-    for key_a in embedding_keys:
-        module_name = key_a.removeprefix("base_model.model.").split(".lora_embedding_A")[0]
-        key_b = key_a.replace("lora_embedding_A", "lora_embedding_B")
-        target_name = _rewrite(module_name, rule)
-        target = modules.get(target_name) if target_name is not None else None
-        if target is None or key_b not in state:
-            raise IncompatibleWeightsError(
-                f"Adapter '{adapter_dir}' has embedding LoRA for '{module_name}', which BASE does not have."
-            )
-        A, B = state[key_a].double(), state[key_b].double()  # (r, num_embeddings), (dim, r)
-        delta = adapter.scale_for(module_name, int(A.shape[0])) * (B @ A).T  # (num_embeddings, dim)
-        _add_into(target.weight, delta, f"{target_name}.weight (embedding LoRA)", str(adapter_dir))
-        report.lora_modules += 1
-    for module_name in sorted(adapter.token_rows):  # peft's trainable tokens: rows of an embedding, index_copy'd
-        target_name = _rewrite(module_name, rule)
-        target = modules.get(target_name) if target_name is not None else None
-        if target is None or not hasattr(target, "weight"):
-            raise IncompatibleWeightsError(
-                f"Adapter '{adapter_dir}' has trainable tokens for '{module_name}', which BASE does not have."
-            )
-        with torch.no_grad():
-            target.weight.copy_(adapter.with_token_rows(module_name, target.weight.detach()))
-        report.tensors_replaced += 1
-    token_keys = set(adapter.token_rows.values())  # merged above
-    for key, value in state.items():
-        if key in token_keys:
-            continue
-        if ".lora_" in key:
-            if re.search(r"\.lora_(A|B|embedding_A|embedding_B)(\.|$)", key):
-                continue
-            raise IntrudimError(
-                f"Adapter '{adapter_dir}' holds '{key}', a LoRA variant intrudim does not merge. Merge it with peft "
-                f"(merge_and_unload), save the model, and pass that folder as TUNED."
-            )
-        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        name = name.replace(".modules_to_save.default.", ".").replace(".modules_to_save.", ".")
-        target_name = _rewrite(name, rule)
-        if target_name is None or target_name not in parameters:
-            if _is_head_name(name):
-                report.ignored_head_weights.append(name)
-                continue
-            raise IncompatibleWeightsError(
-                f"Adapter '{adapter_dir}' saves the weight '{name}' (a trained bias or module), which BASE does not "
-                f"have. The adapter was trained on another base model; give the BASE it was trained from."
-            )
-        _copy_into(parameters[target_name], value, target_name, str(adapter_dir))
-        report.tensors_replaced += 1
-    return report
-
-
-def _adapter_state(adapter_dir: Path, weights_name: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if (adapter_dir / weights_name).exists():
-        return load_file(str(adapter_dir / weights_name))
-    from intrudim.weights.sources import _load_pickle, _refuse_pickle
-
-    pickle = adapter_dir / "adapter_model.bin"
-    _refuse_pickle(pickle, allow_pickle)
-    return _load_pickle(pickle)
-
-
-def load_dense_weights_(model: nn.Module, tuned: Path, *, allow_pickle: bool = False) -> TunedWeightsReport:
-    """Replace ``model``'s weights by a fine-tuned model's (streamed one tensor at a time); keep BASE's head if absent.
-
-    Every parameter of the model body must be found in TUNED (else the two do not match); weights of the LM
-    head that TUNED lacks (it was fine-tuned with a task head) are kept from BASE and listed.
-    """
-    from intrudim.weights.sources import open_weights
-
-    source = open_weights(tuned, allow_pickle=allow_pickle)
-    report = TunedWeightsReport("model", str(tuned))
-    parameters = dict(model.named_parameters(remove_duplicate=False))
-    keys = source.keys()
-    rule = _prefix_rewrite(keys, set(parameters))
-    assigned: set[str] = set()
-    for key in keys:
-        target_name = _rewrite(key, rule)
-        if target_name is None or target_name not in parameters:
-            if _is_head_name(key):
-                report.ignored_head_weights.append(key)
-            continue
-        _copy_into(parameters[target_name], source.load(key), target_name, str(tuned))
-        assigned.add(target_name)
-        report.tensors_replaced += 1
-    source.close()
-    body_prefix = getattr(model, "base_model_prefix", "")
-    tied = {id(p) for name, p in parameters.items() if name in assigned}
-    for name, parameter in parameters.items():
-        if name in assigned or id(parameter) in tied:
-            continue
-        in_body = not body_prefix or name.startswith(f"{body_prefix}.") or not hasattr(model, body_prefix)
-        if in_body:
-            raise IncompatibleWeightsError(
-                f"'{tuned}' does not fit BASE: it has no weight for '{name}' (looked for it with the prefix rule "
-                f"{rule[0] or '∅'!r} → {rule[1] or '∅'!r}). TUNED must be a fine-tune of this BASE, saved with all "
-                f"its weights."
-            )
-        report.kept_from_base.append(name)
-    return report
-
-
-def apply_tuned_weights_(model: nn.Module, tuned: str | Path, *, allow_pickle: bool = False) -> TunedWeightsReport:
-    """Turn the loaded BASE ``model`` into TUNED in place: a LoRA adapter, a run directory, or a fine-tuned model."""
-    from intrudim.analyze import resolve_tuned_path
-    from intrudim.weights.peft_adapter import is_adapter_dir
-
-    path = resolve_tuned_path(tuned)
-    if not path.exists():
-        raise InputNotFoundError(
-            f"TUNED '{tuned}' does not exist. Give a PEFT LoRA adapter folder, an intrudim run directory, or a "
-            f"fine-tuned model folder."
-        )
-    if is_adapter_dir(path):
-        return merge_lora_adapter_(model, path, allow_pickle=allow_pickle)
-    return load_dense_weights_(model, path, allow_pickle=allow_pickle)
 
 
 # ------------------------------------------------------------------------------------------------ probe
@@ -509,17 +195,27 @@ class ForgettingProbe:
     ) -> ForgettingProbe:
         """Choose the measure from BASE's architecture, load its tokenizer, and tokenize the text sample once."""
         config = config or ForgettingConfig()
-        path = resolve_base_path(base_model_path)
-        model_config = _read_config(path)
-        measure = measure_for_config(model_config, where=f"BASE '{base_model_path}'")
+        path = resolve_model_folder(base_model_path, role="base", what="BASE")
+        model_config = load_transformers_config(path)
+        measure = measure_for_config(model_config, where=f"BASE '{base_model_path}'",
+                                     sentence_transformer=is_sentence_transformer(path))  # fmt: skip
+        return cls.from_parts(measure, model_config, load_tokenizer(path), path, text_spec, config)
+
+    @classmethod
+    def from_parts(
+        cls, measure: Measure, model_config: Any, tokenizer: Any, base_model_path: Path | str,
+        text_spec: str | Path | None = None, config: ForgettingConfig | None = None,
+    ) -> ForgettingProbe:  # fmt: skip
+        """A probe for a measure already chosen and a tokenizer already loaded (a model in memory: :func:`forgetting`);
+        ``base_model_path`` names BASE in the result."""
+        config = config or ForgettingConfig()
         spec = text_spec if text_spec is not None else config.text if config.text is not None else DEFAULT_TEXT[measure]
         text = load_text(spec)
-        tokenizer = _load_tokenizer(path)
         if measure == "contrastive":
             inputs, tokens = _prepare_pairs(text, tokenizer, config)
         else:
             inputs, tokens = _prepare_windows(text, tokenizer, config, measure, model_config)
-        return cls(measure, config, path, text, tokenizer, tokens, inputs)
+        return cls(measure, config, Path(base_model_path), text, tokenizer, tokens, inputs)
 
     @property
     def sequences(self) -> int:
@@ -810,14 +506,7 @@ def measure_forgetting(
     """BASE's and TUNED's loss on the text, tuned − base with its 95% interval (one model in memory at a time)."""
     config = config or ForgettingConfig()
     started = time.perf_counter()
-    from intrudim.analyze import resolve_tuned_path
-
-    tuned_path = resolve_tuned_path(tuned)
-    if not tuned_path.exists():
-        raise InputNotFoundError(
-            f"TUNED '{tuned}' does not exist. Give a PEFT LoRA adapter folder, an intrudim run directory, or a "
-            f"fine-tuned model folder."
-        )
+    tuned_path = resolve_local_path(tuned, role="tuned", allow_pickle=config.allow_pickle, progress=progress)
     probe = ForgettingProbe.prepare(base, config.text, config)
     prepared = time.perf_counter()
     model = probe.load_base_model()

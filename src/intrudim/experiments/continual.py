@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -455,7 +454,7 @@ def _under(key: str, prefixes: list[str]) -> bool:
 
 
 def _load_for_task(ctx: _Context, folder: Path, task: Any) -> tuple[nn.Module, Any]:
-    from intrudim.train.methods import load_base_model, load_causal_lm
+    from intrudim.models.loading import load_base_model, load_causal_lm
 
     torch.manual_seed(ctx.config.train.seed)  # a fresh head (overwritten by the task's own) is seeded
     if ctx.causal:
@@ -478,19 +477,17 @@ def _merged_model(ctx: _Context, start: Path, final: Path, task: Any) -> tuple[n
     from intrudim.weights.peft_adapter import is_adapter_dir
 
     if is_adapter_dir(final):
-        from peft import PeftModel
+        from intrudim.models.tuned import merge_adapter_with_peft
 
         model, tokenizer = _load_for_task(ctx, start, task)
-        with warnings.catch_warnings():  # peft 0.21 calls transformers' deprecated is_gradient_checkpointing
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            model = PeftModel.from_pretrained(model, str(final)).merge_and_unload()
+        model = merge_adapter_with_peft(model, final)
     else:
         model, tokenizer = _load_for_task(ctx, final, task)
     return model.eval(), tokenizer
 
 
 def _save_folder_atomic(model: nn.Module, tokenizer: Any, destination: Path, state: dict[str, torch.Tensor] | None) -> None:
-    from intrudim.train.methods import quiet_transformers
+    from intrudim.models.loading import quiet_transformers
 
     tmp = destination.with_name(f".{destination.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -714,12 +711,12 @@ def run_continual(
     """
     from rich.console import Console
 
-    from intrudim.train.config import resolve_model_path
-    from intrudim.train.methods import resolve_objective
+    from intrudim.models.loading import resolve_objective
+    from intrudim.models.references import resolve_model_folder
 
     started = time.perf_counter()
     out = Path(out_dir).expanduser().resolve()
-    base_model = resolve_model_path(config.train.model, progress=progress)
+    base_model = resolve_model_folder(config.train.model, progress=progress, what="--model")
     objective = resolve_objective(config.train.objective, base_model)
     tasks = {name: _load_task(config.train, name) for name in config.tasks}  # a task that cannot load: refused here
     for name, rank in ((config.tasks[0], rank) for rank in config.ranks):  # bad recipe values: refused here

@@ -13,21 +13,13 @@ from pathlib import Path
 
 import torch
 
-from intrudim.errors import IntrudimError
-from intrudim.weights.sources import EMBEDDED_MODELS, embedded_model_path
+from intrudim.models.loading import load_bare_model
+from intrudim.models.references import resolve_model_folder
 
 
-def _model_dir(base: str | Path) -> Path:
-    return embedded_model_path(str(base)) if str(base) in EMBEDDED_MODELS else Path(base)
-
-
-def _load_model(base: str | Path):
-    from transformers import AutoModel
-
-    path = _model_dir(base)
-    if not (path / "config.json").exists():
-        raise IntrudimError(f"'{path}' is not a HuggingFace model directory (no config.json).")
-    return AutoModel.from_pretrained(str(path))
+def _load_model(base: str | Path) -> torch.nn.Module:
+    """BASE (an embedded name, a model folder, a run dir, a Trainer checkpoint or a Hub id) without a head."""
+    return load_bare_model(resolve_model_folder(base, role="base", what="BASE"))
 
 
 def build_planted_adapter(

@@ -17,9 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from intrudim.analysis.planning import AnalysisInputs, open_inputs, resolve_tuned_path
+from intrudim.analysis.planning import AnalysisInputs, open_inputs
 from intrudim.analysis.running import open_cache
 from intrudim.errors import IntrudimError
+from intrudim.models.loading import load_base_model, load_causal_lm, resolve_objective
+from intrudim.models.references import resolve_local_path, resolve_model_folder
+from intrudim.models.tuned import merge_adapter_with_peft
 from intrudim.repair.config import RepairConfig, check_lambda
 from intrudim.repair.core import MatrixRepairPlan, plan_repairs, set_aside_token_rows
 from intrudim.weights.matching import KeyMatcher
@@ -160,18 +163,15 @@ def _task_model(base_path: Path, tuned: Path, task_name: str, seed: int):
     """(model with TUNED's weights and head, tokenizer, task, prompt format or None) for task accuracy."""
     from intrudim.tasks import get_task
     from intrudim.tasks.prompts import prompt_format
-    from intrudim.train.methods import load_base_model, load_causal_lm, resolve_objective
 
     task = get_task(task_name, seed=seed)
     objective = resolve_objective("auto", base_path)
     if is_adapter_dir(tuned):
-        from peft import PeftModel
-
         if objective == "causal-lm":
             model, tokenizer = load_causal_lm(base_path)
         else:
             model, tokenizer = load_base_model(base_path, task.head_outputs)
-        model = PeftModel.from_pretrained(model, str(tuned)).merge_and_unload()
+        model = merge_adapter_with_peft(model, tuned)
     else:
         if objective == "causal-lm":
             model, tokenizer = load_causal_lm(tuned)
@@ -220,10 +220,10 @@ def repair_sweep(
     started = time.perf_counter()
     lambdas = sorted(set(float(lam) for lam in lambdas) | {1.0})
     analyze_config = config.analyze_config
-    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe, resolve_base_path
+    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
 
-    base_path = resolve_base_path(base)
-    tuned_path = resolve_tuned_path(tuned)
+    base_path = resolve_model_folder(base, role="base", what="BASE")
+    tuned_path = resolve_local_path(tuned, role="tuned", allow_pickle=analyze_config.allow_pickle)
     with open_inputs(base, tuned, analyze_config) as inputs:
         set_aside_token_rows(inputs)
         say("planning: top singular triplets and intruders of every matrix")

@@ -15,8 +15,10 @@ from intrudim.repair.config import DEFAULT_LAMBDA
 
 
 def repair_command(
-    base: Annotated[str, typer.Argument(metavar="BASE", help="Base model: HF folder, .safetensors file, 'minilm' or 'smollm2'.")],
-    tuned: Annotated[str, typer.Argument(metavar="TUNED", help="PEFT LoRA adapter, intrudim run dir, or fully fine-tuned model.")],
+    models: Annotated[list[str], typer.Argument(metavar="[BASE] TUNED", help="BASE: a base model (HF folder, "
+                      ".safetensors file, 'minilm'/'smollm2', Hub id org/name[@rev]); TUNED: a PEFT LoRA adapter, "
+                      "intrudim run dir, Trainer checkpoint or fully fine-tuned model (a folder or Hub id). TUNED "
+                      "alone: BASE is the base the adapter records.")],
     out: Annotated[Path, typer.Option("--out", help="Write OUT/adapter (or OUT/model) and OUT/repair.json here.")],
     lam: Annotated[float, typer.Option("--lambda", help="Scale for the intruders' singular values: 0 removes "
                    "them, 1 keeps them.")] = DEFAULT_LAMBDA,
@@ -48,7 +50,10 @@ def repair_command(
     stdout, stderr = Console(), Console(stderr=True)
 
     def work() -> None:
+        from intrudim.cli import base_and_tuned
         from intrudim.fileio import ensure_writable_directory
+
+        base, tuned = base_and_tuned(models)
 
         if sweep is not None:
             from intrudim.experiments.repair_sweep import (
@@ -65,6 +70,10 @@ def repair_command(
 
                 get_task(task)  # an unknown task fails here, before any slow work
             ensure_writable_directory(out)
+            if base is None:  # the sweep loads BASE as a model: the adapter's recorded base, resolved once here
+                from intrudim.models.references import resolve_base, resolve_reference
+
+                base = str(resolve_base(None, resolve_reference(tuned, role="tuned")).path)
             with stderr.status("repair sweep") as status:
                 result = repair_sweep(
                     base, tuned, lambdas, controls, config=config, task=task, text=text, max_tokens=max_tokens,

@@ -23,6 +23,8 @@ import torch
 from intrudim.analysis.config import AnalyzeConfig
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
 from intrudim.analysis.running import check_device, make_reporter, open_cache, read_job
+from intrudim.errors import IntrudimError
+from intrudim.models.references import is_peft_model
 from intrudim.repair.config import RepairConfig
 from intrudim.spectral.repair import (
     RankUpdate,
@@ -266,13 +268,15 @@ class RepairResult:
 
 
 def repair(
-    base: str | Path,
-    tuned: str | Path,
+    base: Any = None,
+    tuned: Any = None,
     config: RepairConfig | None = None,
     *,
-    out: str | Path,
+    out: str | Path | None = None,
     merged: bool = False,
     overwrite: bool = False,
+    adapter_name: str | None = None,
+    new_adapter_name: str = "repaired",
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool | ProgressCallback = False,
@@ -281,10 +285,15 @@ def repair(
     """Scale TUNED's intruders by λ against BASE and write OUT/adapter (LoRA) or OUT/model (dense, or ``merged``),
     plus OUT/repair.json.
 
+    BASE and TUNED take every reference of :mod:`intrudim.models` (BASE None: the adapter's recorded base). A
+    ``PeftModel`` without ``out`` is repaired in memory: the repaired adapter is added to it as
+    ``new_adapter_name`` (:mod:`intrudim.repair.in_memory`).
+
     Example::
 
         result = intrudim.repair("smollm2", "runs/lora-r1", lam=0.5, out="runs/lora-r1-repaired")
         print(result.total_intruders, result.output)
+        result = intrudim.repair(peft_model, lam=0.75)  # then peft_model.set_adapter("repaired")
     """
     from dataclasses import replace
 
@@ -292,15 +301,29 @@ def repair(
 
     config = replace(config, **overrides) if config is not None else RepairConfig(**overrides)
     check_device(config.device)
+    if tuned is None:
+        base, tuned = None, base  # repair(adapter_or_peft_model, ...)
+    if tuned is None:
+        raise IntrudimError("repair needs TUNED: a LoRA adapter, a fine-tuned model, or a PeftModel in memory.")
+    if out is None:
+        from intrudim.repair.in_memory import repair_peft_model
+
+        if base is not None or not is_peft_model(tuned):
+            raise IntrudimError(
+                "repair needs out=DIR to write the repaired adapter or model to (only a PeftModel given alone is "
+                "repaired in memory, as a new adapter of it)."
+            )
+        return repair_peft_model(tuned, config, adapter_name=adapter_name, new_adapter_name=new_adapter_name,
+                                 cache_dir=cache_dir, use_cache=use_cache, progress=progress)  # fmt: skip
     started = time.perf_counter()
     analyze_config = config.analyze_config
-    with open_inputs(base, tuned, analyze_config) as inputs:
+    with open_inputs(base, tuned, analyze_config, adapter_name=adapter_name) as inputs:
         set_aside_token_rows(inputs)
         out_dir = prepare_output(Path(out), inputs, merged=merged, overwrite=overwrite)
         cache = open_cache(analyze_config, cache_dir, use_cache)
         plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress)
         result = RepairResult(
-            base=str(base), tuned=str(tuned), tuned_kind=inputs.tuned_kind, config=config,
+            base=inputs.base_spec, tuned=inputs.tuned_spec, tuned_kind=inputs.tuned_kind, config=config,
             matrices=[describe(plan, config.lam, config.control) for plan in plans], skipped=list(inputs.skipped),
         )  # fmt: skip
         write_outputs(result, plans, inputs, out_dir, merged=merged, overwrite=overwrite)

@@ -7,7 +7,6 @@ at the end, so an interrupted repair leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from intrudim.analysis.planning import AnalysisInputs
 from intrudim.errors import IntrudimError
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
+from intrudim.models.references import read_adapter_config
 from intrudim.repair.core import MatrixRepairPlan, RepairResult
 from intrudim.spectral.repair import alpha_for_scale, extend_lora_factors
 from intrudim.weights.peft_adapter import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, LoraAdapter
@@ -33,6 +33,11 @@ def output_name(inputs: AnalysisInputs, merged: bool) -> str:
 def prepare_output(out: Path, inputs: AnalysisInputs, *, merged: bool, overwrite: bool) -> Path:
     """Check --out before any slow work: writable, and no earlier output that would be replaced."""
     ensure_writable_directory(out)
+    if merged and (inputs.base.in_memory or (inputs.adapter is not None and inputs.adapter.in_memory)):
+        raise IntrudimError(
+            "--merged (merged=True) writes BASE with the repaired adapter merged in, from BASE's folder; a model in "
+            "memory has none. Leave out merged to write the repaired adapter, or give BASE as a folder."
+        )
     if merged and inputs.adapter is not None and not inputs.base.path.is_dir():
         raise IntrudimError(
             f"--merged needs BASE as a model directory (config.json + weights) to merge into; '{inputs.base.path}' "
@@ -101,6 +106,8 @@ def write_outputs(
                 result.unchanged = True
                 if merged:
                     merge_with_peft(inputs.base, adapter.path, tmp)
+                elif adapter.in_memory:
+                    write_adapter(adapter, {}, tmp)
                 else:
                     _copy_tree(adapter.path, tmp)
             elif merged:
@@ -152,8 +159,11 @@ def write_adapter(
     dtype) and their rank and α set through rank_pattern / alpha_pattern (first in each, so that they win
     over any broader pattern, as PEFT takes the first matching key). ``whole``: adapter key → the repaired value
     of a weight the adapter saved whole (``modules_to_save``), stored orientation, cast to the stored dtype."""
-    weights = adapter.path / ADAPTER_WEIGHTS
-    tensors = load_file(str(weights)) if weights.exists() else dict(adapter._tensors["state"])
+    if adapter.in_memory:  # a PeftModel's adapter: its live tensors, copied (they share storage with the model)
+        tensors = {key: t.detach().cpu().clone().contiguous() for key, t in adapter._tensors["state"].items()}
+    else:
+        weights = adapter.path / ADAPTER_WEIGHTS
+        tensors = load_file(str(weights)) if weights.exists() else dict(adapter._tensors["state"])
     for key, W in (whole or {}).items():
         tensors[key] = W.to(tensors[key].dtype).contiguous()
     rank_pattern: dict[str, int] = {}
@@ -174,7 +184,7 @@ def write_adapter(
     config = dict(adapter.config)
     config["rank_pattern"] = {**rank_pattern, **(config.get("rank_pattern") or {})}
     config["alpha_pattern"] = {**alpha_pattern, **(config.get("alpha_pattern") or {})}
-    for item in adapter.path.iterdir():
+    for item in [] if adapter.in_memory else adapter.path.iterdir():
         if item.name in (ADAPTER_WEIGHTS, ADAPTER_PICKLE, ADAPTER_CONFIG) or item.name.startswith("."):
             continue
         if item.is_dir():
@@ -241,20 +251,12 @@ def write_like(source: WeightSource, replacements: dict[str, torch.Tensor], dest
 
 def merge_with_peft(base: WeightSource, adapter_dir: Path, dest: Path) -> None:
     """Merge an adapter into BASE with peft itself (biases, norms and saved heads included), sharded like BASE."""
-    import transformers
-    from peft import PeftModel
+    from intrudim.models.loading import load_for_peft_task
+    from intrudim.models.tuned import merge_adapter_with_peft
 
-    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    task = config.get("task_type")
-    auto = {"CAUSAL_LM": transformers.AutoModelForCausalLM, "SEQ_CLS": transformers.AutoModelForSequenceClassification}
-    loader = auto.get(str(task), transformers.AutoModel)
-    kwargs = {}
-    if task == "SEQ_CLS":
-        head = _head_outputs(adapter_dir)
-        if head is not None:
-            kwargs["num_labels"] = head
-    model = loader.from_pretrained(str(base.path), **kwargs)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    task = (read_adapter_config(adapter_dir) or {}).get("task_type")
+    model = load_for_peft_task(base.path, task, num_labels=_head_outputs(adapter_dir) if task == "SEQ_CLS" else None)
+    merged = merge_adapter_with_peft(model, adapter_dir)
     shard_bytes = max(file.stat().st_size for file in set(base.files.values()))
     merged.save_pretrained(str(dest), max_shard_size=max(shard_bytes, 1 << 20), safe_serialization=True)
     for item in base.path.iterdir():

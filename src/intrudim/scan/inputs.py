@@ -8,13 +8,15 @@ import re
 from pathlib import Path
 
 from intrudim.errors import IntrudimError
+from intrudim.models.references import CHECKPOINT_DIR, resolve_reference, trainer_checkpoints
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def expand_inputs(tuned: list[str], pattern: str | None) -> list[str]:
     """``tuned`` as given, then the directories matched by ``pattern`` (sorted); a pattern that matches nothing
-    is an error, and so is no input at all."""
+    is an error, and so is no input at all. A Trainer ``output_dir`` (``checkpoint-N`` folders and no model of its
+    own) stands for its checkpoints, ordered by training step."""
     inputs = [str(t) for t in tuned]
     if pattern is not None:
         matches = sorted(match for match in globbing.glob(str(Path(pattern).expanduser()), recursive=True))
@@ -24,6 +26,7 @@ def expand_inputs(tuned: list[str], pattern: str | None) -> list[str]:
                 f"does not expand it, and check it with `ls {pattern}`; e.g. --glob 'runs/*/final'."
             )
         inputs += [m for m in matches if m not in inputs]
+    inputs = [item for spec in inputs for item in _checkpoints_or_itself(spec)]
     if not inputs:
         raise IntrudimError(
             "Nothing to scan: give TUNED adapters, run directories or fine-tuned models after BASE, or --glob PATTERN."
@@ -62,3 +65,17 @@ def _name_parts(spec: str) -> list[str]:
     if len(parts) > 1 and parts[-1] == "final":  # RUN_DIR/final: the run's name says which one it is
         parts = parts[:-1]
     return parts or ["tuned"]
+
+
+def _checkpoints_or_itself(spec: str) -> list[str]:
+    path = Path(spec).expanduser()
+    if not path.is_dir() or CHECKPOINT_DIR.match(path.name):
+        return [spec]
+    try:
+        kind = resolve_reference(spec, role="tuned").kind
+    except IntrudimError:
+        return [spec]
+    if kind != "trainer-output":
+        return [spec]
+    return [str(Path(spec) / checkpoint.name) for _, checkpoint in trainer_checkpoints(path)]
+

@@ -4,6 +4,7 @@ self-contained, sortable leaderboard.html whose rows link to each input's own re
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as _dt
 import io
@@ -13,13 +14,14 @@ from typing import Any
 
 from jinja2 import Environment, select_autoescape
 
-from intrudim.fileio import write_text_atomic
+from intrudim.fileio import write_bytes_atomic, write_text_atomic
+from intrudim.scan.steps import steps_figure_png, steps_table
 from intrudim.spectral.prediction import is_predicted
 
 ROW_KEYS = (
     "tuned", "name", "kind", "total_intruders", "matrices_analysed", "matrices_with_intruders", "energy_share",
     "energy_share_mean", "worst_matrix", "worst_matrix_intruders", "effective_rank", "predicted", "found",
-    "analysis", "resumed", "error",
+    "analysis", "resumed", "error", "step",
 )  # fmt: skip
 
 
@@ -83,10 +85,14 @@ def prediction_summary(rows: list[dict[str, Any]], threshold: float) -> dict[str
 
 def leaderboard_document(rows: list[dict[str, Any]], *, base: str, k: int, epsilon: float, threshold: float,
                          extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    return {
+    document = {
         "base": base, "k": k, "epsilon": epsilon, "rows": rows,
         "prediction": prediction_summary(rows, threshold), **extra,
     }  # fmt: skip
+    steps = steps_table(rows)
+    if steps:
+        document["steps"] = steps
+    return document
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -95,7 +101,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writerow([
         "index", "tuned", "name", "kind", "total_intruders", "matrices_analysed", "matrices_with_intruders",
         "energy_share", "energy_share_mean", "worst_matrix", "worst_matrix_intruders", "effective_rank", "predicted",
-        "found", "predicted_and_found", "predicted_matrices", "analysis", "error",
+        "found", "predicted_and_found", "predicted_matrices", "analysis", "error", "step",
     ])  # fmt: skip
     for i, r in enumerate(rows):
         ok = r["error"] is None
@@ -106,17 +112,25 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
             r["worst_matrix"] or "", "" if not ok else r["worst_matrix_intruders"],
             "" if r["effective_rank"] is None else f"{r['effective_rank']:.4f}", len(r["predicted"]), len(r["found"]),
             len(set(r["predicted"]) & set(r["found"])), ";".join(r["predicted"]), r["analysis"] or "", r["error"] or "",
+            "" if r.get("step") is None else r["step"],
         ])  # fmt: skip
     return out.getvalue()
 
 
 def write_leaderboard(document: dict[str, Any], out_dir: Path, *, command: str) -> dict[str, Path]:
     """leaderboard.json, leaderboard.csv and leaderboard.html in ``out_dir``, each written atomically."""
+    steps_png = None
+    written: dict[str, Path] = {}
+    if document.get("steps"):
+        png = steps_figure_png(document["steps"], document["k"], document["epsilon"])
+        written["steps_png"] = write_bytes_atomic(out_dir / "intruders_over_steps.png", png)
+        steps_png = base64.b64encode(png).decode("ascii")
     html = Environment(autoescape=select_autoescape(default=True)).from_string(TEMPLATE).render(
         doc=document, command=command, generated=_dt.datetime.now().isoformat(timespec="seconds"),
-        fmt=_fmt, short=_short,
+        fmt=_fmt, short=_short, steps_png=steps_png,
     )  # fmt: skip
     return {
+        **written,
         "json": write_text_atomic(out_dir / "leaderboard.json", json.dumps(document, indent=2) + "\n"),
         "csv": write_text_atomic(out_dir / "leaderboard.csv", to_csv(document["rows"])),
         "html": write_text_atomic(out_dir / "leaderboard.html", html),
@@ -180,6 +194,15 @@ intruders, {{ p.predicted_and_found }} both; precision <b>{{ fmt(p.precision, 2)
 <td>{{ (r.predicted|select("in", r.found)|list)|length }}</td>{% endif %}
 <td class="text error-text">{{ r.error or "" }}</td></tr>
 {% endfor %}</tbody></table>
+{% if doc.steps %}<h2>Intruders over training steps</h2>
+<p class="note">The scanned inputs are checkpoints of one training run, ordered by step (from each checkpoint's
+trainer_state.json).</p>
+{% if steps_png %}<img id="steps-figure" alt="Intruder dimensions over training steps" src="data:image/png;base64,{{ steps_png }}">{% endif %}
+<table id="steps"><thead><tr><th>step</th><th class="text">checkpoint</th><th>intruders</th>
+<th>matrices with intruders</th><th>energy share</th></tr></thead><tbody>
+{% for s in doc.steps %}<tr><td>{{ s.step }}</td><td class="text">{{ s.name }}</td><td>{{ s.total_intruders }}</td>
+<td>{{ s.matrices_with_intruders }}</td><td>{{ fmt(s.energy_share, 4) }}</td></tr>
+{% endfor %}</tbody></table>{% endif %}
 <p class="note">Generated {{ generated }} by <code>{{ command }}</code>.</p>
 <script>
 document.querySelectorAll("#leaderboard th").forEach(function (th, column) {

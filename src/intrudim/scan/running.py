@@ -19,9 +19,12 @@ from intrudim.analysis.results import AnalysisResult
 from intrudim.analysis.running import ProgressCallback, check_device, make_reporter
 from intrudim.errors import IntrudimError
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
+from intrudim.models.opening import open_base_weights
+from intrudim.models.references import resolve_reference
 from intrudim.scan.config import ScanConfig
 from intrudim.scan.inputs import expand_inputs, run_names
 from intrudim.scan.leaderboard import error_row, leaderboard_document, row_from_analysis, write_leaderboard
+from intrudim.scan.steps import step_of
 from intrudim.scan.units import (
     BaseUnit,
     MatrixUnit,
@@ -81,9 +84,9 @@ def scan(
     base = str(base)
     inputs = expand_inputs([str(t) for t in tuned], pattern)
     names = run_names(inputs)
-    _check_base(
-        base, analysis.allow_pickle
-    )  # before OUT is touched: a failed start leaves nothing to --resume
+    # BASE resolved (an embedded name, a Hub id…) and opened before OUT is touched: a failed start leaves nothing
+    # to --resume. Units resolve the same references again where they run (in this process or on Ray workers).
+    _check_base(base, analysis.allow_pickle)
     out_dir = _prepare_out(Path(out), base, config)
     cache = str(Path(cache_dir if cache_dir is not None else out_dir / "svd_cache").expanduser().resolve())
 
@@ -138,6 +141,8 @@ def scan(
             reporter.close()  # type: ignore[union-attr]
 
     ordered = [rows[i] for i in range(len(inputs))]
+    for spec, row in zip(inputs, ordered, strict=True):
+        row["step"] = step_of(spec)
     engine = {"engine": config.engine, "ray_address": config.ray_address, "ray_cpus": config.ray_cpus}
     document = leaderboard_document(
         ordered, base=base, k=analysis.k, epsilon=analysis.epsilon, threshold=config.pressure_threshold,
@@ -151,10 +156,9 @@ def scan(
 
 
 def _check_base(base: str, allow_pickle: bool) -> None:
-    """BASE must open (a missing or unreadable BASE is the whole scan's error, not every row's)."""
-    from intrudim.weights.sources import open_weights
-
-    open_weights(base, allow_pickle=allow_pickle).close()
+    """BASE must resolve and open (a missing or unreadable BASE is the whole scan's error, not every row's)."""
+    reference = resolve_reference(base, role="base", allow_pickle=allow_pickle)
+    open_base_weights(reference, allow_pickle=allow_pickle).close()
 
 
 def _prepare_out(out_dir: Path, base: str, config: ScanConfig) -> Path:

@@ -34,7 +34,6 @@ from intrudim.analysis.planning import (
     check_finite,
     open_inputs,
     oriented,
-    resolve_tuned_path,
 )
 from intrudim.analysis.prefetch import read_ahead
 from intrudim.analysis.results import AnalysisResult, MatrixResult
@@ -47,9 +46,10 @@ from intrudim.analysis.running import (
     remembered_key,
 )
 from intrudim.errors import IntrudimError
+from intrudim.models.opening import open_base_weights, open_tuned
+from intrudim.models.references import resolve_reference
 from intrudim.threads import analysis_threads
-from intrudim.weights.peft_adapter import LoraAdapter, is_adapter_dir
-from intrudim.weights.sources import EMBEDDED_MODELS, open_weights
+from intrudim.weights.peft_adapter import LoraAdapter
 
 
 @dataclass(frozen=True)
@@ -143,19 +143,16 @@ def base_units_of(planned: list[PlannedInput]) -> list[BaseUnit]:
 def opened_inputs(base: str, tuned: str, allow_pickle: bool) -> AnalysisInputs:
     """BASE and TUNED opened for units (headers read once per process, tensors read per unit). The few most
     recent pairs stay open; units are issued input by input, so a worker rarely reopens one."""
-    base_src = open_weights(base, allow_pickle=allow_pickle)
-    tuned_path = resolve_tuned_path(tuned)
-    if is_adapter_dir(tuned_path):
-        return AnalysisInputs(
-            base, tuned, base_src, LoraAdapter(tuned_path, allow_pickle=allow_pickle), None, []
-        )
-    tuned_src = open_weights(tuned_path if tuned not in EMBEDDED_MODELS else tuned, allow_pickle=allow_pickle)
-    return AnalysisInputs(base, tuned, base_src, None, tuned_src, [])
+    base_src = open_base_weights(resolve_reference(base, role="base"), allow_pickle=allow_pickle)
+    opened = open_tuned(resolve_reference(tuned, role="tuned"), allow_pickle=allow_pickle)
+    if isinstance(opened, LoraAdapter):
+        return AnalysisInputs(base, tuned, base_src, opened, None, [])
+    return AnalysisInputs(base, tuned, base_src, None, opened, [])
 
 
 @functools.lru_cache(maxsize=1)
 def opened_base(base: str, allow_pickle: bool):
-    return open_weights(base, allow_pickle=allow_pickle)
+    return open_base_weights(resolve_reference(base, role="base"), allow_pickle=allow_pickle)
 
 
 def compute_base_svd(base: str, unit: BaseUnit, config: AnalyzeConfig, cache_dir: str) -> UnitOutcome:

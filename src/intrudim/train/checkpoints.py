@@ -60,7 +60,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def save_weights(model: nn.Module, directory: Path, tokenizer: object | None = None) -> None:
     """A PEFT adapter folder (adapter_config.json + adapter_model.safetensors) or an HF model folder."""
-    from intrudim.train.methods import quiet_transformers
+    from intrudim.models.loading import quiet_transformers
 
     directory.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():  # no "Writing model shards" bar in intrudim's output

@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from intrudim.errors import IntrudimError, InvalidConfigError
-from intrudim.weights.sources import EMBEDDED_MODELS, embedded_model_path
+from intrudim.errors import InvalidConfigError
 
 Method = Literal["full", "lora", "lora-b-only"]
 AlphaRule = Literal["2r", "fixed", "rslora"]
@@ -44,21 +42,6 @@ included: at 10x this value LoRA r=1 on MiniLM stopped learning the generated ta
 
 FIXED_ALPHA = 8.0
 """The fixed α of the paper's α = 8 experiments (Table 1, Figs. 16-18); also the default α of rsLoRA."""
-
-
-def resolve_model_path(model: str, *, progress: bool = True) -> Path:
-    """``minilm`` / ``smollm2`` → the embedded folder (smollm2 is converted once into the cache, with a status
-    line when ``progress``); anything else must be a local Hugging Face model folder."""
-    if model in EMBEDDED_MODELS:
-        return embedded_model_path(model, progress=progress).resolve()
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise IntrudimError(
-            f"--model '{model}' is neither an embedded model ({', '.join(EMBEDDED_MODELS)}) nor a local Hugging "
-            f"Face model folder with a config.json. Give the path of a folder written by save_pretrained "
-            f"(nothing is downloaded)."
-        )
-    return path.resolve()
 
 
 def _check_positive(name: str, value: float | int | None, allow_none: bool = True) -> None:

@@ -28,6 +28,8 @@ from intrudim.errors import IntrudimError
 from intrudim.evaluate.accuracy import count_correct
 from intrudim.evaluate.batching import answer_loss, example_labels, example_logits
 from intrudim.fileio import write_json_atomic
+from intrudim.models.loading import resolve_objective
+from intrudim.models.references import resolve_model_folder
 from intrudim.tasks import Task, get_task
 from intrudim.tasks.prompts import PromptFormat, prompt_format
 from intrudim.train.checkpoints import (
@@ -38,9 +40,9 @@ from intrudim.train.checkpoints import (
     save_checkpoint,
     save_weights_atomic,
 )
-from intrudim.train.config import TrainConfig, resolve_model_path
+from intrudim.train.config import TrainConfig
 from intrudim.train.figures import write_run_figures
-from intrudim.train.methods import build_model, resolve_objective
+from intrudim.train.methods import build_model
 from intrudim.train.metrics import MetricsLog
 from intrudim.train.progress import TrainingProgress
 from intrudim.train.run_dir import METRICS_FILE, check_run_dir, prepare_run_dir
@@ -257,7 +259,7 @@ def _set_up(
 ) -> tuple[_Run, LoopState]:
     check_training_device(device)
 
-    base_model = resolve_model_path(config.model, progress=progress)
+    base_model = resolve_model_folder(config.model, progress=progress, what="--model")
     config = replace(config, objective=resolve_objective(config.objective, base_model))  # the run records which
     task = get_task(
         config.task, seed=config.seed, train_fraction=config.train_fraction, data_path=config.data_path,

@@ -10,15 +10,15 @@ singular values 1) and freezes it.
 A causal LM fine-tuned as a language model (``objective="causal-lm"``, issue 13) has no classification
 head: its own LM head scores the answer texts and stays frozen with the embeddings (SmolLM2 ties them),
 while the block linears and the norms are trained exactly as for an encoder.
+
+Loading the model with that head and its tokenizer is :mod:`intrudim.models.loading`'s (``load_base_model``,
+``load_causal_lm``, ``resolve_objective``); this module prepares the loaded model for the method.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from intrudim.errors import IntrudimError
+from intrudim.models.loading import load_base_model, load_causal_lm, resolve_objective
 from intrudim.train.config import TrainConfig
 
 _BLOCK_PATTERN = re.compile(r"\.(layer|layers|h|block|blocks)\.\d+\.")
@@ -42,34 +43,6 @@ class ModelParts:
     trainable_parameters: int
     total_parameters: int
     objective: str = "classification"  # "classification" | "causal-lm"
-
-
-def causal_lm_architectures() -> set[str]:
-    """Class names transformers loads with ``AutoModelForCausalLM`` (LlamaForCausalLM, GPT2LMHeadModel, ...)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    names: set[str] = set()
-    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
-        names.update(value if isinstance(value, (tuple, list)) else (value,))
-    return names
-
-
-def is_causal_lm(model_path: Path) -> bool:
-    """Whether the folder's config.json names a causal-LM architecture (its ``architectures`` list)."""
-    try:
-        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    architectures = config.get("architectures") if isinstance(config, dict) else None
-    known = causal_lm_architectures()
-    return any(isinstance(name, str) and (name in known or name.endswith("ForCausalLM")) for name in architectures or ())
-
-
-def resolve_objective(objective: str, model_path: Path) -> str:
-    """``auto`` → ``causal-lm`` for a causal-LM folder, else ``classification``; the others as given."""
-    if objective != "auto":
-        return objective
-    return "causal-lm" if is_causal_lm(model_path) else "classification"
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -115,66 +88,6 @@ def _linear_shape(module: nn.Module) -> tuple[int, int]:
     """(out, in) of an nn.Linear or a GPT-2 Conv1D (which stores (in, out))."""
     weight = module.weight
     return (weight.shape[0], weight.shape[1]) if isinstance(module, nn.Linear) else (weight.shape[1], weight.shape[0])
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers without its "Loading weights" bar and warnings ("newly initialized classifier" is expected:
-    the head is fresh); restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def load_base_model(model_path: Path, head_outputs: int) -> tuple[nn.Module, object]:
-    """Load a local HF folder as a sequence-classification model with ``head_outputs`` outputs."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=head_outputs, ignore_mismatched_sizes=True
-            )
-    except (OSError, ValueError, KeyError) as exc:
-        raise IntrudimError(
-            f"Could not load '{model_path}' as a sequence-classification model with its tokenizer: {exc}. "
-            f"Give a Hugging Face model folder whose architecture has a *ForSequenceClassification class."
-        ) from None
-    if tokenizer.pad_token is None:  # causal LMs (LLaMA, GPT-2) ship without a pad token
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
-
-
-def load_causal_lm(model_path: Path) -> tuple[nn.Module, object]:
-    """Load a local HF folder as a causal LM (``AutoModelForCausalLM``) with its tokenizer, in float32."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
-        raise IntrudimError(
-            f"Could not load '{model_path}' as a causal language model with its tokenizer: {exc}. Give a Hugging "
-            f"Face model folder whose architecture has a *ForCausalLM class, or train it with a classification "
-            f"head (--objective classification)."
-        ) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
 
 
 def _freeze_embeddings_train_rest(model: nn.Module, freeze_output_embeddings: bool = False) -> None:

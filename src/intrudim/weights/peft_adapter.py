@@ -76,14 +76,30 @@ class LoraFactors:
 class LoraAdapter:
     """A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)."""
 
-    def __init__(self, path: str | Path, *, allow_pickle: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        allow_pickle: bool = False,
+        config: dict[str, Any] | None = None,
+        state: dict[str, torch.Tensor] | None = None,
+    ):
+        """Read the adapter folder ``path``; or, with ``config`` and ``state`` (an adapter of a model in memory,
+        :func:`intrudim.models.memory.peft_adapter_in_memory`), take them as they are: ``path`` then only names
+        it in messages and nothing is read from disk."""
         self.path = Path(path)
+        self.in_memory = state is not None
         config_path = self.path / ADAPTER_CONFIG
-        try:
-            self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CorruptFileError(f"Cannot parse adapter config '{config_path}': {exc}") from None
-        peft_type = str(self.config.get("peft_type", "LORA")).upper()
+        if config is not None:
+            self.config: dict[str, Any] = config
+        else:
+            try:
+                self.config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CorruptFileError(f"Cannot parse adapter config '{config_path}': {exc}") from None
+        if self.in_memory:
+            config_path = self.path
+        peft_type = str(getattr(self.config.get("peft_type"), "value", self.config.get("peft_type", "LORA"))).upper()
         if peft_type != "LORA":
             raise IntrudimError(
                 f"'{config_path}' describes a {peft_type} adapter; intrudim analyses LoRA adapters. Merge it "
@@ -99,7 +115,10 @@ class LoraAdapter:
         self.fan_in_fan_out = bool(self.config.get("fan_in_fan_out", False))
         self.alpha_pattern: dict[str, float] = self.config.get("alpha_pattern") or {}
         self.base_model_name = self.config.get("base_model_name_or_path")
-        self._tensors = self._open_tensors(allow_pickle)
+        if state is not None:
+            self._tensors: dict[str, Any] = {"keys": list(state), "state": state, "file": self.path}
+        else:
+            self._tensors = self._open_tensors(allow_pickle)
         self.modules: dict[str, tuple[str, str]] = {}  # module -> (key of A, key of B)
         # module -> key of a 2-D weight saved whole (modules_to_save: trained fully, not by LoRA)
         self.full_weights: dict[str, str] = {}

