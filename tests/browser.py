@@ -8,6 +8,8 @@
         page = check_report(path, required_selectors=["#verdict", "table.claims"])
         page.assert_ok()                       # every problem in one AssertionError
         assert len(page.images) == 4           # the checks pass vacuously on a page without figures
+        page = check_report(path, text_of=["h3"])   # also what a person reads: the visible text of elements
+        assert "Intruders per layer" in page.texts["h3"]
 
 What is checked (issue 14, "The report, as a person sees it"):
 - every <img> finished loading with naturalWidth > 0 and is not blank (all its pixels one colour): drawn to a
@@ -104,6 +106,9 @@ class PageCheck:
     missing_selectors: tuple[str, ...]  # matched no element
     hidden_selectors: tuple[str, ...]  # matched elements, none of them displayed
     seconds: float = field(default=0.0, compare=False)
+    # For each selector asked for in ``text_of``: the text each matching element shows, in page order ("" when
+    # the element is not displayed), as the browser renders it (Selenium's WebElement.text).
+    texts: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     @property
     def problems(self) -> list[str]:
@@ -222,9 +227,12 @@ def _image_check(info: dict) -> ImageCheck:
                       natural_height=int(info["height"]), blank=blank, pixels_from=pixels_from)  # fmt: skip
 
 
-def check_report(path: str | Path, *, required_selectors: Sequence[str] = ()) -> PageCheck:
+def check_report(
+    path: str | Path, *, required_selectors: Sequence[str] = (), text_of: Sequence[str] = ()
+) -> PageCheck:
     """Open ``path`` in headless Chromium, wait for the page and its images, and collect every problem a reader
     would see: images that did not load or are blank, console errors, required elements missing or hidden.
+    For each CSS selector in ``text_of``, the visible text of its elements is kept in ``PageCheck.texts``.
 
     Raises RuntimeError (with the reason) when no browser is available; tests call :func:`require_browser` first.
     """
@@ -257,8 +265,10 @@ def check_report(path: str | Path, *, required_selectors: Sequence[str] = ()) ->
         errors = tuple(
             entry["message"] for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"
         )
+        texts = {selector: tuple(element.text for element in driver.find_elements(By.CSS_SELECTOR, selector))
+                 for selector in text_of}  # fmt: skip
         title = driver.title
     finally:
         driver.quit()
     return PageCheck(path=path, title=title, images=images, console_errors=errors, missing_selectors=tuple(missing),
-                     hidden_selectors=tuple(hidden), seconds=time.perf_counter() - start)  # fmt: skip
+                     hidden_selectors=tuple(hidden), seconds=time.perf_counter() - start, texts=texts)  # fmt: skip

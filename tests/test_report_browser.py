@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,12 +110,110 @@ def test_analysis_report_with_intruders(tiny_models, tmp_path):
 
 
 def test_analysis_report_without_intruders(tiny_models, tmp_path):
-    """The tuned model is the base itself: zero intruders everywhere, so every plot shows empty data."""
+    """The tuned model is the base itself: zero intruders everywhere. The per-layer and per-type counts have nothing
+    to plot, and a reader sees that said in words, not an empty box; the captions state this result's zeros."""
     out = _analysis_report(tiny_models, tmp_path, tiny_models["gpt2"])
-    page = check_report(out / "report.html", required_selectors=ANALYSIS_SELECTORS)
+    empty = ["#fig-by_layer .empty-state", "#fig-by_module_type .empty-state"]
+    page = check_report(out / "report.html", required_selectors=ANALYSIS_SELECTORS + empty,
+                        text_of=[*empty, "#fig-epsilon_sweep .caption", "#fig-effective_rank .caption",
+                                 "#energy-share", "#fig-by_layer img"])  # fmt: skip
     page.assert_ok()
     assert len(page.images) == len(list((out / "figures").glob("*.png"))) >= 5
     assert "No intruder dimensions" in (out / "report.html").read_text()
+    for selector in empty:
+        (text,) = page.texts[selector]
+        assert text.startswith("No intruder dimensions in any of the 8 matrices (k=10, ε=0.5)"), text
+    assert page.texts["#fig-by_layer img"] == (), "no empty chart beside the words"
+    (sweep,) = page.texts["#fig-epsilon_sweep .caption"]
+    assert sweep.startswith("This tuned model: no intruder dimensions at any ε from 0.1 to 0.9"), sweep
+    assert "LoRA does not" not in sweep and "In the paper (Fig. 5)" in sweep
+    (rank,) = page.texts["#fig-effective_rank .caption"]
+    assert "ΔW is zero in all 8 matrices" in rank and "drawn as one line" in rank, rank
+    (energy,) = page.texts["#energy-share"]
+    assert "0 % of ‖W_t‖" in energy and "mean over the 8 analysed matrices" in energy, energy
+
+
+# ------------------------------------------------------------------------------ planted intruders, known answer
+
+
+def _plant_intruders(base_dir: Path, out_dir: Path, plan: dict[str, list[float]], *, strength: float = 10.0) -> Path:
+    """A dense "tuned" GPT-2 = the base plus, per matrix of ``plan``, one new direction u per listed cosine c:
+    W_t = W₀ + Σ λ·u·vᵀ with u = c·u₅(W₀) + √(1−c²)·u⊥ (u⊥ outside W₀'s column space, so u's max |cos| to
+    the base is c) and v one of W₀'s smallest right singular vectors (so W₀ v ≈ 0 and u becomes a top tuned
+    vector, an intruder when c < ε). Conv1D weights are stored (in, out): W₀ is the transpose."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(base_dir / "model.safetensors"))
+    generator = torch.Generator().manual_seed(0)
+    for name, cosines in plan.items():
+        W0 = state[name].to(torch.float64).T  # (out, in), out > in: W₀'s column space leaves room for u⊥
+        U, S, Vh = torch.linalg.svd(W0, full_matrices=True)
+        rank = S.shape[0]
+        Wt = W0.clone()
+        # Orthonormal directions outside W₀'s column space, one per planted vector: the planted u's are orthogonal.
+        Q, _ = torch.linalg.qr(torch.randn(U.shape[1] - rank, len(cosines), generator=generator, dtype=torch.float64))
+        for i, c in enumerate(cosines):
+            u = c * U[:, 4] + (1 - c**2) ** 0.5 * (U[:, rank:] @ Q[:, i])
+            Wt += strength * (1 - 0.1 * i) * float(S[0]) * torch.outer(u, Vh[-1 - i])
+        state[name] = Wt.T.contiguous().to(state[name].dtype)
+    out_dir.mkdir(parents=True)
+    shutil.copy(base_dir / "config.json", out_dir / "config.json")
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    return out_dir
+
+
+# Model order: h.0.attn.c_attn, h.0.mlp.c_fc, …, h.1.attn.c_attn, h.1.mlp.c_fc. The old choice (ties: the highest-
+# ranked intruder, then model order) showed h.0.mlp.c_fc, h.0.attn.c_attn, h.1.attn.c_attn: the weakest tied one.
+PLANTED = {
+    "h.0.attn.c_attn.weight": [0.4],
+    "h.0.mlp.c_fc.weight": [0.0, 0.1],
+    "h.1.attn.c_attn.weight": [0.2],
+    "h.1.mlp.c_fc.weight": [0.0],
+}
+EXPECTED_HEATMAPS = ["h.0.mlp.c_fc.weight", "h.1.mlp.c_fc.weight", "h.1.attn.c_attn.weight"]
+
+
+def test_planted_intruders_choose_the_heatmaps_by_the_stated_rule_and_captions_state_the_numbers(tiny_models, tmp_path):
+    import json
+
+    tuned = _plant_intruders(tiny_models["gpt2"], tmp_path / "planted", PLANTED)
+    out = _analysis_report(tiny_models, tmp_path, tuned)
+    data = json.loads((out / "analysis.json").read_text())
+    by_name = {m["name"]: m for m in data["matrices"]}
+    assert {n: m["intruders"] for n, m in by_name.items() if m["intruders"]} == {n: len(c) for n, c in PLANTED.items()}
+    for name, cosines in PLANTED.items():  # each planted direction has the planted max |cos|
+        got = [by_name[name]["max_abs_cos"][r - 1] for r in by_name[name]["intruder_ranks"]]
+        assert got == pytest.approx(cosines, abs=0.02), (name, got)
+
+    page = check_report(out / "report.html", required_selectors=ANALYSIS_SELECTORS,
+                        text_of=["h3", ".fig .caption", "#fig-epsilon_sweep .caption", "#fig-by_layer .caption",
+                                 "#energy-share", "#per-matrix tr.hot"])  # fmt: skip
+    page.assert_ok()
+    heatmaps = [t.removeprefix("Similarity matrix: ") for t in page.texts["h3"] if t.startswith("Similarity matrix")]
+    assert heatmaps == EXPECTED_HEATMAPS
+    # The same rule, computed here from the JSON: most intruders, then the lowest max |cos| among the intruders.
+    def lowest(m):
+        return min(m["max_abs_cos"][r - 1] for r in m["intruder_ranks"]) if m["intruder_ranks"] else 1.0
+
+    assert heatmaps == [m["name"] for m in sorted(data["matrices"], key=lambda m: (-m["intruders"], lowest(m)))][:3]
+    captions = page.texts[".fig .caption"]
+    for caption in captions[:3]:
+        assert "most intruders, ties broken by the lowest max |cos| among their intruders" in caption, caption
+    assert "Here: 1 intruder at rank 1, with max |cos| to any base vector 0.0" in captions[1], captions[1]
+    (sweep,) = page.texts["#fig-epsilon_sweep .caption"]
+    at_half = data["epsilon_sweep"]["0.5"]
+    assert at_half == 5 and f"{at_half} at ε=0.5" in sweep and sweep.startswith("This tuned model (k=10"), sweep
+    assert f"{data['epsilon_sweep']['0.1']} at ε=0.1" in sweep
+    (layers,) = page.texts["#fig-by_layer .caption"]
+    assert "3 in layer 0; 2 in layer 1" in layers, layers
+    # Energy share: one definition (the mean of the per-matrix shares) and one unit (%), in the summary and table.
+    (energy,) = page.texts["#energy-share"]
+    mean = 100 * data["intruder_energy_share_mean"]
+    assert f"{mean:.3g} % of ‖W_t‖" in energy and "mean over the 8 analysed matrices" in energy, energy
+    hot = " ".join(page.texts["#per-matrix tr.hot"])
+    for m in by_name.values():
+        if m["intruders"]:
+            assert f"{100 * m['intruder_energy_share']:.3g} %" in hot
 
 
 def test_toy_report(tmp_path):

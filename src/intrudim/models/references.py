@@ -218,22 +218,22 @@ def resolve_local_path(spec: Any, *, role: Role = "model", allow_pickle: bool = 
     return reference.path
 
 
-def read_model_config(folder: Path) -> dict[str, Any] | None:
-    """A model folder's config.json as a dict (None when it has none or it cannot be parsed)."""
+def _read_json_dict(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((folder / MODEL_CONFIG).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_model_config(folder: Path) -> dict[str, Any] | None:
+    """A model folder's config.json as a dict (None when it has none or it cannot be parsed)."""
+    return _read_json_dict(folder / MODEL_CONFIG)
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any] | None:
     """A PEFT adapter folder's adapter_config.json as a dict (None when it has none or it cannot be parsed)."""
-    try:
-        data = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return _read_json_dict(folder / ADAPTER_CONFIG)
 
 
 def recorded_base(tuned: ModelReference) -> str | None:
