@@ -10,6 +10,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as intrudim sets it (intrudim.threads), before torch loads
+if "INTRUDIM_CACHE" not in os.environ:  # every verb's default cache: a fresh one per test session, never ~/.cache
+    import tempfile
+
+    os.environ["INTRUDIM_CACHE"] = tempfile.mkdtemp(prefix="intrudim-test-cache-")
 
 from pathlib import Path  # noqa: E402
 

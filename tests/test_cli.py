@@ -100,3 +100,48 @@ def test_version_names_intrudim_and_the_libraries_its_numbers_depend_on() -> Non
     assert result.output.startswith(f"intrudim {version('intrudim')} (torch {version('torch')}, ")
     assert "peft " in result.output and result.output.count("\n") == 1
     assert intrudim.__version__ == version("intrudim")  # the package's constant and its metadata agree
+
+
+def test_analyze_top_lists_the_matrices_with_most_intruders_and_counts_the_rest(tiny_models, tmp_path):
+    """A large model's table is cut to --top rows (most intruders first) plus one line counting the rest; --all
+    lists every matrix; every one is in --json whatever is printed."""
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "a", r=2, strength=2.0)
+    args = ["analyze", str(tiny_models["llama"]), str(adapter), "--cache", str(tmp_path / "c")]
+    data = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    counts = [m["intruders"] for m in data["matrices"]]
+    with_intruders = sum(1 for count in counts if count)
+    assert len(counts) == 14 and 3 < with_intruders < 14  # the case: more matrices with intruders than --top
+
+    def table_rows(output: str) -> list[list[str]]:  # "L0 attn.q  48×48  2  1-2 …": label, shape, intr., …
+        return [line.split() for line in output.splitlines() if line.strip().startswith("L")]
+
+    top = runner.invoke(app, [*args, "--top", "3"])
+    assert top.exit_code == 0, top.output
+    assert [int(row[3]) for row in table_rows(top.stdout)] == sorted(counts, reverse=True)[:3]
+    assert (f"… and 11 more matrices not listed: {with_intruders - 3} with intruders, {14 - with_intruders} "
+            f"without") in top.stdout  # fmt: skip
+    assert "every matrix: --all here, or --json" in top.stdout
+    assert f"{sum(counts)} intruder dimensions (k=10, ε=0.5) in {with_intruders} of 14 matrices" in top.stdout
+    everything = runner.invoke(app, [*args, "--all", "--top", "3"])
+    assert [int(row[3]) for row in table_rows(everything.stdout)] == counts  # the model's order
+    assert "not listed" not in everything.stdout
+    default = runner.invoke(app, args)  # 14 matrices: fewer than the default --top, so all of them
+    assert len(table_rows(default.stdout)) == 14 and "not listed" not in default.stdout
+    negative = runner.invoke(app, [*args, "--top", "-1"])
+    assert negative.exit_code == 2 and "--top must be 0 or more" in negative.output
+
+
+def test_matrices_to_print_orders_by_intruders_then_the_models_order():
+    from types import SimpleNamespace
+
+    from intrudim.cli import matrices_to_print, unlisted_lines
+
+    matrices = [SimpleNamespace(name=f"m{i}", intruders=n) for i, n in enumerate([0, 2, 5, 0, 2, 1])]
+    assert [m.name for m in matrices_to_print(matrices, 3)] == ["m2", "m1", "m4"]  # ties (2, 2) in model order
+    assert [m.name for m in matrices_to_print(matrices, 6)] == [f"m{i}" for i in range(6)]  # all fit: model order
+    assert [m.name for m in matrices_to_print(matrices, None)] == [f"m{i}" for i in range(6)]  # --all
+    assert [m.name for m in matrices_to_print(matrices, 5)] == ["m2", "m1", "m4", "m5"]  # never one without
+    shown = matrices_to_print(matrices, 5)
+    assert unlisted_lines(matrices, shown)[0] == "… and 2 more matrices not listed, without intruders"
+    assert unlisted_lines(matrices, [])[0] == "6 matrices not listed: 4 with intruders, 2 without"
+    assert unlisted_lines(matrices, matrices) == []

@@ -683,3 +683,42 @@ def test_forgetting_of_a_module_in_memory_needs_a_base(models):
     same = intrudim.forgetting(model, AutoModelForCausalLM.from_pretrained(str(models["causal"])),
                                text=str(models["text"]), max_tokens=800, seq_len=32, bootstrap_resamples=100)  # fmt: skip
     assert same.delta == 0.0
+
+
+def _measured(text: dict) -> object:
+    losses = torch.tensor([2.0, 2.5, 3.0, 2.2, 2.7, 2.4], dtype=torch.float64)
+    return summarize(losses, losses + torch.tensor([0.4, 0.6, 0.5, 0.7, 0.3, 0.5], dtype=torch.float64),
+                     tokens=96, text=text, seq_len=16)  # fmt: skip
+
+
+def test_terminal_result_reads_well_at_80_columns_and_leaves_the_licence_to_the_report(capsys, monkeypatch):
+    """The licence of the embedded text is in forgetting.json and forgetting.html, not printed on every run; the
+    table has the style of every verb's; the text's path comes whole after its label; no line over 80 columns."""
+    from intrudim.evaluate.commands import _print_result
+    from intrudim.evaluate.text import TEXT_LICENCE
+
+    monkeypatch.setenv("COLUMNS", "80")
+    corpus = "/data/" + "pre_training_like_text/" * 2 + "a_corpus_of_some_length.txt"  # fits alone, not after "text: "
+    _print_result(_measured({"source": corpus, "description": "text file corpus.txt", "licence": TEXT_LICENCE})
+                  .to_json())  # fmt: skip
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert "CC BY-SA" not in printed and "Text:" not in printed
+    assert "━" not in printed and "┃" not in printed  # box.SIMPLE_HEAD
+    assert lines[lines.index("text:") + 1].strip() == corpus
+    assert all(len(line) <= 80 for line in lines), printed
+    assert any(line.startswith("TUNED forgot: its loss on the text is +0.5 higher") for line in lines), printed
+    assert "  (95% CI [+0.4, +0.6])." in lines  # wrapped between phrases, not inside the interval
+
+
+def test_html_report_says_text_once(tmp_path):
+    from intrudim.evaluate.text import TEXT_LICENCE
+    from intrudim.report.forgetting_report import forgetting_section_html, write_forgetting_outputs
+
+    result = _measured({"source": "wiki", "description": "Wikipedia sample", "licence": TEXT_LICENCE})
+    fragment = forgetting_section_html(result)
+    assert fragment.count("Text:") == 1 and "Text: Wikipedia sample." in fragment and "CC BY-SA 3.0" in fragment
+    paths = write_forgetting_outputs(result, tmp_path)
+    page = paths["html"].read_text(encoding="utf-8")
+    assert page.count("Text:") == 1 and "share alike" in page
+    assert json.loads(paths["json"].read_text())["text"]["licence"] == TEXT_LICENCE  # the JSON keeps it whole

@@ -240,7 +240,8 @@ def test_scan_reading_ahead_gives_the_sequential_rows_and_errors(tiny_models, tm
     outputs = {}
     for ahead in (1, 0):
         monkeypatch.setattr(prefetch, "READ_AHEAD", ahead)
-        result = scan(base, [good, bad], tmp_path / f"out_{ahead}", keep_analyses=True)
+        result = scan(base, [good, bad], tmp_path / f"out_{ahead}", keep_analyses=True,
+                      cache_dir=tmp_path / f"out_{ahead}" / "svd_cache")  # a cold cache each
         rows = [{k: v for k, v in row.items() if k not in ("seconds", "run_dir")} for row in result.rows]
         analyses = [json.dumps(a.to_json(include_similarity=True)["matrices"]) for a in result.analyses.values()]
         outputs[ahead] = (rows, analyses)

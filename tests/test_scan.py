@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,10 +56,11 @@ def scan_inputs(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scanned(scan_inputs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("scan") / "out"
+    root = tmp_path_factory.mktemp("scan")
+    out, cache = root / "out", root / "svd_cache"  # a cache of its own (the default is the user's, as for analyze)
     started = time.perf_counter()
-    result = scan(scan_inputs["base"], scan_inputs["tuned"], out)
-    return {"result": result, "out": out, "seconds": time.perf_counter() - started}
+    result = scan(scan_inputs["base"], scan_inputs["tuned"], out, cache_dir=cache)
+    return {"result": result, "out": out, "cache": cache, "seconds": time.perf_counter() - started}
 
 
 def test_rows_equal_separate_analyze_runs(scan_inputs, scanned, tmp_path):
@@ -72,7 +75,7 @@ def test_rows_equal_separate_analyze_runs(scan_inputs, scanned, tmp_path):
         # `analyze` over the same base SVD cache, at the torch thread count of scan's matrix units (values depend
         # on it in the last bits): every value equal, not only close.
         with torch_threads(MATRIX_UNIT_TORCH_THREADS):
-            reference = analyze(scan_inputs["base"], row["tuned"], cache_dir=out / "svd_cache").to_json()
+            reference = analyze(scan_inputs["base"], row["tuned"], cache_dir=scanned["cache"]).to_json()
         assert reference["cache"] == {"hits": reference["matrices_analysed"], "misses": 0}
         written = json.loads((out / "runs" / row["name"] / "analysis.json").read_text())
         for a, b in zip(comparable(written), comparable(json.loads(json.dumps(reference))), strict=True):
@@ -86,7 +89,7 @@ def test_rows_equal_separate_analyze_runs(scan_inputs, scanned, tmp_path):
                 m["intruder_ranks"] for m in written["matrices"]
             ]
         assert row["total_intruders"] == reference["total_intruders"]
-        assert row["energy_share"] == reference["intruder_energy_share_sum"]
+        assert row["energy_share_mean"] == reference["intruder_energy_share_mean"]
         assert row["found"] == [m["name"] for m in reference["matrices"] if m["intruders"]]
         assert row["predicted"] == [m["name"] for m in reference["matrices"]
                                     if m["intruder_pressure"] > PRESSURE_THRESHOLD]  # fmt: skip
@@ -138,19 +141,26 @@ def test_leaderboard_files_and_prediction_summary(scanned):
         assert f'href="runs/{row["name"]}/report.html"' in html
     assert "<script>" in html and "http" not in html.replace("http-equiv", "")  # self-contained, sortable
     assert f"precision <b>{p['precision']:.2f}</b>" in html
+    # one meaning of "energy": the mean over matrices of each one's share, shown as a percentage and said so
+    assert "energy_share_mean" in csv_lines[0].split(",") and "energy_share" not in csv_lines[0].split(",")
+    assert ">energy %</th>" in html and "mean over the analysed matrices" in html and "summed" not in html
+    for row in ok:
+        assert f">{100 * row['energy_share_mean']:.3g}</td>" in html
     assert data["units"]["base_svd"] == 14 and data["units"]["matrix"] == 14 * 3 + 4
 
 
 def test_resume_skips_finished_inputs(scan_inputs, scanned, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(scanned["out"], out)
+    cache = scanned["cache"]
     with pytest.raises(IntrudimError, match="not empty.*--resume"):
-        scan(scan_inputs["base"], scan_inputs["tuned"], out)
+        scan(scan_inputs["base"], scan_inputs["tuned"], out, cache_dir=cache)
     with pytest.raises(IntrudimError, match="different settings.*k"):
-        scan(scan_inputs["base"], scan_inputs["tuned"], out, ScanConfig(AnalyzeConfig(k=5), resume=True))
+        scan(scan_inputs["base"], scan_inputs["tuned"], out, ScanConfig(AnalyzeConfig(k=5), resume=True),
+             cache_dir=cache)  # fmt: skip
     (out / "runs" / "full_ft" / "report.html").unlink()  # as if the scan had been stopped while writing it
     before = {r["name"]: r for r in scanned["result"].rows}
-    result = scan(scan_inputs["base"], scan_inputs["tuned"], out, ScanConfig(resume=True))
+    result = scan(scan_inputs["base"], scan_inputs["tuned"], out, ScanConfig(resume=True), cache_dir=cache)
     assert [r["resumed"] for r in result.rows] == [True, False, True, False, True]
     assert result.document["units"]["matrix"] == 14  # only full_ft's matrices ran again
     for row in result.rows:
@@ -183,13 +193,14 @@ def test_device_cuda_without_cuda(scan_inputs, tmp_path):
 def test_cli_json_rows_and_bad_input(scan_inputs, tmp_path):
     adapters = scan_inputs["root"] / "adapters"
     result = runner.invoke(app, ["scan", scan_inputs["base"], "--glob", str(adapters / "r*"), "--out",
-                                 str(tmp_path / "o"), "--json", "--k", "8"])  # fmt: skip
+                                 str(tmp_path / "o"), "--json", "--k", "8", "--cache", str(tmp_path / "c")])  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [r["name"] for r in data["rows"]] == ["r2_strong", "r4_weak"]
     for row in data["rows"]:
-        assert {"tuned", "total_intruders", "energy_share", "worst_matrix", "effective_rank", "predicted", "found",
-                "error"} <= set(row)  # fmt: skip
+        assert {"tuned", "total_intruders", "energy_share_mean", "worst_matrix", "effective_rank", "predicted",
+                "found", "error"} <= set(row)  # fmt: skip
+        assert "energy_share" not in row  # the sum over matrices, read as a percentage, is gone
         assert row["error"] is None
     assert data["prediction"]["threshold"] == PRESSURE_THRESHOLD
     lines = [
@@ -241,7 +252,8 @@ def test_ray_missing_names_the_extra(monkeypatch, scan_inputs, tmp_path):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
     with pytest.raises(IntrudimError, match=r"pip install 'intrudim\[ray\]'"):
-        scan(scan_inputs["base"], scan_inputs["tuned"][:1], tmp_path / "o", ScanConfig(engine="ray"))
+        scan(scan_inputs["base"], scan_inputs["tuned"][:1], tmp_path / "o", ScanConfig(engine="ray"),
+             cache_dir=tmp_path / "c")  # fmt: skip
 
 
 def test_leaderboard_in_a_browser_sorts_by_a_click(scanned):
@@ -285,10 +297,68 @@ def test_a_damaged_adapter_fails_in_its_row_and_the_scan_goes_on(scan_inputs, sc
     tensors[key][0, 0] = float("nan")
     save_file(tensors, str(damaged / "adapter_model.safetensors"))
     lines: list[tuple[int, int]] = []
-    result = scan(scan_inputs["base"], [str(damaged), good], tmp_path / "out", cache_dir=scanned["out"] / "svd_cache",
+    result = scan(scan_inputs["base"], [str(damaged), good], tmp_path / "out", cache_dir=scanned["cache"],
                   progress=lambda done, total, name: lines.append((done, total)))  # fmt: skip
     bad, ok = result.rows
     assert "NaN" in bad["error"] and "up_proj" in bad["error"] and bad["total_intruders"] is None
     assert ok["error"] is None and ok["total_intruders"] == scanned["result"].rows[0]["total_intruders"]
     assert lines[-1][0] == lines[-1][1]  # the progress reaches its total without the bad input's report
     assert not (tmp_path / "out" / "runs" / "nan_adapter").exists()
+
+
+def test_glob_matches_in_natural_order_and_run_names_are_unique(tmp_path):
+    """--glob 'out/checkpoint-*' lists checkpoint-5 before checkpoint-10; inputs whose folders share a name get the
+    parents that tell them apart."""
+    from intrudim.scan.inputs import expand_inputs, natural_key
+
+    for step in (10, 5, 100, 9):
+        (tmp_path / "out" / f"checkpoint-{step}").mkdir(parents=True)
+    found = expand_inputs([], str(tmp_path / "out" / "checkpoint-*"))
+    assert [Path(f).name for f in found] == ["checkpoint-5", "checkpoint-9", "checkpoint-10", "checkpoint-100"]
+    assert sorted(["r16", "r2", "r02", "r1"], key=natural_key) == ["r1", "r02", "r2", "r16"]
+    assert run_names(["/x/a/adapter", "/x/b/adapter"]) == ["a__adapter", "b__adapter"]
+    assert run_names(["/x/run1/final", "/x/run2/final"]) == ["run1", "run2"]
+    assert run_names(["/p/run1/final", "/q/run1/final", "/q/run2/final"]) == ["p__run1", "q__run1", "run2"]
+    assert run_names(["/r/a/x/adapter", "/r/b/x/adapter", "/r/c/other"]) == ["a__x__adapter", "b__x__adapter",
+                                                                              "other"]  # fmt: skip
+
+
+def test_scan_reads_the_cache_analyze_filled_and_reads_well_at_80_columns(tiny_models, tmp_path, monkeypatch):
+    """A newcomer's session: `analyze` one adapter, then `scan` it with another adapter of the same base, both
+    folders named `adapter`. The scan computes no base SVD (its default cache is the one `analyze` filled), its
+    rows carry unique names in the terminal and the leaderboard, and its output fits 80 columns in the common
+    table style, one fact per line, every path whole on one line."""
+    monkeypatch.setenv("INTRUDIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "80")
+    llama = str(tiny_models["llama"])
+    first = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "a" / "adapter", r=2, seed=1, strength=2.0)
+    second = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "b" / "adapter", r=1, seed=2)
+    analysed = runner.invoke(app, ["analyze", llama, str(first)])
+    assert analysed.exit_code == 0, analysed.output
+    assert "base SVD cache: 0 hits, 14 computed" in analysed.stdout  # analyze filled the default cache
+
+    out = tmp_path / "scan"
+    result = runner.invoke(app, ["scan", llama, str(first), str(second), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "leaderboard.json").read_text())
+    assert document["base_svd_cache"] == {"hits": 14, "misses": 0}  # no base SVD computed again
+    assert Path(document["cache"]) == (tmp_path / "cache" / "svd").resolve()
+    assert "base SVD cache: 14 hits, 0 computed" in result.stdout
+    assert not (out / "svd_cache").exists()
+
+    names = [row["name"] for row in document["rows"]]
+    assert names == ["a__adapter", "b__adapter"]
+    table = [line.split() for line in result.stdout.splitlines() if re.match(r"^\s*\d+\s{2,}\S", line)]
+    assert [row[1] for row in table] == names  # the terminal shows the same unique names
+    html = (out / "leaderboard.html").read_text()
+    assert all(f'<a href="runs/{name}/report.html">{name}</a>' in html for name in names)
+
+    lines = result.stdout.splitlines()
+    paths = [llama, *(str(out / f"leaderboard.{ext}") for ext in ("html", "json", "csv"))]
+    for path in paths:  # every path whole on one line (after its label when they fit together)
+        assert any(path in line for line in lines), (path, result.stdout)
+    assert all(len(line) <= 80 or line.strip() in paths for line in lines), result.stdout
+    assert "━" not in result.stdout and "┃" not in result.stdout  # box.SIMPLE_HEAD, as every verb's tables
+    assert "energy %" in result.stdout and "energy %: the intruders' share of ‖W_t‖²_F, mean over matrices" in lines
+    energy = document["rows"][0]["energy_share_mean"]
+    assert 0 < energy < 1 and f"{100 * energy:.3g}" in table[0]

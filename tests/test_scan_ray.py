@@ -91,7 +91,7 @@ def ray_inputs(tiny_models, tmp_path_factory):
 def in_process(ray_inputs, tmp_path_factory):
     """The reference: the in-process scan (its cache is computed here)."""
     out = tmp_path_factory.mktemp("local") / "out"
-    return scan(ray_inputs["base"], ray_inputs["tuned"], out), out
+    return scan(ray_inputs["base"], ray_inputs["tuned"], out, cache_dir=out / "svd_cache"), out
 
 
 def test_local_ray_runtime_equals_in_process(ray_inputs, in_process, tmp_path):
@@ -145,7 +145,7 @@ def test_cluster_scan_equals_in_process(ray_inputs, in_process, cluster, tmp_pat
     cache: every number of every row and every analysis is equal."""
     out = tmp_path / "out"
     result = runner.invoke(app, ["scan", ray_inputs["base"], *ray_inputs["tuned"], "--out", str(out),
-                                 "--ray-address", cluster["address"], "--json"])  # fmt: skip
+                                 "--ray-address", cluster["address"], "--cache", str(out / "svd_cache"), "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
     assert [r["tuned"] for r in rows] == ray_inputs["tuned"]

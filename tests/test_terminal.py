@@ -90,6 +90,46 @@ def test_modules_prints_one_summary_line_for_what_it_left_out(tiny_models, tmp_p
     assert len(skipped) == 1 and "12 matrices" in skipped[0], result.stdout
 
 
+def test_analyze_summary_is_one_fact_a_line_with_paths_whole_after_their_labels(tiny_models, tmp_path):
+    """At 80 columns the summary does not wrap in mid-phrase, and a path too long to follow its label on one line
+    comes whole on the next line (not cut, not parted from its label by the wrap)."""
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "a", r=2, strength=2.0)
+    out = tmp_path / "an_output_folder_whose_name_is_rather_long" / "analysis_of_this_adapter"
+    result = run("analyze", str(tiny_models["llama"]), str(adapter), "--out", str(out), "--cache", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    paths = {label: str(out / name) for label, name in (("report:", "report.html"), ("json:", "analysis.json"),
+                                                          ("csv:", "analysis.csv"))}  # fmt: skip
+    for label, path in paths.items():
+        if len(f"{label} {path}") <= 80:
+            assert f"{label} {path}" in lines
+        else:
+            assert lines[lines.index(label) + 1].strip() == path, result.stdout
+    assert len(f"report: {paths['report:']}") > 80  # the case is exercised
+    assert all(len(line) <= 80 or line.strip() in paths.values() for line in lines), result.stdout
+    facts = ("intruder dimensions (k=10, ε=0.5) in ", "energy: intruders carry ", f"tuned (lora): {adapter}",
+             f"base: {tiny_models['llama']}", "base SVD cache: 0 hits, 14 computed")  # fmt: skip
+    for fact in facts:  # each on a line of its own
+        assert sum(1 for line in lines if fact in line) == 1, (fact, result.stdout)
+
+
+def test_phrase_lines_cut_between_phrases_and_never_inside_a_word():
+    from intrudim.cli import phrase_lines
+
+    def wrapped(text: str, width: int) -> list[str]:
+        return [text[start:end] for start, end in phrase_lines(text, width)]
+
+    assert wrapped("report: /short/path.html", 80) == ["report: /short/path.html"]
+    long_path = "/tmp/" + "a_folder/" * 10 + "report.html"
+    assert wrapped(f"report: {long_path}", 80) == ["report:", long_path]  # longer than a line: whole all the same
+    sentence = "TUNED forgot: its loss on the text is +0.0123 higher than BASE's (95% CI [+0.00123, +0.0234])."
+    assert wrapped(sentence, 70) == ["TUNED forgot: its loss on the text is +0.0123 higher than BASE's",
+                                     "(95% CI [+0.00123, +0.0234])."]  # fmt: skip
+    assert wrapped("a list (one, two, three, four)", 26) == ["a list", "(one, two, three, four)"]  # brackets: whole
+    assert wrapped("word " * 20, 30) == ["word word word word word word", *["word word word word word"] * 2,
+                                         "word word word word"]  # a phrase longer than a line: cut between words
+
+
 def test_short_names_cover_the_three_architectures():
     from intrudim.cli import short_matrix_name
 

@@ -20,8 +20,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 import typer.core
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from intrudim.errors import IntrudimError
 
@@ -38,6 +40,10 @@ app = typer.Typer(
 stdout = Console()
 stderr = Console(stderr=True)
 T = TypeVar("T")
+
+DEFAULT_TOP = 30
+"""`analyze` prints every matrix of a model with at most this many, else this many of those with intruders (most
+first): a 7B model has some 224 matrices, more than anyone reads in a terminal (all are in --json and --out)."""
 
 
 def _print_version(value: bool) -> None:
@@ -128,6 +134,64 @@ def _command_line() -> str:
     return "intrudim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def terminal_table(title: str | None = None) -> Table:
+    """The one table style of every intrudim verb: a rule under the header only (``box.SIMPLE_HEAD``), one space
+    of padding either side of a cell and none at the table's edges."""
+    return Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+
+
+_PHRASE_START = re.compile(r"(?<=[,;:] )|(?<= )(?=\()|(?<= — )")
+CONTINUATION_INDENT = 2
+
+
+def phrase_lines(text: str, width: int) -> list[tuple[int, int]]:
+    """Where to cut one line of output that is wider than ``width``: (start, end) offsets of its lines. It is cut
+    between phrases (after ", ", "; ", ": " or " — ", before " (", never inside brackets), not inside one, and a
+    phrase longer than a line is cut at its spaces only: a word (a file path, a name) is never cut, so
+    ``label: /a/path`` too long for one line becomes ``label:`` and the whole path on the next. Lines after the
+    first are meant to be indented by :data:`CONTINUATION_INDENT`."""
+    if cell_len(text) <= width:
+        return [(0, len(text))]
+    depth, outside = 0, []  # outside[i]: text[i] is not inside brackets, whose content is one phrase
+    for char in text:
+        outside.append(depth == 0)
+        depth = depth + 1 if char in "([{" else max(depth - 1, 0) if char in ")]}" else depth
+    cuts = sorted({0, len(text), *(m.start() for m in _PHRASE_START.finditer(text) if outside[m.start()])})
+    pieces: list[tuple[int, int]] = []
+    for start, end in zip(cuts, cuts[1:], strict=False):
+        if cell_len(text[start:end].rstrip()) <= width - CONTINUATION_INDENT:
+            pieces.append((start, end))
+        else:  # a phrase too long for a line: its words
+            words = [start, *(start + m.end() for m in re.finditer(r" +", text[start:end]) if start + m.end() < end)]
+            pieces += list(zip(words, [*words[1:], end], strict=True))
+    lines: list[tuple[int, int]] = []
+    line_start, line_end = pieces[0]
+    for start, end in pieces[1:]:
+        room = width - (CONTINUATION_INDENT if lines else 0)
+        if cell_len(text[line_start:end].rstrip()) > room:
+            lines.append((line_start, line_end))
+            line_start = start
+        line_end = end
+    lines.append((line_start, line_end))
+    return [(start, start + len(text[start:end].rstrip())) for start, end in lines]
+
+
+def print_lines(console: Console, lines: list[str | Text], style: str | None = None) -> None:
+    """Print summary lines, one fact each, wrapped at phrase boundaries to the console's width
+    (:func:`phrase_lines`): a path is never cut nor parted from its label's line by rich. ``str`` lines are plain
+    text (no markup: paths may hold brackets); pass a :class:`rich.text.Text` for styled parts."""
+    width = console.width
+    for line in lines:
+        text = line.copy() if isinstance(line, Text) else Text(line)
+        if style:
+            text.stylize(style)
+        for number, (start, end) in enumerate(phrase_lines(text.plain, width)):
+            piece = text[start:end]
+            if number and cell_len(piece.plain) + CONTINUATION_INDENT <= width:
+                piece = Text(" " * CONTINUATION_INDENT) + piece
+            console.print(piece, soft_wrap=True, highlight=False)
+
+
 @app.command(cls=PlainHelpCommand)
 def analyze(
     models: Annotated[list[str], typer.Argument(metavar="[BASE] TUNED", show_default=False,
@@ -152,6 +216,8 @@ def analyze(
                               help="Effective rank of ΔW (Fig. 6); for dense models it needs all singular values of ΔW.")] = True,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading .bin/.pt pickle checkpoints (they can run code: only for files you trust).")] = False,
     threads: Annotated[int | None, typer.Option(metavar="N", help="Run torch and numpy/scipy BLAS on at most N threads (default: torch on every core for the large SVDs, BLAS on one for the small products).")] = None,
+    top: Annotated[int, typer.Option("--top", metavar="N", help="Print at most N matrices: all of them when there are N or fewer, else the N with the most intruders (most first) and one line counting the rest. Every matrix is in --json and in the CSV/JSON of --out.")] = DEFAULT_TOP,
+    print_all: Annotated[bool, typer.Option("--all", help="Print every matrix, in the model's order (instead of --top).")] = False,
 ) -> None:
     """Count intruder dimensions of TUNED against BASE, per matrix (Sec. 3–4, Figs. 1–6, 11)."""
     from intrudim.analyze import AnalyzeConfig
@@ -159,6 +225,8 @@ def analyze(
 
     def work() -> None:
         base, tuned = base_and_tuned(models)
+        if top < 0:
+            raise IntrudimError(f"--top must be 0 or more (matrices printed); got {top}. --all prints every matrix.")
         if threads is not None:
             from intrudim.threads import limit_threads
 
@@ -181,11 +249,12 @@ def analyze(
         if as_json:
             sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
             if paths:
-                stderr.print(f"report: {paths['html']}")
+                print_lines(stderr, [f"report: {paths['html']}"])
             return
-        _print_analysis(result)
+        _print_analysis(result, top=None if print_all else top)
         if paths:
-            stdout.print(f"\nreport: [bold]{paths['html']}[/]  (json: {paths['json']}, csv: {paths['csv']})")
+            stdout.print()
+            print_lines(stdout, [f"report: {paths['html']}", f"json: {paths['json']}", f"csv: {paths['csv']}"])
 
     run_guarded(work)
 
@@ -238,33 +307,62 @@ def _rank_ranges(ranks: list[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def _print_analysis(result: Any) -> None:
-    """One line per matrix, readable at 80 columns; full names are in the JSON and CSV."""
+def matrices_to_print(matrices: list[Any], top: int | None) -> list[Any]:
+    """The rows `analyze` prints (``--top``): every matrix, in the model's order, when there are ``top`` or fewer
+    (or ``top`` is None: ``--all``); otherwise at most ``top`` of the matrices with intruders, the most intruders
+    first (ties: the model's order)."""
+    if top is None or len(matrices) <= top:
+        return list(matrices)
+    with_intruders = [m for m in matrices if m.intruders]
+    return sorted(with_intruders, key=lambda m: -m.intruders)[:top]  # sorted() is stable: ties keep model order
+
+
+def unlisted_lines(matrices: list[Any], shown: list[Any]) -> list[str]:
+    """What the table left out (one line: how many, with and without intruders) and where every matrix is."""
+    hidden = len(matrices) - len(shown)
+    if not hidden:
+        return []
+    hidden_with = sum(1 for m in matrices if m.intruders) - sum(1 for m in shown if m.intruders)
+    what = "matrix" if hidden == 1 else "matrices"
+    more = f"… and {hidden} more {what} not listed" if shown else f"{hidden} {what} not listed"
+    if hidden_with == 0:
+        count = f"{more}, without intruders"
+    elif hidden_with == hidden:
+        count = f"{more}, with intruders"
+    else:
+        count = f"{more}: {hidden_with} with intruders, {hidden - hidden_with} without"
+    return [count, "every matrix: --all here, or --json, or analysis.csv/.json in --out"]
+
+
+def _print_analysis(result: Any, top: int | None = DEFAULT_TOP) -> None:
+    """One line per matrix (at most ``top``, :func:`matrices_to_print`; ``None``: all), readable at 80 columns;
+    full names are in the JSON and CSV. Then the summary, one fact per line."""
     names = [short_matrix_name(m.name) for m in result.matrices]
     if len(set(names)) < len(names):  # two matrices share a short label: fall back to the module type
         from intrudim.weights.selection import module_type
 
         names = [f"L{m.layer} {module_type(m.name)}" if m.layer is not None else module_type(m.name)
                  for m in result.matrices]  # fmt: skip
-    table = Table(title=f"Intruder dimensions (k={result.k}, ε={result.epsilon})", box=box.SIMPLE_HEAD,
-                  padding=(0, 1), pad_edge=False)  # fmt: skip
-    table.add_column("matrix", no_wrap=True)
-    table.add_column("shape", justify="right", no_wrap=True)
-    table.add_column("intr.", justify="right", no_wrap=True)
-    table.add_column("ranks", justify="right", overflow="fold")
-    table.add_column("min max|cos|", justify="right", no_wrap=True)
-    table.add_column("eff.rank ΔW", justify="right", no_wrap=True)
-    for label, m in zip(names, result.matrices, strict=True):
-        table.add_row(
-            label, f"{m.shape[0]}×{m.shape[1]}", str(m.intruders), _rank_ranges(m.intruder_ranks),
-            f"{min(m.max_abs_cos):.3f}", "" if m.effective_rank_delta is None else f"{m.effective_rank_delta:.2f}",
-            style="bold red" if m.intruders else None,
-        )  # fmt: skip
-    stdout.print(table)
-    for line in result.summary_lines():
-        stdout.print(line, highlight=False)
-    for line in skipped_summary(result.skipped):
-        stdout.print(line, highlight=False)
+    label_of = {id(m): label for label, m in zip(names, result.matrices, strict=True)}
+    shown = matrices_to_print(result.matrices, top)
+    if shown:
+        table = terminal_table(f"Intruder dimensions (k={result.k}, ε={result.epsilon})")
+        table.add_column("matrix", no_wrap=True)
+        table.add_column("shape", justify="right", no_wrap=True)
+        table.add_column("intr.", justify="right", no_wrap=True)
+        table.add_column("ranks", justify="right", overflow="fold")
+        table.add_column("min max|cos|", justify="right", no_wrap=True)
+        table.add_column("eff.rank ΔW", justify="right", no_wrap=True)
+        for m in shown:
+            table.add_row(
+                label_of[id(m)], f"{m.shape[0]}×{m.shape[1]}", str(m.intruders), _rank_ranges(m.intruder_ranks),
+                f"{min(m.max_abs_cos):.3f}", "" if m.effective_rank_delta is None else f"{m.effective_rank_delta:.2f}",
+                style="bold red" if m.intruders else None,
+            )  # fmt: skip
+        stdout.print(table)
+    print_lines(stdout, unlisted_lines(result.matrices, shown), style="dim")
+    print_lines(stdout, result.summary_lines())
+    print_lines(stdout, [Text.from_markup(line) for line in skipped_summary(result.skipped)])
 
 
 def skipped_summary(skipped: list[dict[str, str]], shown: int = 3) -> list[str]:
@@ -322,7 +420,7 @@ def toy(
 
             sys.stdout.write(json.dumps(toy_payload(sweep, baseline), indent=2) + "\n")
             return
-        table = Table(title=f"W + λ·v vᵀ, n={n}, σ_max(W)={sweep.sigma_max:.3f} (Sec. 5)", box=box.SIMPLE_HEAD)
+        table = terminal_table(f"W + λ·v vᵀ, n={n}, σ_max(W)={sweep.sigma_max:.3f} (Sec. 5)")
         for col in ("λ/σ_max", "v rank", "|cos(u,v)|", "theory", "max|cos| to W", f"intruders (top {k})"):
             table.add_column(col, justify="right", no_wrap=True)
         for p in sweep.points:
@@ -337,14 +435,15 @@ def toy(
         )
         for line in toy_findings(sweep):
             stdout.print(line, highlight=False)
-        base_table = Table(title="Random unit vector vs an orthonormal basis (App. C)", box=box.SIMPLE_HEAD)
+        base_table = terminal_table("Random unit vector vs an orthonormal basis (App. C)")
         for col in ("n", "mean max|cos|", "√(2 ln 2n / n)", "1/√n"):
             base_table.add_column(col, justify="right")
         for p in baseline:
             base_table.add_row(str(p.n), f"{p.mean_max_cos:.4f}", f"{p.theory:.4f}", f"{p.minimum_possible:.4f}")
         stdout.print(base_table)
         if paths:
-            stdout.print(f"\nreport: [bold]{paths['html']}[/]")
+            stdout.print()
+            print_lines(stdout, [f"report: {paths['html']}"])
 
     run_guarded(work)
 

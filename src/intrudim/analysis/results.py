@@ -158,13 +158,20 @@ class AnalysisResult:
         return out.getvalue()
 
     def summary_lines(self) -> list[str]:
+        """The result in a few lines, one fact each (the CLI prints them wrapped between phrases): the count, the
+        intruders' energy as a percentage with its definition, what was analysed (a path after its label), the
+        time and the base SVD cache."""
         n = len(self.matrices)
         with_intruders = sum(1 for m in self.matrices if m.intruders)
+        shares = [m.intruder_energy_share for m in self.matrices]
+        energy = 100 * sum(shares) / n if n else 0.0
         return [
             f"{self.total_intruders} intruder dimensions (k={self.k}, ε={self.epsilon}) in {with_intruders} of "
             f"{n} matrices",
-            f"analysed {self.tuned_kind} '{self.tuned}' against '{self.base}' in {self.seconds:.2f} s "
-            f"(base SVD cache: {self.cache_hits} hits, {self.cache_misses} computed)",
+            f"energy: intruders carry {energy:.3g} % of ‖W_t‖²_F (mean over matrices)",
+            f"tuned ({self.tuned_kind}): {self.tuned}",
+            f"base: {self.base}",
+            f"{self.seconds:.2f} s; base SVD cache: {self.cache_hits} hits, {self.cache_misses} computed",
         ]
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from intrudim.errors import IntrudimError
 
@@ -69,20 +69,28 @@ def forgetting_command(
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]: nothing half-written was left behind.")
         raise typer.Exit(130) from None
+    from intrudim.cli import print_lines
+
     data = result.to_json()
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         if paths:
-            Console(stderr=True).print(f"report: {paths['html']}", highlight=False)
+            print_lines(Console(stderr=True), [f"report: {paths['html']}"])
         return
     _print_result(data)
     if paths:
-        Console().print(f"\nreport: [bold]{paths['html']}[/]  (json: {paths['json']})", highlight=False)
+        console = Console()
+        console.print()
+        print_lines(console, [f"report: {paths['html']}", f"json: {paths['json']}"])
 
 
 def _print_result(data: dict[str, Any]) -> None:
+    """The measurement as the terminal shows it: the table, then one fact per line, wrapped between phrases. The
+    text's licence is not repeated on every run: it is in forgetting.json and forgetting.html."""
+    from intrudim.cli import print_lines, terminal_table
+
     measure = data["measure"]
-    table = Table(title=f"Forgetting ({measure.replace('_', '-')}) on {data['text']['source']}")
+    table = terminal_table(f"Forgetting ({measure.replace('_', '-')})")
     table.add_column("model", justify="left")
     table.add_column("loss", justify="right")
     lm = data["base"]["perplexity"] is not None
@@ -107,13 +115,15 @@ def _print_result(data: dict[str, Any]) -> None:
     table.add_row(*row, style="bold red" if low > 0 else None)
     console = Console()
     console.print(table)
-    console.print(f"95% CI of the difference (paired bootstrap over {data['sequences']} sequences): [{low:+.4g}, {high:+.4g}]")
-    console.print(data["verdict"], highlight=False)
-    console.print(f"{data['tokens']} tokens; {data['measure_description']}.", highlight=False)
-    for note in data.get("notes", []):
-        console.print(f"[yellow]note[/]: {note}", highlight=False)
-    if data["text"].get("licence"):
-        console.print(data["text"]["licence"], style="dim", highlight=False)
+    lines: list[str | Text] = [
+        data["verdict"],
+        f"95% CI: paired bootstrap over {data['sequences']} sequences ({data['bootstrap']['resamples']} resamples)",
+        f"text: {data['text']['source']}",
+        f"{data['tokens']} tokens scored",
+        f"measure: {data['measure_description']}",
+    ]
+    lines += [Text.assemble(("note", "yellow"), f": {note}") for note in data.get("notes", [])]
+    print_lines(console, lines)
 
 
 def register(app: typer.Typer) -> None:

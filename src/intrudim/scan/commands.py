@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def scan_command(
@@ -74,8 +77,8 @@ def scan_command(
             "--cache",
             "--cache-dir",
             metavar="DIR",
-            help="Base SVD cache shared by every unit (default: DIR/svd_cache; on a cluster, a directory "
-            "every node sees).",
+            help="Base SVD cache shared by every unit (default: the one every verb uses, $INTRUDIM_CACHE or "
+            "~/.cache/intrudim/svd; on a cluster, a directory every node sees).",
         ),
     ] = None,
     modules: Annotated[
@@ -91,12 +94,10 @@ def scan_command(
 ) -> None:
     """A leaderboard of intruder dimensions over many adapters, run dirs or fine-tuned models of one BASE, with
     predicted vs found intruder-prone matrices; in-process, on a local Ray runtime (--ray) or a cluster."""
-    from rich import box
     from rich.console import Console
-    from rich.table import Table
 
     from intrudim.analysis.config import AnalyzeConfig
-    from intrudim.cli import _command_line, run_guarded, short_matrix_name
+    from intrudim.cli import _command_line, print_lines, run_guarded
     from intrudim.errors import IntrudimError
     from intrudim.scan import ScanConfig, scan
 
@@ -125,46 +126,63 @@ def scan_command(
             sys.stdout.write(
                 json.dumps({"rows": rows, "prediction": result.document["prediction"]}, indent=2) + "\n"
             )
-            stderr.print(f"leaderboard: {result.paths['html']}", highlight=False)
+            print_lines(stderr, [f"leaderboard: {result.paths['html']}"])
             return
-        table = Table(title=f"Intruder dimensions (k={k}, ε={epsilon}) of {len(result.rows)} models of {base}",
-                      box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)  # fmt: skip
-        for column, justify in (("#", "right"), ("tuned", "left"), ("intr.", "right"), ("energy", "right"),
-                                ("worst", "left"), ("eff.rank", "right"), ("pred./found", "right")):  # fmt: skip
-            table.add_column(column, justify=justify, overflow="fold")
-        for i, row in enumerate(result.rows, 1):
-            if row["error"] is not None:
-                table.add_row(str(i), row["name"], "", "", "error", "", "", style="yellow")
-                continue
-            both = len(set(row["predicted"]) & set(row["found"]))
-            table.add_row(
-                str(i), row["name"], str(row["total_intruders"]), f"{row['energy_share']:.3f}",
-                short_matrix_name(row["worst_matrix"]) if row["worst_matrix"] else "-",
-                "" if row["effective_rank"] is None else f"{row['effective_rank']:.2f}",
-                f"{len(row['predicted'])}/{len(row['found'])} ({both})",
-                style="bold red" if row["total_intruders"] else None,
-            )  # fmt: skip
-        stdout.print(table)
-        for i, row in enumerate(result.rows, 1):
-            if row["error"] is not None:
-                stdout.print(
-                    f"[yellow]#{i} {row['tuned']}[/]: {row['error']}", highlight=False, soft_wrap=True
-                )
-        p = result.document["prediction"]
-        precision = "n/a" if p["precision"] is None else f"{p['precision']:.2f}"
-        recall = "n/a" if p["recall"] is None else f"{p['recall']:.2f}"
-        stdout.print(
-            f"prediction (σ1(ΔW)/σ_k(W0) > {p['threshold']:g}): {p['predicted']} predicted, {p['found']} with "
-            f"intruders, {p['predicted_and_found']} both, of {p['matrices']} matrices: precision {precision}, "
-            f"recall {recall}", highlight=False,
-        )  # fmt: skip
-        resumed = sum(1 for row in result.rows if row["resumed"])
-        stdout.print(f"{len(result.rows)} inputs ({resumed} resumed) in {result.document['seconds']:.1f} s on "
-                     f"{result.document['engine']}", highlight=False)  # fmt: skip
-        stdout.print(f"\nleaderboard: [bold]{result.paths['html']}[/]  (json: {result.paths['json']}, csv: "
-                     f"{result.paths['csv']})")  # fmt: skip
+        print_leaderboard(stdout, result.document, result.paths)
 
     run_guarded(work)
+
+
+def print_leaderboard(console: Console, document: dict[str, Any], paths: dict[str, Path]) -> None:
+    """The scan as the terminal shows it: one row per input, by its unique name (its folder under runs/), then one
+    fact per line, wrapped between phrases (:func:`intrudim.cli.print_lines`)."""
+    from rich.text import Text
+
+    from intrudim.cli import print_lines, short_matrix_name, terminal_table
+    from intrudim.scan.leaderboard import ENERGY_NOTE
+
+    rows = document["rows"]
+    table = terminal_table(f"Intruder dimensions (k={document['k']}, ε={document['epsilon']}) of {len(rows)} "
+                           f"tuned models")  # fmt: skip
+    for column, justify in (("#", "right"), ("tuned", "left"), ("intr.", "right"), ("energy %", "right"),
+                            ("worst", "left"), ("eff.rank", "right"), ("pred./found", "right")):  # fmt: skip
+        table.add_column(column, justify=justify, overflow="fold")
+    for i, row in enumerate(rows, 1):
+        if row["error"] is not None:
+            table.add_row(str(i), row["name"], "", "", "error", "", "", style="yellow")
+            continue
+        both = len(set(row["predicted"]) & set(row["found"]))
+        table.add_row(
+            str(i), row["name"], str(row["total_intruders"]), f"{100 * row['energy_share_mean']:.3g}",
+            short_matrix_name(row["worst_matrix"]) if row["worst_matrix"] else "-",
+            "" if row["effective_rank"] is None else f"{row['effective_rank']:.2f}",
+            f"{len(row['predicted'])}/{len(row['found'])} ({both})",
+            style="bold red" if row["total_intruders"] else None,
+        )  # fmt: skip
+    console.print(table)
+    p = document["prediction"]
+    lines: list[str | Text] = [
+        f"base: {document['base']}",
+        ENERGY_NOTE,
+        "pred./found: matrices predicted intruder-prone / with intruders (both)",
+    ]
+    for i, row in enumerate(rows, 1):
+        if row["error"] is not None:
+            lines.append(Text.assemble((f"#{i} {row['name']}", "yellow"), f": {row['error']}"))
+    precision = "n/a" if p["precision"] is None else f"{p['precision']:.2f}"
+    recall = "n/a" if p["recall"] is None else f"{p['recall']:.2f}"
+    resumed = sum(1 for row in rows if row["resumed"])
+    cache = document.get("base_svd_cache", {})
+    lines += [
+        f"predicted intruder-prone (σ1(ΔW)/σ_k(W0) > {p['threshold']:g}): {p['predicted']} of {p['matrices']} "
+        f"matrices",
+        f"with intruders: {p['found']}; both: {p['predicted_and_found']}; precision {precision}, recall {recall}",
+        f"{len(rows)} inputs ({resumed} resumed) in {document['seconds']:.1f} s on {document['engine']}",
+        f"base SVD cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} computed",
+    ]
+    print_lines(console, lines)
+    console.print()
+    print_lines(console, [f"leaderboard: {paths['html']}", f"json: {paths['json']}", f"csv: {paths['csv']}"])
 
 
 def register(app: typer.Typer) -> None:

@@ -11,15 +11,24 @@ from intrudim.errors import IntrudimError
 from intrudim.models.references import CHECKPOINT_DIR, resolve_reference, trainer_checkpoints
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[list[str | int], str]:
+    """Sort key that reads numbers as numbers: ``checkpoint-5`` before ``checkpoint-10``, ``r2`` before ``r16``
+    (ties, such as ``r02`` and ``r2``, by the text itself)."""
+    parts = _DIGITS.split(text)  # text, number, text, …: numbers at odd positions, so keys compare like with like
+    return [int(part) if i % 2 else part for i, part in enumerate(parts)], text
 
 
 def expand_inputs(tuned: list[str], pattern: str | None) -> list[str]:
-    """``tuned`` as given, then the directories matched by ``pattern`` (sorted); a pattern that matches nothing
-    is an error, and so is no input at all. A Trainer ``output_dir`` (``checkpoint-N`` folders and no model of its
-    own) stands for its checkpoints, ordered by training step."""
+    """``tuned`` as given, then what ``pattern`` matches, in natural order (numbers as numbers: ``checkpoint-5``
+    before ``checkpoint-10``); a pattern that matches nothing is an error, and so is no input at all. A Trainer
+    ``output_dir`` (``checkpoint-N`` folders and no model of its own) stands for its checkpoints, ordered by
+    training step."""
     inputs = [str(t) for t in tuned]
     if pattern is not None:
-        matches = sorted(match for match in globbing.glob(str(Path(pattern).expanduser()), recursive=True))
+        matches = sorted(globbing.glob(str(Path(pattern).expanduser()), recursive=True), key=natural_key)
         if not matches:
             raise IntrudimError(
                 f"--glob {pattern!r} matches nothing (relative to '{Path.cwd()}'). Quote the pattern so the shell "

@@ -19,10 +19,13 @@ from intrudim.scan.steps import steps_figure_png, steps_table
 from intrudim.spectral.prediction import is_predicted
 
 ROW_KEYS = (
-    "tuned", "name", "kind", "total_intruders", "matrices_analysed", "matrices_with_intruders", "energy_share",
-    "energy_share_mean", "worst_matrix", "worst_matrix_intruders", "effective_rank", "predicted", "found",
-    "analysis", "resumed", "error", "step",
+    "tuned", "name", "kind", "total_intruders", "matrices_analysed", "matrices_with_intruders", "energy_share_mean",
+    "worst_matrix", "worst_matrix_intruders", "effective_rank", "predicted", "found", "analysis", "resumed", "error",
+    "step",
 )  # fmt: skip
+
+ENERGY_NOTE = "energy %: the intruders' share of ‖W_t‖²_F, mean over matrices"
+"""How every scan output that shows ``energy_share_mean`` as a percentage says what it is."""
 
 
 def row_from_analysis(
@@ -30,8 +33,9 @@ def row_from_analysis(
 ) -> dict[str, Any]:
     """A leaderboard row from an analysis JSON document (``AnalysisResult.to_json()``).
 
-    ``energy_share``: the intruders' share of each matrix's energy, summed over matrices (DESIGN: per matrix,
-    summed per model); ``energy_share_mean`` its mean. ``worst_matrix``: most intruders, then most energy.
+    ``energy_share_mean``: the intruders' share of each matrix's energy, Σ_{j∈I} σ_j² / ‖W_t‖²_F, as a fraction,
+    averaged over the analysed matrices (the analysis JSON's ``intruder_energy_share_mean``; people are shown it
+    as a percentage, "energy %"). ``worst_matrix``: most intruders, then most energy.
     ``effective_rank``: the mean effective rank of ΔW over matrices (Fig. 6). ``predicted``: the matrices whose
     intruder pressure σ₁(ΔW)/σ_k(W₀) exceeds ``threshold``; ``found``: the matrices with intruders.
     """
@@ -45,7 +49,6 @@ def row_from_analysis(
         "total_intruders": data["total_intruders"],
         "matrices_analysed": data["matrices_analysed"],
         "matrices_with_intruders": data["matrices_with_intruders"],
-        "energy_share": data["intruder_energy_share_sum"],
         "energy_share_mean": data["intruder_energy_share_mean"],
         "worst_matrix": worst["name"] if worst is not None and worst["intruders"] else None,
         "worst_matrix_intruders": worst["intruders"] if worst is not None and worst["intruders"] else 0,
@@ -100,15 +103,15 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(out)
     writer.writerow([
         "index", "tuned", "name", "kind", "total_intruders", "matrices_analysed", "matrices_with_intruders",
-        "energy_share", "energy_share_mean", "worst_matrix", "worst_matrix_intruders", "effective_rank", "predicted",
-        "found", "predicted_and_found", "predicted_matrices", "analysis", "error", "step",
+        "energy_share_mean", "worst_matrix", "worst_matrix_intruders", "effective_rank", "predicted", "found",
+        "predicted_and_found", "predicted_matrices", "analysis", "error", "step",
     ])  # fmt: skip
     for i, r in enumerate(rows):
         ok = r["error"] is None
         writer.writerow([
             i, r["tuned"], r["name"], r["kind"] or "", "" if not ok else r["total_intruders"],
             "" if not ok else r["matrices_analysed"], "" if not ok else r["matrices_with_intruders"],
-            "" if not ok else f"{r['energy_share']:.6f}", "" if not ok else f"{r['energy_share_mean']:.6f}",
+            "" if not ok else f"{r['energy_share_mean']:.6f}",
             r["worst_matrix"] or "", "" if not ok else r["worst_matrix_intruders"],
             "" if r["effective_rank"] is None else f"{r['effective_rank']:.4f}", len(r["predicted"]), len(r["found"]),
             len(set(r["predicted"]) & set(r["found"])), ";".join(r["predicted"]), r["analysis"] or "", r["error"] or "",
@@ -127,7 +130,7 @@ def write_leaderboard(document: dict[str, Any], out_dir: Path, *, command: str) 
         steps_png = base64.b64encode(png).decode("ascii")
     html = Environment(autoescape=select_autoescape(default=True)).from_string(TEMPLATE).render(
         doc=document, command=command, generated=_dt.datetime.now().isoformat(timespec="seconds"),
-        fmt=_fmt, short=_short, steps_png=steps_png,
+        fmt=_fmt, short=_short, percent=_percent, steps_png=steps_png,
     )  # fmt: skip
     return {
         **written,
@@ -143,6 +146,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _percent(fraction: float | None) -> str:
+    """A share (0–1) as the percentage people are shown ("energy %"), three significant digits."""
+    return "" if fraction is None else f"{100 * fraction:.3g}"
 
 
 def _short(name: str | None) -> str:
@@ -167,9 +175,10 @@ td.error-text { min-width: 28em; max-width: 48em; font-size: 0.9em; }
 </style></head><body>
 <h1>Intruder dimensions of {{ doc.rows|length }} tuned models of <code>{{ doc.base }}</code></h1>
 <p class="note">k = {{ doc.k }}, &epsilon; = {{ doc.epsilon }}: a top-k left singular vector of a tuned matrix is an
-intruder when its max |cos| to every base left singular vector is below &epsilon;. Energy share: the intruders' share
-of each matrix's squared Frobenius norm, summed over matrices. Click a column to sort; a name opens that model's own
-report.</p>
+intruder when its max |cos| to every base left singular vector is below &epsilon;. Energy %: the intruders' share of
+each matrix's squared Frobenius norm, &Sigma;<sub>j&isin;I</sub> &sigma;<sub>j</sub><sup>2</sup> /
+&Vert;W<sub>t</sub>&Vert;<sub>F</sub><sup>2</sup>, in percent, mean over the analysed matrices. Click a column to sort;
+a name opens that model's own report.</p>
 {% set p = doc.prediction %}
 <p id="prediction">Prediction (a matrix is predicted intruder-prone when &sigma;<sub>1</sub>(&Delta;W) /
 &sigma;<sub>k</sub>(W<sub>0</sub>) &gt; {{ p.threshold }}): {{ p.predicted }} of {{ p.matrices }} matrices predicted, {{ p.found }} with
@@ -177,17 +186,17 @@ intruders, {{ p.predicted_and_found }} both; precision <b>{{ fmt(p.precision, 2)
 <b>{{ fmt(p.recall, 2) or "n/a" }}</b>.</p>
 <table id="leaderboard"><thead><tr>
 <th data-type="num">#</th><th class="text" data-type="text">tuned</th><th class="text" data-type="text">kind</th>
-<th data-type="num">intruders</th><th data-type="num">matrices with intruders</th><th data-type="num">energy share</th>
+<th data-type="num">intruders</th><th data-type="num">matrices with intruders</th><th data-type="num" title="the intruders' share of ‖W_t‖²_F, mean over matrices">energy %</th>
 <th class="text" data-type="text">worst matrix</th><th data-type="num">eff. rank &Delta;W</th>
 <th data-type="num">predicted</th><th data-type="num">found</th><th data-type="num">both</th>
 <th class="text" data-type="text">error</th></tr></thead><tbody>
 {% for r in doc.rows %}<tr class="{{ 'error' if r.error else ('bad' if r.total_intruders else '') }}">
 <td data-value="{{ loop.index0 }}">{{ loop.index }}</td>
-<td class="text" data-value="{{ r.name }}">{% if r.error %}{{ r.tuned }}{% else %}<a href="{{ r.analysis }}" title="{{ r.tuned }}">{{ r.name }}</a>{% endif %}</td>
+<td class="text" data-value="{{ r.name }}" title="{{ r.tuned }}">{% if r.error %}{{ r.name }}{% else %}<a href="{{ r.analysis }}">{{ r.name }}</a>{% endif %}</td>
 <td class="text">{{ r.kind or "" }}</td>
 <td class="num-intr" data-value="{{ r.total_intruders if r.total_intruders is not none else '' }}">{{ fmt(r.total_intruders) }}</td>
 <td data-value="{{ r.matrices_with_intruders if r.matrices_with_intruders is not none else '' }}">{% if not r.error %}{{ r.matrices_with_intruders }} / {{ r.matrices_analysed }}{% endif %}</td>
-<td data-value="{{ r.energy_share if r.energy_share is not none else '' }}">{{ fmt(r.energy_share, 4) }}</td>
+<td data-value="{{ r.energy_share_mean if r.energy_share_mean is not none else '' }}">{{ percent(r.energy_share_mean) }}</td>
 <td class="text" title="{{ r.worst_matrix or '' }}">{{ short(r.worst_matrix) }}{% if r.worst_matrix %} ({{ r.worst_matrix_intruders }}){% endif %}</td>
 <td data-value="{{ r.effective_rank if r.effective_rank is not none else '' }}">{{ fmt(r.effective_rank, 2) }}</td>
 {% if r.error %}<td></td><td></td><td></td>{% else %}<td>{{ r.predicted|length }}</td><td>{{ r.found|length }}</td>
@@ -199,9 +208,9 @@ intruders, {{ p.predicted_and_found }} both; precision <b>{{ fmt(p.precision, 2)
 trainer_state.json).</p>
 {% if steps_png %}<img id="steps-figure" alt="Intruder dimensions over training steps" src="data:image/png;base64,{{ steps_png }}">{% endif %}
 <table id="steps"><thead><tr><th>step</th><th class="text">checkpoint</th><th>intruders</th>
-<th>matrices with intruders</th><th>energy share</th></tr></thead><tbody>
+<th>matrices with intruders</th><th title="the intruders' share of ‖W_t‖²_F, mean over matrices">energy %</th></tr></thead><tbody>
 {% for s in doc.steps %}<tr><td>{{ s.step }}</td><td class="text">{{ s.name }}</td><td>{{ s.total_intruders }}</td>
-<td>{{ s.matrices_with_intruders }}</td><td>{{ fmt(s.energy_share, 4) }}</td></tr>
+<td>{{ s.matrices_with_intruders }}</td><td>{{ percent(s.energy_share_mean) }}</td></tr>
 {% endfor %}</tbody></table>{% endif %}
 <p class="note">Generated {{ generated }} by <code>{{ command }}</code>.</p>
 <script>

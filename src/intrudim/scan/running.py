@@ -34,6 +34,7 @@ from intrudim.scan.units import (
     base_units_of,
     plan_input,
 )
+from intrudim.weights.svd_cache import default_cache_dir
 
 MANIFEST = "scan.json"
 RUN_FILES = (
@@ -72,7 +73,9 @@ def scan(
     """Analyse every TUNED input against BASE; write OUT/runs/<name>/ (as `analyze --out`) and the leaderboard.
 
     ``pattern``: a glob whose matches are scanned after ``tuned``. ``cache_dir``: the base SVD cache shared by
-    every unit (default OUT/svd_cache). With ``config.resume`` inputs finished in OUT are read back, not redone.
+    every unit; by default the one every verb uses (``$INTRUDIM_CACHE`` or the user's cache,
+    :func:`~intrudim.weights.svd_cache.default_cache_dir`), so that a scan of adapters already analysed computes no
+    base SVD. With ``config.resume`` inputs finished in OUT are read back, not redone.
     ``keep_analyses``: also return every input's :class:`AnalysisResult` in ``ScanResult.analyses``. Off by
     default: once an input's files and row are written its analysis is dropped, so that memory does not grow
     with the number of inputs (issue 15); ``OUT/runs/<name>/analysis.json`` holds all of it.
@@ -88,7 +91,7 @@ def scan(
     # to --resume. Units resolve the same references again where they run (in this process or on Ray workers).
     _check_base(base, analysis.allow_pickle)
     out_dir = _prepare_out(Path(out), base, config)
-    cache = str(Path(cache_dir if cache_dir is not None else out_dir / "svd_cache").expanduser().resolve())
+    cache = str(Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve())
 
     rows: dict[int, dict[str, Any]] = {}
     planned: list[PlannedInput] = []
@@ -109,10 +112,13 @@ def scan(
     total = len(base_units) + len(matrix_units) + len(planned)  # + one report unit per input
     reporter = make_reporter(progress, total, "scan", what="units")
     finished = 0
+    base_svds = {"hits": 0, "misses": 0}  # base SVD units: found in the cache, or computed
 
     def on_done(unit: BaseUnit | MatrixUnit | ReportUnit, outcome: UnitOutcome):
         nonlocal finished
         finished += 1
+        if isinstance(unit, BaseUnit) and outcome.error is None:
+            base_svds["hits" if outcome.cache_hit else "misses"] += 1
         ready = [] if isinstance(unit, BaseUnit) else collector.add(unit, outcome)
         if reporter is not None:
             if isinstance(unit, BaseUnit):
@@ -147,7 +153,7 @@ def scan(
     document = leaderboard_document(
         ordered, base=base, k=analysis.k, epsilon=analysis.epsilon, threshold=config.pressure_threshold,
         extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "cache": cache,
-               "seconds": round(time.perf_counter() - started, 3), **engine},
+               "base_svd_cache": base_svds, "seconds": round(time.perf_counter() - started, 3), **engine},
     )  # fmt: skip
     paths = write_leaderboard(
         document, out_dir, command=command or f"intrudim scan {base} ... --out {out_dir}"

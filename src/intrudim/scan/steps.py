@@ -22,11 +22,11 @@ def step_of(spec: str) -> int | None:
 
 
 def steps_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """(step, name, intruders, matrices with intruders, energy share) of every checkpoint row, by step; empty unless
-    at least two rows are checkpoints."""
+    """(step, name, intruders, matrices with intruders, mean energy share) of every checkpoint row, by step; empty
+    unless at least two rows are checkpoints."""
     table = [
         {"step": r["step"], "name": r["name"], "total_intruders": r["total_intruders"],
-         "matrices_with_intruders": r["matrices_with_intruders"], "energy_share": r["energy_share"]}
+         "matrices_with_intruders": r["matrices_with_intruders"], "energy_share_mean": r["energy_share_mean"]}
         for r in rows if r.get("step") is not None and r["error"] is None
     ]  # fmt: skip
     return sorted(table, key=lambda item: item["step"]) if len(table) >= 2 else []
