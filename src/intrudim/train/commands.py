@@ -14,7 +14,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from intrudim.errors import IntrudimError
 from intrudim.spectral.prediction import DEFAULT_PRESSURE_THRESHOLD
@@ -174,7 +173,9 @@ def tasks_command(
     if as_json:
         typer.echo(json.dumps([info.to_json() for info in infos], indent=2))
         return
-    table = Table(title="intrudim tasks")
+    from intrudim.cli import terminal_table
+
+    table = terminal_table("intrudim tasks")
     table.add_column("name", no_wrap=True)
     for column in ("kind", "classes", "train", "valid.", "offline") + (("source", "description") if describe else ()):
         table.add_column(column, justify="right" if column in ("classes", "train", "valid.") else "left")
@@ -214,7 +215,9 @@ def _sweep(*, out: Path, ranks: str, method: str, ray: bool, ray_address: str | 
                             ray=engine, device=str(options["device"]))  # fmt: skip
     except IntrudimError as error:
         raise _fail(error) from None
-    table = Table(title=f"rank sweep: {options['task']}")
+    from intrudim.cli import terminal_table
+
+    table = terminal_table(f"rank sweep: {options['task']}")
     for column in ("run", "steps", "accuracy", "reached target", "intruders"):
         table.add_column(column)
     for row in result.rows():
