@@ -77,3 +77,9 @@ def test_model_to_train_resolves_from_the_hub_cache(hub) -> None:
     folder = resolve_model_folder("org/base", what="--model")
     assert (folder / "config.json").is_file() and "models--org--base" in str(folder)
     assert (folder / "model.safetensors").read_bytes() == (hub["base"] / "model.safetensors").read_bytes()
+
+
+def test_base_other_than_the_recorded_hub_base_is_refused_naming_both(hub) -> None:
+    cli = CliRunner().invoke(app, ["analyze", "org/other-base", "org/lora"])
+    assert cli.exit_code == 2 and "Traceback" not in cli.output
+    assert "org/other-base" in cli.output and "records 'org/base'" in cli.output

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from intrudim.errors import InputNotFoundError, IntrudimError
+from intrudim.errors import IncompatibleWeightsError, InputNotFoundError, IntrudimError
 from intrudim.models.embedded import EMBEDDED_MODELS, embedded_model_path
 
 Kind = Literal["embedded", "folder", "file", "run", "trainer-output", "checkpoint", "hub", "memory"]
@@ -256,6 +256,7 @@ def resolve_base(
     """BASE as given, or (``base=None``) the base the adapter records, resolved the same way; a ``PeftModel``'s base
     is the model inside it. An error names what is missing when there is no base to use."""
     if base is not None:
+        _check_recorded_base(base, tuned)
         return resolve_reference(base, role="base", allow_pickle=allow_pickle, progress=progress)
     if tuned.module is not None and is_peft_model(tuned.module):
         return tuned  # W₀ is the weight inside each LoRA layer
@@ -288,3 +289,23 @@ def resolve_model_folder(spec: Any, *, role: Role = "model", progress: bool = Tr
             f"Hub repo id of a model."
         )
     return path.resolve()
+
+
+def _check_recorded_base(base: Any, tuned: ModelReference) -> None:
+    """BASE given as a Hub id, and an adapter that records another Hub repo as its base: refused before anything is
+    downloaded, naming both (an adapter of Llama-3.2-3B given Llama-3.2-1B). Local folders are not compared by name
+    (a copy of the base may live anywhere); their shapes are checked when the matrices are planned."""
+    from intrudim.models.hub import parse_hub_id
+
+    if not isinstance(base, str) or Path(base).expanduser().exists():
+        return
+    given, recorded = parse_hub_id(base), recorded_base(tuned)
+    if given is None or recorded is None or Path(recorded).expanduser().exists():
+        return
+    recorded_id = parse_hub_id(recorded)
+    if recorded_id is not None and recorded_id[0].lower() != given[0].lower():
+        raise IncompatibleWeightsError(
+            f"BASE '{base}' is not the base the adapter '{tuned.given}' was trained on: its adapter_config.json "
+            f"records '{recorded}'. Give that base (or leave BASE out to use it); if '{given[0]}' holds the same "
+            f"weights, give its local folder instead of its Hub id."
+        )
