@@ -235,3 +235,82 @@ def test_merged_needs_a_base_folder_and_a_pickled_dense_model_is_refused_for_wri
         repair(tiny_models["bert"], tuned, lam=0.0, allow_pickle=True, out=tmp_path / "p", use_cache=False)
     assert not (tmp_path / "p" / "model").exists()
     assert not [p for p in (tmp_path / "p").iterdir() if p.name.startswith(".")]  # no half-built folder
+
+
+# ------------------------------------------------------------------ what is left after a repair (issue: What a user sees)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+def test_remaining_intruders_equal_analyze_of_the_written_adapter(tiny_models, tmp_path, arch):
+    """A σ scaled by λ = 0.75 often still ranks in the top-k as a new direction: the repair counts what is left, per
+    matrix and in total, and the count is what `intrudim.analyze(BASE, OUT/adapter)` finds in the written adapter."""
+    import intrudim
+
+    adapter = write_peft_adapter(tiny_models[arch], arch, tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    remaining = {}
+    for lam, control in ((0.75, "none"), (0.0, "none"), (0.5, "shrink"), (0.5, "non-intruder")):
+        out = tmp_path / f"{lam}-{control}"
+        result = repair(tiny_models[arch], adapter, lam=lam, k=6, control=control, out=out, use_cache=False)
+        analysed = intrudim.analyze(tiny_models[arch], out / "adapter", k=6, use_cache=False)
+        by_name = {m.name: m.intruder_ranks for m in analysed.matrices}
+        for m in result.matrices:
+            assert m.remaining_ranks == by_name[m.name], (lam, control, m.name)
+        assert result.remaining_intruders == analysed.total_intruders, (lam, control)
+        saved = json.loads((out / "repair.json").read_text())
+        assert saved["remaining_intruders"] == analysed.total_intruders
+        assert [m["remaining_ranks"] for m in saved["matrices"]] == [m.remaining_ranks for m in result.matrices]
+        remaining[(lam, control)] = result.remaining_intruders
+        assert f"{result.remaining_intruders} intruder dimensions remain" in " ".join(result.summary_lines())
+    # the planted case: λ = 0.75 leaves some, λ = 0 none; the non-intruder control leaves every intruder in place
+    assert 0 < remaining[(0.75, "none")] <= result.total_intruders and remaining[(0.0, "none")] == 0
+    assert remaining[(0.5, "non-intruder")] == result.total_intruders
+
+
+def test_remaining_intruders_of_a_dense_bf16_and_in_memory_repair_equal_analyze(tiny_models, tmp_path):
+    """The same count for a fully fine-tuned model (merged weights), a bf16 adapter (factors rounded as written) and
+    a PeftModel repaired in memory (its new adapter analysed in memory)."""
+    from conftest import tiny_bert
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    import intrudim
+
+    model = tiny_bert()
+    generator = torch.Generator().manual_seed(0)
+    name = "encoder.layer.1.attention.self.query.weight"
+    with torch.no_grad():
+        W = dict(model.named_parameters())[name]
+        u, v = torch.randn(W.shape[0], generator=generator), torch.randn(W.shape[1], generator=generator)
+        W.add_(3.0 * torch.outer(u / u.norm(), v / v.norm()))
+    model.save_pretrained(str(tmp_path / "dense"))
+    dense = repair(tiny_models["bert"], tmp_path / "dense", lam=0.9, out=tmp_path / "d", use_cache=False)
+    analysed = intrudim.analyze(tiny_models["bert"], tmp_path / "d" / "model", use_cache=False)
+    assert dense.remaining_intruders == analysed.total_intruders == 1  # 3.0 → 2.7 is still the top, still new
+    assert next(m for m in dense.matrices if m.name == name).remaining_ranks == [1]
+
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    weights = adapter / "adapter_model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
+    bf16 = repair(tiny_models["llama"], adapter, k=6, out=tmp_path / "b", use_cache=False)
+    assert bf16.remaining_intruders == intrudim.analyze(tiny_models["llama"], tmp_path / "b" / "adapter", k=6,
+                                                        use_cache=False).total_intruders  # fmt: skip
+
+    peft_model = PeftModel.from_pretrained(AutoModel.from_pretrained(str(tiny_models["llama"])), str(adapter))
+    in_memory = intrudim.repair(peft_model, lam=0.75, k=6, use_cache=False)
+    assert in_memory.remaining_intruders == bf16.remaining_intruders == intrudim.analyze(
+        peft_model, adapter_name="repaired", k=6, use_cache=False).total_intruders  # fmt: skip
+
+
+def test_repair_writes_a_report_and_refuses_to_replace_another_one(tiny_models, tmp_path):
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    result = repair(tiny_models["llama"], adapter, k=6, out=tmp_path / "out", use_cache=False)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="per-matrix"' in html and "data:image/png;base64," in html
+    assert f"<b>{result.remaining_intruders}</b> in" in html and "#1" in html and "λ" in html
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "report.html").write_text("an analysis report")
+    with pytest.raises(IntrudimError, match="report.html' already exists"):
+        repair(tiny_models["llama"], adapter, k=6, out=tmp_path / "other", use_cache=False)
+    assert (tmp_path / "other" / "report.html").read_text() == "an analysis report"
+    assert not (tmp_path / "other" / "adapter").exists()

@@ -1,5 +1,7 @@
 """`repair --sweep`: the in-memory repair of every (λ, method) equals the repaired adapter written by `repair`
-and measured from disk (forgetting and task accuracy); CLI outputs and bad input through the installed script."""
+and measured from disk (forgetting, task accuracy, the loss on the user's own --task-text); every measure named with
+its unit (causal LM, masked LM, contrastive); CLI outputs at 80 columns, plain progress lines without a terminal, and
+bad input through the installed script."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from conftest import train_saved_weights_
 
 from intrudim.errors import IntrudimError
-from intrudim.experiments.repair_sweep import parse_controls, parse_lambdas, repair_sweep
+from intrudim.experiments.repair_sweep import parse_controls, parse_lambdas, repair_sweep, write_sweep_outputs
 from intrudim.repair import RepairConfig, repair
 
 HIDDEN = 32
@@ -117,6 +119,110 @@ def test_sweep_repairs_a_weight_saved_whole_as_the_written_repair(lm, tmp_path):
     assert result.point(0.0, "none").forgetting_loss != result.point(1.0, "none").forgetting_loss
 
 
+TASK_TEXT = ("Review: the film was wonderful and the acting was superb. Verdict: positive.\n\n"
+             "Review: a dull plot and wooden dialogue throughout. Verdict: negative.\n\n") * 15
+
+
+def test_task_text_is_the_forgetting_loss_of_the_users_own_text(lm, tmp_path):
+    """--task-text: the task cost measured on the user's own held-out text, with forgetting's definition and code
+    (ForgettingProbe.prepare + probe.losses): equal to that loss of each repair written by `repair` and read from
+    disk; BASE's loss on it for reference; lower is better."""
+    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+
+    task_file = tmp_path / "held_out.txt"
+    task_file.write_text(TASK_TEXT, encoding="utf-8")
+    result = repair_sweep(lm["base"], lm["adapter"], (0.0,), ("none", "shrink"), config=RepairConfig(k=4),
+                          task_text=str(task_file), use_cache=False)  # fmt: skip
+    assert result.task is None and result.text is None and result.task_text["source"] == str(task_file)
+    assert all(p.forgetting_loss is None and p.accuracy is None for p in result.points)
+    probe = ForgettingProbe.prepare(lm["base"], str(task_file), ForgettingConfig())
+    assert result.task_tokens == probe.tokens and result.measure == "perplexity"
+    assert result.base_task_loss == pytest.approx(float(probe.losses(probe.load_base_model()).mean()), rel=1e-6)
+    for method, lam in (("none", 0.0), ("shrink", 0.0), ("none", 1.0)):
+        out = tmp_path / f"{method}-{lam}"
+        repair(lm["base"], lm["adapter"], RepairConfig(k=4, lam=lam, control=method), out=out, use_cache=False)
+        model, _ = probe.load_tuned_model(out / "adapter")
+        expected = float(probe.losses(model).mean())
+        assert result.point(lam, method).task_loss == pytest.approx(expected, rel=1e-5), (method, lam)
+    assert result.tuned_task_loss == result.point(1.0, "none").task_loss
+    assert result.point(0.0, "none").task_loss != result.point(1.0, "none").task_loss
+    data = result.to_json()
+    assert data["base_task_loss"] == result.base_task_loss and data["points"][0]["task_loss"] is not None
+    assert "lower is better" in data["labels"]["task_loss"] and "nats/token" in data["labels"]["task_loss"]
+    paths = write_sweep_outputs(result, tmp_path / "outputs")
+    assert "task_loss" in paths["csv"].read_text().splitlines()[0]
+    html = paths["html"].read_text()
+    assert "task-text loss" in html and "lower is better" in html and str(task_file) in html
+
+
+def test_masked_lm_sweep_reports_the_pseudo_loss(tmp_path):
+    """A masked LM's forgetting measure is the MLM pseudo-loss (nats/token, pseudo-perplexity): the sweep says so in
+    its JSON, its table and its figure, not 'perplexity'."""
+    from peft import LoraConfig, get_peft_model
+    from rich.console import Console
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from intrudim.experiments.repair_sweep import sweep_panels
+    from intrudim.models.embedded import embedded_model_path
+    from intrudim.repair.commands import _print_sweep
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path("minilm")))
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=4, intermediate_size=64, max_position_embeddings=160))  # fmt: skip
+    model.save_pretrained(str(tmp_path / "base"))
+    tokenizer.save_pretrained(str(tmp_path / "base"))
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, init_lora_weights=False,
+                                                  target_modules=["query", "value"]))  # fmt: skip
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+    result = repair_sweep(tmp_path / "base", tmp_path / "adapter", (0.0,), ("none",), config=RepairConfig(k=4),
+                          text=str(tmp_path / "text.txt"), max_tokens=256, use_cache=False)  # fmt: skip
+    assert result.measure == "pseudo_loss" and result.total_intruders > 0
+    data = result.to_json()
+    assert data["loss_unit"] == "nats/token" and "pseudo-loss" in data["loss_name"]
+    assert "pseudo-loss" in data["labels"]["forgetting_loss"]
+    assert sweep_panels(result)[0][1].startswith("MLM pseudo-loss")
+    console = Console(width=80, record=True)
+    _print_sweep(console, result)
+    text = " ".join(console.export_text().split())
+    assert "BASE loss on the text:" in text and "nats/token (MLM pseudo-loss" in text and "pseudo-perplexity" in text
+
+
+def test_contrastive_measure_is_named_in_nats_per_pair_without_a_perplexity():
+    """A sentence encoder's forgetting loss is the in-batch contrastive loss per sentence pair: no perplexity."""
+    from rich.console import Console
+
+    from intrudim.experiments.repair_sweep import RepairSweepResult, SweepPoint, sweep_panels
+    from intrudim.repair.commands import _print_sweep
+
+    result = RepairSweepResult(base="minilm", tuned="run", task=None, text={"source": "news"}, measure="contrastive",
+                               k=10, epsilon=0.5, total_intruders=3, matrices_with_intruders=2, base_loss=0.41,
+                               points=[SweepPoint(0.0, "none", None, 0.45, 1.0), SweepPoint(1.0, "none", None, 0.5, 0.0)])  # fmt: skip
+    assert result.loss.describe(0.41) == "0.4100 nats/pair (in-batch contrastive loss of adjacent-sentence pairs)"
+    assert "nats/pair" in result.to_json()["labels"]["forgetting_loss"]
+    assert sweep_panels(result)[0][1].startswith("in-batch contrastive loss of adjacent-sentence pairs (nats/pair)")
+    console = Console(width=80, record=True)
+    _print_sweep(console, result)
+    printed = console.export_text()
+    assert "perplexity" not in printed and "nats/pair" in printed
+
+
+def test_sweep_refuses_to_replace_another_runs_report(lm, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "report.html").write_text("a repair's report")
+    proc = _run("repair", str(lm["base"]), str(lm["adapter"]), "--out", str(out), "--sweep", "0", "--text",
+                str(lm["text"]), "--k", "4", "--cache", str(tmp_path / "cache"))  # fmt: skip
+    assert proc.returncode == 2 and "already exists" in " ".join(proc.stderr.split()), proc.stderr
+    assert (out / "report.html").read_text() == "a repair's report"
+
+
 def _script() -> str:
     script = Path(sys.executable).parent / "intrudim"
     if not script.exists():
@@ -135,14 +241,81 @@ def test_cli_repair_and_sweep(lm, tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["lambda"] == 0.5 and data["total_intruders"] > 0 and data["output_kind"] == "adapter"
+    assert data["remaining_intruders"] is not None
     assert (tmp_path / "r" / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "r" / "report.html").stat().st_size > 0
     proc = _run("repair", str(lm["base"]), str(lm["adapter"]), "--out", str(tmp_path / "s"), "--k", "4",
                 "--sweep", "0,1", "--control", "all", "--text", str(lm["text"]), "--cache", str(tmp_path / "cache"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    for name in ("repair_sweep.json", "repair_sweep.csv", "repair_sweep.png"):
+    for name in ("repair_sweep.json", "repair_sweep.csv", "repair_sweep.png", "report.html"):
         assert (tmp_path / "s" / name).stat().st_size > 0
-    assert "shrink control" in proc.stdout
+    assert "shrink control" in proc.stdout and "report.html" in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) <= 80
+
+
+def test_cli_repair_table_shows_ranks_and_what_is_left_at_80_columns(lm, tmp_path):
+    """The ranks scaled read as ranks (#1, #2), not counts; the intruders left are said, per matrix and in total."""
+    proc = _run("repair", str(lm["base"]), str(lm["adapter"]), "--out", str(tmp_path / "r"), "--k", "4",
+                "--cache", str(tmp_path / "cache"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "r" / "repair.json").read_text())
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, proc.stdout
+    header = " ".join(lines[:5])
+    assert "intruder " in header and "ranks scaled" in header and "before→after" in header, proc.stdout
+    first = next(m for m in saved["matrices"] if m["scaled_ranks"])
+    ranks = ", ".join(f"#{r}" for r in first["scaled_ranks"])
+    assert any(ranks in line for line in lines), proc.stdout
+    assert f"{len(first['intruder_ranks'])} → {len(first['remaining_ranks'])}" in proc.stdout
+    flat = " ".join(proc.stdout.split())
+    assert f"after the repair: {saved['remaining_intruders']} intruder dimensions remain" in flat, proc.stdout
+    assert f"({saved['total_intruders']} before" in flat
+
+
+def test_cli_prints_plain_progress_lines_when_stderr_is_not_a_terminal(lm, tmp_path):
+    """Output to a file or a pipe: no spinner, plain lines for every phase (here stderr is captured: not a tty)."""
+    proc = _run("repair", str(lm["base"]), str(lm["adapter"]), "--out", str(tmp_path / "s"), "--k", "4",
+                "--sweep", "0", "--text", str(lm["text"]), "--cache", str(tmp_path / "cache"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    for expected in ("repair sweep: tokenizing the forgetting text", "repair sweep: planning: 8/8 matrices",
+                     "repair sweep: scoring BASE on the text", "repair sweep: 1/2: intruders, λ=0",
+                     "repair sweep: 2/2: intruders, λ=1", "repair sweep: done"):  # fmt: skip
+        assert any(line.startswith(expected) for line in lines), (expected, proc.stderr)
+    assert "\x1b[" not in proc.stderr and "\r" not in proc.stderr  # no terminal control sequences
+    proc = _run("repair", str(lm["base"]), str(lm["adapter"]), "--out", str(tmp_path / "r"), "--k", "4",
+                "--cache", str(tmp_path / "cache"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for expected in ("repair: 0/8 matrices", "repair: 8/8 matrices", "repair: writing", "repair: done"):
+        assert any(line.startswith(expected) for line in proc.stderr.splitlines()), (expected, proc.stderr)
+
+
+def test_cli_sweep_names_the_measure_and_its_unit(lm, tmp_path):
+    """The number printed is a loss (next-token cross-entropy, nats/token), with BASE's perplexity beside it; the
+    JSON labels and the figure's axes say the same, and never 'loss on perplexity'."""
+    import math
+
+    from intrudim.experiments.repair_sweep import RepairSweepResult, SweepPoint, sweep_panels
+
+    proc = _run("repair", str(lm["base"]), str(lm["adapter"]), "--out", str(tmp_path / "s"), "--k", "4",
+                "--sweep", "0", "--text", str(lm["text"]), "--task-text", str(lm["text"]),
+                "--cache", str(tmp_path / "cache"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "s" / "repair_sweep.json").read_text())
+    flat = " ".join(proc.stdout.split())
+    assert (f"BASE loss on the text: {data['base_loss']:.4f} nats/token (next-token cross-entropy; perplexity "
+            f"{math.exp(data['base_loss']):.4g})") in flat, proc.stdout  # fmt: skip
+    assert "BASE loss on the task text:" in flat and "lower is better" in flat
+    assert "loss on perplexity" not in proc.stdout and "(perplexity)" not in proc.stdout
+    assert data["loss_unit"] == "nats/token" and data["loss_name"] == "next-token cross-entropy"
+    assert "nats/token" in data["labels"]["forgetting_loss"] and "lower is better" in data["labels"]["task_loss"]
+    result = RepairSweepResult(**{key: data[key] for key in ("base", "tuned", "task", "text", "measure", "k", "epsilon",
+                                  "total_intruders", "matrices_with_intruders", "base_loss", "task_text")})  # fmt: skip
+    result.points = [SweepPoint(p["lambda"], p["method"], p["accuracy"], p["forgetting_loss"], p["removed_frobenius"],
+                                p["task_loss"]) for p in data["points"]]  # fmt: skip
+    labels = [label for _, label, _ in sweep_panels(result)]
+    assert labels == ["next-token cross-entropy (nats/token)\nlower = less forgetting",
+                      "next-token cross-entropy (nats/token)\nlower is better"]  # fmt: skip
 
 
 @pytest.mark.parametrize("args,message", [
@@ -151,6 +324,7 @@ def test_cli_repair_and_sweep(lm, tmp_path):
     (["--sweep", "0,1", "--task", "no-such-task"], "no-such-task"),
     (["--sweep", "0,1"], "at least one"),
     (["--control", "all"], "needs --sweep"),
+    (["--sweep", "0,1", "--task-text", "no/such/file.txt"], "--task-text"),
 ])  # fmt: skip
 def test_cli_bad_input(lm, tmp_path, args, message):
     proc = _run("repair", str(lm["base"]), str(lm["adapter"]), "--out", str(tmp_path / "o"), *args)

@@ -1,13 +1,21 @@
-"""`intrudim repair --sweep`: task accuracy and forgetting against λ, for the intruder repair and its controls (v2).
+"""`intrudim repair --sweep`: task cost and forgetting against λ, for the intruder repair and its controls (v2).
 
 For each λ and each method (``none`` = the intruders, ``non-intruder``, ``shrink``), the repaired weights are
-set in memory (W_t + (λ − 1)·Σ σ_j u_j v_jᵀ, or W₀ + c·ΔW), then the task's held-out accuracy (``task``)
-and the loss on pre-training-like text (``text``, the ``forgetting`` measure of the model) are measured.
+set in memory (W_t + (λ − 1)·Σ σ_j u_j v_jᵀ, or W₀ + c·ΔW), then measured:
+
+- ``task``: held-out accuracy on a task of the built-in registry (higher is better);
+- ``task_text``: the loss on the user's own held-out task text (lower is better), with the same definition and
+  code as ``forgetting``'s (:class:`~intrudim.evaluate.forgetting.ForgettingProbe`): for a causal LM the mean
+  next-token cross-entropy in nats/token, for a masked LM the pseudo-loss, for a sentence encoder the
+  contrastive loss (:data:`LOSS_MEASURES`);
+- ``text``: the same loss on pre-training-like text, the ``forgetting`` measure (lower = less forgetting).
+
 The planning (top triplets, intruders) is done once; every setting is a few rank-|I| additions.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +39,48 @@ from intrudim.weights.peft_adapter import is_adapter_dir
 DEFAULT_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 SWEEP_CONTROLS: tuple[str, ...] = ("none", "non-intruder", "shrink")
 METHOD_LABELS = {"none": "intruders", "non-intruder": "non-intruder control", "shrink": "shrink control"}
+METHOD_DESCRIPTIONS = {
+    "none": "the intruders' singular values scaled by λ: W' = W_t + (λ − 1)·Σ_{j∈I} σ_j u_j v_jᵀ (the v2 intervention)",
+    "non-intruder": "control: as many of the top non-intruder singular directions of W_t scaled by λ (mostly the "
+    "base's own top directions), to see whether the effect is specific to intruders",
+    "shrink": "control: W₀ + c·ΔW with c per matrix chosen to remove the same Frobenius norm as the intruder "
+    "repair (c = 0 when that is more than ‖ΔW‖_F), to see whether removing any equal part of the update does as much",
+}
+
+
+@dataclass(frozen=True)
+class LossMeasure:
+    """What a loss of the ``forgetting`` measures is: its name, its unit, and the name of exp(loss) if it has one."""
+
+    key: str  # perplexity | pseudo_loss | contrastive (intrudim.evaluate.forgetting.MEASURES)
+    name: str
+    unit: str
+    exp_name: str | None  # perplexity / pseudo-perplexity; None for the contrastive loss
+
+    @property
+    def description(self) -> str:
+        from intrudim.evaluate.forgetting import MEASURE_DESCRIPTIONS
+
+        return MEASURE_DESCRIPTIONS.get(self.key, self.name)
+
+    def describe(self, loss: float) -> str:
+        """E.g. ``3.4162 nats/token (next-token cross-entropy; perplexity 30.5)``."""
+        extra = f"; {self.exp_name} {math.exp(loss):.4g}" if self.exp_name is not None and loss < 700 else ""
+        return f"{loss:.4f} {self.unit} ({self.name}{extra})"
+
+
+LOSS_MEASURES = {
+    "perplexity": LossMeasure("perplexity", "next-token cross-entropy", "nats/token", "perplexity"),
+    "pseudo_loss": LossMeasure("pseudo_loss", "MLM pseudo-loss −PLL/L, Salazar et al. 2020", "nats/token",
+                               "pseudo-perplexity"),
+    "contrastive": LossMeasure("contrastive", "in-batch contrastive loss of adjacent-sentence pairs", "nats/pair",
+                               None),
+}  # fmt: skip
+"""The loss each ``forgetting`` measure (chosen from BASE's architecture) reports, in words and units."""
+
+
+def loss_measure(measure: str) -> LossMeasure:
+    return LOSS_MEASURES[measure]
 
 
 def parse_lambdas(text: str) -> tuple[float, ...]:
@@ -63,20 +113,26 @@ def parse_controls(control: str) -> tuple[str, ...]:
 
 @dataclass
 class SweepPoint:
+    """One (λ, method): the task accuracy, the loss on the task text and on the forgetting text, and ‖W' − W_t‖_F."""
+
     lam: float
     method: str  # none | non-intruder | shrink
     accuracy: float | None
-    forgetting_loss: float | None
-    removed_frobenius: float
+    forgetting_loss: float | None  # the forgetting measure's loss on --text (lower = less forgetting)
+    removed_frobenius: float  # ‖W' − W_t‖_F over every repaired matrix (root of the summed squares)
+    task_loss: float | None = None  # the same measure's loss on --task-text (lower is better)
 
     def to_json(self) -> dict[str, Any]:
         return {"lambda": self.lam, "method": self.method, "accuracy": self.accuracy,
-                "forgetting_loss": self.forgetting_loss, "removed_frobenius": self.removed_frobenius}  # fmt: skip
+                "forgetting_loss": self.forgetting_loss, "task_loss": self.task_loss,
+                "removed_frobenius": self.removed_frobenius}  # fmt: skip
 
 
 @dataclass
 class RepairSweepResult:
-    """Accuracy and forgetting per (λ, method); ``base_loss`` is BASE's loss on the same text."""
+    """Task cost and forgetting per (λ, method). ``measure`` is the forgetting measure of BASE (``perplexity``,
+    ``pseudo_loss`` or ``contrastive``: :data:`LOSS_MEASURES` says what its loss is and in which unit);
+    ``base_loss`` is BASE's loss on ``text``, ``base_task_loss`` its loss on ``task_text``."""
 
     base: str
     tuned: str
@@ -90,24 +146,60 @@ class RepairSweepResult:
     base_loss: float | None
     points: list[SweepPoint] = field(default_factory=list)
     seconds: float = 0.0
+    task_text: dict[str, Any] | None = None
+    base_task_loss: float | None = None
+    tokens: int | None = None  # tokens of ``text`` scored (sentence-pair tokens for the contrastive measure)
+    task_tokens: int | None = None  # tokens of ``task_text`` scored
+    task_examples: int | None = None  # held-out examples of ``task`` scored
 
     def point(self, lam: float, method: str) -> SweepPoint:
         return next(p for p in self.points if p.lam == lam and p.method == method)
 
     @property
     def tuned_loss(self) -> float | None:
-        """The un-repaired TUNED model's loss (λ = 1)."""
+        """The un-repaired TUNED model's loss on ``text`` (λ = 1)."""
         ones = [p for p in self.points if p.lam == 1.0]
         return ones[0].forgetting_loss if ones else None
 
+    @property
+    def tuned_task_loss(self) -> float | None:
+        """The un-repaired TUNED model's loss on ``task_text`` (λ = 1)."""
+        ones = [p for p in self.points if p.lam == 1.0]
+        return ones[0].task_loss if ones else None
+
+    @property
+    def loss(self) -> LossMeasure | None:
+        """What ``forgetting_loss``, ``task_loss``, ``base_loss`` are (name, unit), or None when no text was scored."""
+        return LOSS_MEASURES.get(self.measure) if self.measure else None
+
+    def labels(self) -> dict[str, str]:
+        """Column → what it is, with its unit and direction (the JSON's ``labels``, the table's, the figure's)."""
+        out = {"removed_frobenius": "‖W' − W_t‖_F over every repaired matrix (root of the summed squares)"}
+        loss = self.loss
+        if self.task is not None:
+            out["accuracy"] = f"held-out accuracy on task '{self.task}' (fraction correct; higher is better)"
+        if loss is not None and self.task_text is not None:
+            out["task_loss"] = (f"{loss.name} on the task text {self.task_text['source']} ({loss.unit}; lower is "
+                                f"better)")  # fmt: skip
+        if loss is not None and self.text is not None:
+            out["forgetting_loss"] = (f"{loss.name} on the text {self.text['source']} ({loss.unit}; lower = less "
+                                      f"forgetting)")  # fmt: skip
+        return out
+
     def to_json(self) -> dict[str, Any]:
+        loss = self.loss
         return {
-            "base": self.base, "tuned": self.tuned, "task": self.task, "text": self.text, "measure": self.measure,
+            "base": self.base, "tuned": self.tuned, "task": self.task, "task_examples": self.task_examples,
+            "task_text": self.task_text, "task_tokens": self.task_tokens, "text": self.text, "tokens": self.tokens,
+            "measure": self.measure, "measure_description": loss.description if loss else None,
+            "loss_name": loss.name if loss else None, "loss_unit": loss.unit if loss else None,
             "k": self.k, "epsilon": self.epsilon, "total_intruders": self.total_intruders,
             "matrices_with_intruders": self.matrices_with_intruders, "base_loss": self.base_loss,
-            "tuned_loss": self.tuned_loss, "points": [p.to_json() for p in self.points],
-            "seconds": round(self.seconds, 3),
+            "tuned_loss": self.tuned_loss, "base_task_loss": self.base_task_loss,
+            "tuned_task_loss": self.tuned_task_loss, "labels": self.labels(),
+            "points": [p.to_json() for p in self.points], "seconds": round(self.seconds, 3),
             "methods": {m: METHOD_LABELS[m] for m in sorted({p.method for p in self.points})},
+            "method_descriptions": {m: METHOD_DESCRIPTIONS[m] for m in dict.fromkeys(p.method for p in self.points)},
         }  # fmt: skip
 
 
@@ -197,6 +289,64 @@ def _run_seed(tuned: Path) -> int:
     return 0
 
 
+class SweepProgress:
+    """Where a sweep says what it is doing: a rich status line on a terminal; plain lines on stderr otherwise (a log
+    file, a pipe, CI: each phase, and the planning at most every ``LINE_EVERY_SECONDS``); or a callback."""
+
+    def __init__(self, progress: bool | Callable[[str], None] | None) -> None:
+        self.callback = progress if callable(progress) else None
+        self.status: Any = None
+        self.lines: Any = None
+        if progress is True:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self.status = console.status("repair sweep")
+                self.status.start()
+            else:
+                from intrudim.analysis.running import LINE_EVERY_SECONDS
+                from intrudim.plain_progress import PlainProgress
+
+                self.lines = PlainProgress(console, "repair sweep", LINE_EVERY_SECONDS)
+
+    def phase(self, message: str) -> None:
+        """A new phase (always shown)."""
+        if self.callback is not None:
+            self.callback(message)
+        elif self.status is not None:
+            self.status.update(f"repair sweep: {message}")
+        elif self.lines is not None:
+            self.lines(f"{message} ({self.lines.elapsed:.0f} s)", force=True)
+
+    def planning(self, done: int, total: int, _name: str) -> None:
+        """The planning's progress over matrices (plan_repairs' callback; plain lines throttled)."""
+        message = f"planning: {done}/{total} matrices"
+        if self.callback is not None:
+            self.callback(message)
+        elif self.status is not None:
+            self.status.update(f"repair sweep: {message}")
+        elif self.lines is not None and (done == total or self.lines.due()):
+            self.lines(f"{message} ({self.lines.elapsed:.0f} s)", force=True)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _prepare_probe(base_path: Path, spec: str, max_tokens: int, option: str):
+    """A ForgettingProbe of ``spec`` (the same definition as ``forgetting``); errors name ``option``."""
+    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+
+    try:
+        return ForgettingProbe.prepare(base_path, spec, ForgettingConfig(max_tokens=max_tokens))
+    except IntrudimError as error:
+        if option == "--text":
+            raise
+        raise type(error)(str(error).replace("--text", option)) from None
+
+
 def repair_sweep(
     base: str | Path,
     tuned: str | Path,
@@ -206,96 +356,171 @@ def repair_sweep(
     config: RepairConfig | None = None,
     task: str | None = None,
     text: str | None = None,
+    task_text: str | None = None,
     max_tokens: int = 20_000,
     max_examples: int | None = 400,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: bool | Callable[[str], None] | None = None,
 ) -> RepairSweepResult:
-    """Measure task accuracy (``task``) and forgetting (``text``) for every λ and method; at least one of the two."""
-    if task is None and text is None:
-        raise IntrudimError("--sweep measures task accuracy (--task NAME) and/or forgetting (--text wiki|news|FILE): give at least one.")
+    """Measure task accuracy (``task``: a task of the registry), the loss on the user's own held-out task text
+    (``task_text``: a file, a folder of .txt or a saved dataset; lower is better) and forgetting (``text``) for
+    every λ and method; at least one of the three.
+
+    ``progress``: True shows it on stderr (a status line on a terminal, plain lines otherwise); a callable gets
+    each message."""
+    if task is None and text is None and task_text is None:
+        raise IntrudimError("--sweep measures task accuracy (--task NAME), the loss on your own task text (--task-text "
+                            "FILE|DIR|dataset) and/or forgetting (--text wiki|news|FILE): give at least one.")  # fmt: skip
     config = config or RepairConfig()
-    say = progress or (lambda _message: None)
+    reporter = SweepProgress(progress)
+    try:
+        return _sweep(base, tuned, lambdas, controls, config, task, text, task_text, max_tokens, max_examples,
+                      cache_dir, use_cache, reporter)  # fmt: skip
+    finally:
+        reporter.close()
+
+
+def _sweep(
+    base: str | Path,
+    tuned: str | Path,
+    lambdas: Sequence[float],
+    controls: Sequence[str],
+    config: RepairConfig,
+    task: str | None,
+    text: str | None,
+    task_text: str | None,
+    max_tokens: int,
+    max_examples: int | None,
+    cache_dir: str | Path | None,
+    use_cache: bool,
+    reporter: SweepProgress,
+) -> RepairSweepResult:
+    say = reporter.phase
     started = time.perf_counter()
     lambdas = sorted(set(float(lam) for lam in lambdas) | {1.0})
     analyze_config = config.analyze_config
-    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
 
     base_path = resolve_model_folder(base, role="base", what="BASE")
     tuned_path = resolve_local_path(tuned, role="tuned", allow_pickle=analyze_config.allow_pickle)
+    # The texts are read and tokenized first: a text that does not exist fails before the planning.
+    probe = task_probe = None
+    if text is not None:
+        say("tokenizing the forgetting text")
+        probe = _prepare_probe(base_path, text, max_tokens, "--text")
+    if task_text is not None:
+        say("tokenizing the task text")
+        task_probe = _prepare_probe(base_path, task_text, max_tokens, "--task-text")
     with open_inputs(base, tuned, analyze_config) as inputs:
         set_aside_token_rows(inputs)
-        say("planning: top singular triplets and intruders of every matrix")
-        plans = plan_repairs(inputs, open_cache(analyze_config, cache_dir, use_cache), config, with_control=True)
+        say(f"planning: top singular triplets and intruders of {len(inputs.jobs)} matrices")
+        plans = plan_repairs(inputs, open_cache(analyze_config, cache_dir, use_cache), config, with_control=True,
+                             progress=reporter.planning)  # fmt: skip
         result = RepairSweepResult(
             base=str(base), tuned=str(tuned), task=task, text=None, measure=None, k=config.k, epsilon=config.epsilon,
             total_intruders=sum(len(p.intruders) for p in plans),
             matrices_with_intruders=sum(1 for p in plans if p.intruders), base_loss=None,
         )  # fmt: skip
-        evaluators: list[tuple[str, nn.Module, _InMemoryRepair, Callable[[nn.Module], float]]] = []
-        if text is not None:
-            say("forgetting: tokenizing the text and scoring BASE")
-            probe = ForgettingProbe.prepare(base_path, text, ForgettingConfig(max_tokens=max_tokens))
-            result.text, result.measure = probe.text.to_json(), probe.measure
-            base_model = probe.load_base_model()
-            result.base_loss = float(probe.losses(base_model).mean())
-            lm, _ = probe.load_tuned_model(tuned_path, model=base_model)
-            evaluators.append(("forgetting", lm, _InMemoryRepair(lm, plans, inputs),
-                               lambda model: float(probe.losses(model).mean())))  # fmt: skip
+        # (model, its in-memory repair, {what: how it is measured}): every measure of one model under one setting
+        groups: list[tuple[nn.Module, _InMemoryRepair, dict[str, Callable[[nn.Module], float]]]] = []
+        first_probe = probe or task_probe
+        if first_probe is not None:
+            say("scoring BASE on the text" if task_probe is None else "scoring BASE on the texts")
+            result.measure = first_probe.measure
+            base_model = first_probe.load_base_model()
+            lm_measures: dict[str, Callable[[nn.Module], float]] = {}
+            if probe is not None:
+                result.text, result.tokens = probe.text.to_json(), probe.tokens
+                result.base_loss = float(probe.losses(base_model).mean())
+                lm_measures["forgetting"] = lambda model: float(probe.losses(model).mean())
+            if task_probe is not None:
+                result.task_text, result.task_tokens = task_probe.text.to_json(), task_probe.tokens
+                result.base_task_loss = float(task_probe.losses(base_model).mean())
+                lm_measures["task_loss"] = lambda model: float(task_probe.losses(model).mean())
+            lm, _ = first_probe.load_tuned_model(tuned_path, model=base_model)  # TUNED's weights, in place
+            groups.append((lm, _InMemoryRepair(lm, plans, inputs), lm_measures))
         if task is not None:
             from intrudim.evaluate.accuracy import accuracy
 
             say(f"task: loading TUNED with its head for '{task}'")
             model, tokenizer, task_obj, fmt = _task_model(base_path, tuned_path, task, _run_seed(tuned_path))
             examples = task_obj.validation[:max_examples] if max_examples else task_obj.validation
-            evaluators.append(("accuracy", model, _InMemoryRepair(model, plans, inputs),
-                               lambda m: accuracy(m, tokenizer, examples, task_obj.kind, prompt_format=fmt)))  # fmt: skip
-        for method in controls:
-            for lam in lambdas:
-                if lam == 1.0 and method != controls[0]:
-                    continue  # λ = 1 is TUNED itself for every method: measured once
-                values: dict[str, float] = {}
-                removed = 0.0
-                say(f"{METHOD_LABELS[method]}, λ={lam:g}")
-                for kind, model, setter, measure in evaluators:
-                    removed = setter.apply(lam, method)
-                    try:
+            result.task_examples = len(examples)
+            groups.append((model, _InMemoryRepair(model, plans, inputs),
+                           {"accuracy": lambda m: accuracy(m, tokenizer, examples, task_obj.kind, prompt_format=fmt)}))  # fmt: skip
+        settings = [(method, lam) for method in controls for lam in lambdas if lam != 1.0 or method == controls[0]]
+        for i, (method, lam) in enumerate(settings):  # λ = 1 is TUNED itself for every method: measured once
+            values: dict[str, float] = {}
+            removed = 0.0
+            say(f"{i + 1}/{len(settings)}: {METHOD_LABELS[method]}, λ={lam:g}")
+            for model, setter, measures in groups:
+                removed = setter.apply(lam, method)
+                try:
+                    for kind, measure in measures.items():
                         values[kind] = measure(model)
-                    finally:
-                        setter.restore()
-                point = SweepPoint(lam, method, values.get("accuracy"), values.get("forgetting"), removed)
-                result.points.append(point)
+                finally:
+                    setter.restore()
+            result.points.append(SweepPoint(lam, method, values.get("accuracy"), values.get("forgetting"), removed,
+                                            values.get("task_loss")))  # fmt: skip
         # λ = 1 belongs to every method's line
         first = next(p for p in result.points if p.lam == 1.0)
         for method in controls[1:]:
-            result.points.append(SweepPoint(1.0, method, first.accuracy, first.forgetting_loss, 0.0))
+            result.points.append(SweepPoint(1.0, method, first.accuracy, first.forgetting_loss, 0.0, first.task_loss))
     result.points.sort(key=lambda p: (controls.index(p.method), p.lam))
     result.seconds = time.perf_counter() - started
+    say(f"done: {len(settings)} settings measured")
     return result
 
 
-def write_sweep_outputs(result: RepairSweepResult, out: Path) -> dict[str, Path]:
-    """repair_sweep.json, repair_sweep.csv and the v2 figure (forgetting and accuracy against λ, per method)."""
+def write_sweep_outputs(result: RepairSweepResult, out: Path, *, command: str = "") -> dict[str, Path]:
+    """repair_sweep.json, repair_sweep.csv, the v2 figure repair_sweep.png (task cost and forgetting against λ, per
+    method) and the self-contained report.html (:mod:`intrudim.report.repair_report`)."""
     import csv
     import io
 
     from intrudim.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+    from intrudim.report.repair_report import write_sweep_report
 
+    out = Path(out)
     paths = {"json": write_json_atomic(out / "repair_sweep.json", result.to_json())}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", "lambda", "accuracy", "forgetting_loss", "removed_frobenius"])
+    writer.writerow(["method", "lambda", "accuracy", "task_loss", "forgetting_loss", "removed_frobenius"])
+
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.6f}"
+
     for p in result.points:
-        writer.writerow([p.method, p.lam, "" if p.accuracy is None else f"{p.accuracy:.6f}",
-                         "" if p.forgetting_loss is None else f"{p.forgetting_loss:.6f}", f"{p.removed_frobenius:.6g}"])  # fmt: skip
+        writer.writerow([p.method, p.lam, cell(p.accuracy), cell(p.task_loss), cell(p.forgetting_loss),
+                         f"{p.removed_frobenius:.6g}"])  # fmt: skip
     paths["csv"] = write_text_atomic(out / "repair_sweep.csv", buffer.getvalue())
-    paths["png"] = write_bytes_atomic(out / "repair_sweep.png", sweep_figure(result))
+    png = sweep_figure(result)
+    paths["png"] = write_bytes_atomic(out / "repair_sweep.png", png)
+    paths["html"] = write_sweep_report(result, out, figure=png, command=command)
     return paths
 
 
+def sweep_panels(result: RepairSweepResult) -> list[tuple[str, str, str]]:
+    """(point attribute, axis label, panel title) of every measure the sweep took, with its unit and direction."""
+    loss = result.loss
+    unit = loss.unit if loss else ""
+    name = loss.name if loss else "loss"
+    panels = []
+    if result.text is not None:
+        panels.append(("forgetting_loss", f"{name} ({unit})\nlower = less forgetting",
+                       f"Forgetting: loss on the text {Path(str(result.text['source'])).name}"))  # fmt: skip
+    if result.task_text is not None:
+        panels.append(("task_loss", f"{name} ({unit})\nlower is better",
+                       f"Task cost: loss on the task text {Path(str(result.task_text['source'])).name}"))  # fmt: skip
+    if result.task is not None:
+        panels.append(("accuracy", "held-out accuracy (fraction correct)\nhigher is better",
+                       f"Task: accuracy on {result.task}"))  # fmt: skip
+    return [(key, label, title) for key, label, title in panels
+            if any(getattr(p, key) is not None for p in result.points)]  # fmt: skip
+
+
 def sweep_figure(result: RepairSweepResult) -> bytes:
-    """PNG: forgetting loss and task accuracy against λ, one line per method (the v2 figure)."""
+    """PNG: each measure against λ, one line per method (the v2 figure); BASE's loss as a dotted line."""
     import io
 
     import matplotlib
@@ -303,21 +528,21 @@ def sweep_figure(result: RepairSweepResult) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("forgetting_loss", f"loss on {result.measure or 'text'} (lower = less forgetting)"),
-              ("accuracy", f"task accuracy ({result.task})")]  # fmt: skip
-    panels = [(key, label) for key, label in panels if any(getattr(p, key) is not None for p in result.points)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    panels = sweep_panels(result)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 3.9), squeeze=False)
     styles = {"none": ("C3", "o"), "non-intruder": ("C0", "s"), "shrink": ("C2", "^")}
-    for ax, (key, label) in zip(axes[0], panels, strict=True):
+    references = {"forgetting_loss": result.base_loss, "task_loss": result.base_task_loss}
+    for ax, (key, label, title) in zip(axes[0], panels, strict=False):
         for method in dict.fromkeys(p.method for p in result.points):
             points = [p for p in result.points if p.method == method]
             color, marker = styles[method]
             ax.plot([p.lam for p in points], [getattr(p, key) for p in points], marker=marker, color=color,
                     label=METHOD_LABELS[method])  # fmt: skip
-        if key == "forgetting_loss" and result.base_loss is not None:
-            ax.axhline(result.base_loss, color="grey", linestyle=":", label="BASE")
+        if references.get(key) is not None:
+            ax.axhline(references[key], color="grey", linestyle=":", label="BASE")
         ax.set_xlabel("λ (1 = TUNED as trained)")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label, fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Repair sweep: {result.total_intruders} intruders in {result.matrices_with_intruders} matrices "

@@ -12,6 +12,7 @@ An adapter or model without intruders is copied unchanged, bit for bit.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,15 +23,24 @@ import torch
 
 from intrudim.analysis.config import AnalyzeConfig
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob, open_inputs
-from intrudim.analysis.running import check_device, make_reporter, open_cache, read_job
+from intrudim.analysis.running import (
+    analyze_dense_matrix,
+    analyze_lora_matrix,
+    check_device,
+    make_reporter,
+    open_cache,
+    read_job,
+)
 from intrudim.errors import IntrudimError
 from intrudim.models.references import is_peft_model
 from intrudim.repair.config import RepairConfig
 from intrudim.spectral.repair import (
     RankUpdate,
     SingularTriplets,
+    alpha_for_scale,
     control_indices,
     dense_top_triplets,
+    extend_lora_factors,
     intruder_indices,
     lora_delta_norm,
     lora_top_triplets,
@@ -55,6 +65,7 @@ class MatrixRepairPlan:
     non_intruders: list[int]  # the ``non-intruder`` control's directions (as many as intruders)
     delta_norm: float  # ‖ΔW‖_F
     factors: LoraFactors | None  # LoRA modules: the adapter's factors
+    remaining: list[int] | None = None  # 1-based ranks of the intruders of W' (the repair at one λ/control)
 
     def directions(self, control: str) -> list[int]:
         return self.non_intruders if control == "non-intruder" else self.intruders
@@ -74,15 +85,92 @@ class MatrixRepairPlan:
             return None
         return scaled_directions_update(self.triplets, indices, lam)
 
+    def lora_replacement(
+        self, lam: float, control: str, use_rslora: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, float | None] | None:
+        """(B', A', α' or None) that make the repaired update exactly (float64), or None when the factors stay:
+        rank r + |I| with α' keeping the scale for ``none``/``non-intruder``; (c·B, A) at the same rank for
+        ``shrink``."""
+        factors = self.factors
+        if factors is None or not self.intruders:
+            return None
+        if control == "shrink":
+            c, _ = self.shrink(lam)
+            return factors.B.to(torch.float64) * c, factors.A.to(torch.float64), None
+        update = self.update(lam, control)
+        if update is None:
+            return None
+        B_new, A_new = extend_lora_factors(factors.B, factors.A, factors.scale, update)
+        return B_new, A_new, alpha_for_scale(factors.scale, int(A_new.shape[0]), use_rslora)
+
+    def dense_replacement(
+        self, Wt: torch.Tensor, W0: torch.Tensor | None, lam: float, control: str
+    ) -> torch.Tensor | None:
+        """W' (float64, analysed orientation) of a dense matrix (a dense TUNED's, or a weight saved whole), or None
+        when it stays: W_t + (λ − 1)·Σ σ_j u_j v_jᵀ, or W₀ + c·ΔW for ``shrink`` (which alone needs W₀)."""
+        if not self.intruders or self.factors is not None:
+            return None
+        Wt64 = Wt.to(torch.float64)
+        if control == "shrink":
+            assert W0 is not None, "the shrink control needs W₀"
+            c, _ = self.shrink(lam)
+            W0_64 = W0.to(torch.float64)
+            return W0_64 + c * (Wt64 - W0_64)
+        update = self.update(lam, control)
+        return None if update is None else Wt64 + update.dense()
+
+
+def remaining_intruders(
+    plan: MatrixRepairPlan,
+    W0: torch.Tensor,
+    base_svd: Any,
+    Wt: torch.Tensor | None,
+    lam: float,
+    control: str,
+    config: AnalyzeConfig,
+    use_rslora: bool,
+) -> list[int]:
+    """1-based ranks of the intruders of the repaired W' among its top-k, counted as ``analyze`` counts them on the
+    written output: the factors (or weights) the writer writes, cast to their stored dtype, through analyze's own
+    structured (LoRA) or dense path, against the same base SVD (no second read of W₀ or of the cache).
+
+    A σ scaled by λ can still rank in the top-k and still be a new direction, so a repair at λ > 0 often leaves some
+    intruders; scaling them can also bring a new one into the top-k."""
+    factors = plan.factors
+    if factors is not None:
+        replacement = plan.lora_replacement(lam, control, use_rslora)
+        if replacement is None:
+            return [j + 1 for j in plan.intruders]
+        B_new, A_new, alpha = replacement
+        rank = int(A_new.shape[0])
+        # the scale a reader of the written adapter computes from its alpha_pattern / rank_pattern
+        scale = factors.scale if alpha is None else alpha / (math.sqrt(rank) if use_rslora else rank)
+        B_stored, A_stored = B_new.to(factors.B.dtype), A_new.to(factors.A.dtype)
+        return analyze_lora_matrix(plan.job, W0, base_svd, A_stored, B_stored, scale, config).intruder_ranks
+    assert Wt is not None
+    W_new = plan.dense_replacement(Wt, W0, lam, control)
+    if W_new is None:
+        return [j + 1 for j in plan.intruders]
+    W_stored = W_new.to(Wt.dtype)
+    if torch.equal(W_stored, W0.to(Wt.dtype)):
+        return []  # W' = W₀ (shrink with c = 0): analyze finds the base's own vectors
+    return analyze_dense_matrix(plan.job, W0, base_svd, W_stored, config).intruder_ranks
+
 
 def plan_matrix(
-    inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: AnalyzeConfig, with_control: bool
+    inputs: AnalysisInputs,
+    job: MatrixJob,
+    cache: BaseSVDCache,
+    config: AnalyzeConfig,
+    with_control: bool,
+    remaining_at: tuple[float, str] | None = None,
 ) -> MatrixRepairPlan:
     """Top triplets and intruders of one planned matrix (structured for LoRA; Lanczos for dense).
 
     W₀, its cache entry and the factors (or W_t) are read as ``analyze`` reads them (:func:`read_job`): with the
     cache's key memo, a LoRA repair of an unchanged base reads no base matrix and hashes nothing. ``config``: the
-    repair's :attr:`RepairConfig.analyze_config`."""
+    repair's :attr:`RepairConfig.analyze_config`. ``remaining_at`` (λ, control): also count the intruders left in
+    the repaired matrix (:func:`remaining_intruders`, into ``plan.remaining``) while W₀'s SVD is at hand."""
     k, epsilon = config.k, config.epsilon
     read = read_job(inputs, job, cache, config)
     W0 = read.W0
@@ -110,7 +198,11 @@ def plan_matrix(
     else:
         assert Wt is not None
         delta_norm = float(torch.linalg.matrix_norm(Wt.to(torch.float64) - W0.to(torch.float64)))
-    return MatrixRepairPlan(job, triplets, intruders, non_intruders, delta_norm, factors)
+    plan = MatrixRepairPlan(job, triplets, intruders, non_intruders, delta_norm, factors)
+    if remaining_at is not None:
+        use_rslora = bool(inputs.adapter is not None and inputs.adapter.use_rslora)
+        plan.remaining = remaining_intruders(plan, W0, base_svd, Wt, *remaining_at, config, use_rslora)
+    return plan
 
 
 TOKEN_ROWS_NOT_REPAIRED = (
@@ -141,8 +233,10 @@ def plan_repairs(
     *,
     with_control: bool,
     progress: bool | ProgressCallback = False,
+    remaining_at: tuple[float, str] | None = None,
 ) -> list[MatrixRepairPlan]:
-    """:func:`plan_matrix` for every planned matrix, with numpy/scipy BLAS single-threaded (intrudim.threads)."""
+    """:func:`plan_matrix` for every planned matrix, with numpy/scipy BLAS single-threaded (intrudim.threads);
+    ``remaining_at`` (λ, control): also the intruders left after that repair, per matrix."""
     reporter = make_reporter(progress, len(inputs.jobs), "repair")
     analyze_config = config.analyze_config  # built (and validated) once, not per matrix
     plans = []
@@ -151,7 +245,7 @@ def plan_repairs(
             for i, job in enumerate(inputs.jobs):
                 if reporter is not None:
                     reporter(i, len(inputs.jobs), job.base_key)
-                plans.append(plan_matrix(inputs, job, cache, analyze_config, with_control))
+                plans.append(plan_matrix(inputs, job, cache, analyze_config, with_control, remaining_at))
         if reporter is not None:
             reporter(len(inputs.jobs), len(inputs.jobs), "done")
     finally:
@@ -176,6 +270,7 @@ class MatrixRepair:
     removed_frobenius: float  # ‖W' − W_t‖_F
     shrink_c: float | None = None  # the shrink control's c (W₀ + c·ΔW)
     norm_matched: bool | None = None  # shrink: whether it removes exactly the intruder repair's norm
+    remaining_ranks: list[int] | None = None  # intruders of W' among its top-k, as `analyze` counts the output
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -187,12 +282,14 @@ def describe(plan: MatrixRepairPlan, lam: float, control: str) -> MatrixRepair:
     """The repair.json entry for one matrix at (λ, control)."""
     job = plan.job
     intruder_ranks = [j + 1 for j in plan.intruders]
+    remaining = None if plan.remaining is None else list(plan.remaining)
     if control == "shrink":
         c, matched = plan.shrink(lam) if plan.intruders else (1.0, True)
         return MatrixRepair(
             name=job.base_key, module=job.module, shape=job.shape, transposed=job.transpose,
             intruder_ranks=intruder_ranks, scaled_ranks=[], sigma_before=[], sigma_after=[], rank_added=0,
             removed_frobenius=(1.0 - c) * plan.delta_norm, shrink_c=c, norm_matched=matched,
+            remaining_ranks=remaining,
         )  # fmt: skip
     indices = plan.directions(control) if lam != 1.0 else []
     sigma = [float(plan.triplets.S[j]) for j in indices]
@@ -200,7 +297,7 @@ def describe(plan: MatrixRepairPlan, lam: float, control: str) -> MatrixRepair:
         name=job.base_key, module=job.module, shape=job.shape, transposed=job.transpose,
         intruder_ranks=intruder_ranks, scaled_ranks=[j + 1 for j in indices], sigma_before=sigma,
         sigma_after=[lam * s for s in sigma], rank_added=len(indices) if plan.factors is not None else 0,
-        removed_frobenius=removed_norm(plan.triplets, indices, lam),
+        removed_frobenius=removed_norm(plan.triplets, indices, lam), remaining_ranks=remaining,
     )  # fmt: skip
 
 
@@ -228,6 +325,20 @@ class RepairResult:
     def matrices_changed(self) -> int:
         return sum(1 for m in self.matrices if m.removed_frobenius > 0)
 
+    @property
+    def remaining_intruders(self) -> int | None:
+        """Intruders of the repaired weights W' (k, ε as before), summed over matrices: what ``analyze`` of the
+        output counts. None when they were not counted."""
+        if any(m.remaining_ranks is None for m in self.matrices):
+            return None
+        return sum(len(m.remaining_ranks or []) for m in self.matrices)
+
+    @property
+    def matrices_with_remaining_intruders(self) -> int | None:
+        if self.remaining_intruders is None:
+            return None
+        return sum(1 for m in self.matrices if m.remaining_ranks)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "base": self.base,
@@ -238,6 +349,8 @@ class RepairResult:
             "epsilon": self.config.epsilon,
             "control": self.config.control,
             "total_intruders": self.total_intruders,
+            "remaining_intruders": self.remaining_intruders,
+            "matrices_with_remaining_intruders": self.matrices_with_remaining_intruders,
             "matrices_changed": self.matrices_changed,
             "rank_added": sum(m.rank_added for m in self.matrices),
             "unchanged": self.unchanged,
@@ -251,7 +364,28 @@ class RepairResult:
             "definition": "W' = W_t + (lambda - 1) * sum_{j in I} sigma_j u_j v_j^T, I = intruders among the top-k "
             "singular vectors of W_t (max |cos| to every base left singular vector < epsilon); written exactly "
             "(LoRA rank r + |I|), never truncated",
+            "remaining_definition": "remaining_intruders / remaining_ranks: the intruders of W' among its own top-k "
+            "(same k, epsilon, base SVD), counted on the weights as written: what `intrudim analyze BASE OUTPUT` "
+            "counts. A singular value scaled by lambda > 0 can still rank in the top-k and still be a new direction",
         }
+
+    def _remaining_lines(self) -> list[str]:
+        remaining, config = self.remaining_intruders, self.config
+        if remaining is None or self.unchanged:
+            return []
+        where = f"in {self.matrices_with_remaining_intruders} matrices " if remaining else ""
+        line = (f"after the repair: {remaining} intruder dimensions remain {where}({self.total_intruders} before; "
+                f"k={config.k}, ε={config.epsilon}, counted on the output as `intrudim analyze` counts them)")  # fmt: skip
+        if remaining == 0:
+            return [line]
+        if config.control == "none":
+            why = (f"a σ scaled by λ={config.lam:g} can still rank in the top-{config.k} and still be a new "
+                   f"direction; a smaller --lambda (0 removes the directions) leaves fewer")  # fmt: skip
+        elif config.control == "non-intruder":
+            why = "the non-intruder control scales other directions and leaves the intruders as they are"
+        else:
+            why = "the shrink control scales all of ΔW by c, the intruders with the rest"
+        return [line, why]
 
     def summary_lines(self) -> list[str]:
         what = {"none": "intruder", "non-intruder": "non-intruder control", "shrink": "shrink control"}[self.config.control]
@@ -262,6 +396,7 @@ class RepairResult:
         ]
         if self.unchanged:
             lines.append("nothing to scale: the output is an unchanged, bit-for-bit copy of the input")
+        lines += self._remaining_lines()
         if self.output:
             lines.append(f"wrote the repaired {self.output_kind} to {self.output}")
         return lines
@@ -283,7 +418,8 @@ def repair(
     **overrides: Any,
 ) -> RepairResult:
     """Scale TUNED's intruders by λ against BASE and write OUT/adapter (LoRA) or OUT/model (dense, or ``merged``),
-    plus OUT/repair.json.
+    plus OUT/repair.json and OUT/report.html. The intruders left in the repaired weights (what ``analyze`` of the
+    output counts) are in ``result.remaining_intruders`` and per matrix in ``remaining_ranks``.
 
     BASE and TUNED take every reference of :mod:`intrudim.models` (BASE None: the adapter's recorded base). A
     ``PeftModel`` without ``out`` is repaired in memory: the repaired adapter is added to it as
@@ -297,7 +433,7 @@ def repair(
     """
     from dataclasses import replace
 
-    from intrudim.repair.writers import prepare_output, write_outputs
+    from intrudim.repair.writers import output_name, prepare_output, write_outputs
 
     config = replace(config, **overrides) if config is not None else RepairConfig(**overrides)
     check_device(config.device)
@@ -321,14 +457,33 @@ def repair(
         set_aside_token_rows(inputs)
         out_dir = prepare_output(Path(out), inputs, merged=merged, overwrite=overwrite)
         cache = open_cache(analyze_config, cache_dir, use_cache)
-        plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress)
+        plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress,
+                             remaining_at=(config.lam, config.control))  # fmt: skip
         result = RepairResult(
             base=inputs.base_spec, tuned=inputs.tuned_spec, tuned_kind=inputs.tuned_kind, config=config,
             matrices=[describe(plan, config.lam, config.control) for plan in plans], skipped=list(inputs.skipped),
         )  # fmt: skip
+        plain_progress_line(progress, f"writing {out_dir / output_name(inputs, merged)}")
         write_outputs(result, plans, inputs, out_dir, merged=merged, overwrite=overwrite)
     result.seconds = time.perf_counter() - started
     from intrudim.fileio import write_json_atomic
+    from intrudim.report.repair_report import write_repair_report
 
     write_json_atomic(out_dir / "repair.json", result.to_json())
+    write_repair_report(result, out_dir)
+    plain_progress_line(progress, f"done in {result.seconds:.0f} s")
     return result
+
+
+def plain_progress_line(progress: bool | ProgressCallback, text: str, label: str = "repair") -> None:
+    """One ``"<label>: <text>"`` line on stderr when ``progress`` is on (True) and stderr is not a terminal (a log
+    file, a pipe, CI), where a rich bar shows nothing; on a terminal the bar of :func:`plan_repairs` says enough."""
+    if progress is not True:
+        return
+    from rich.console import Console
+
+    from intrudim.plain_progress import PlainProgress
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        PlainProgress(console, label, every=0.0)(text, force=True)

@@ -52,7 +52,8 @@ def repair_peft_model(
         assert inputs.adapter is not None
         set_aside_token_rows(inputs)
         cache = open_cache(analyze_config, cache_dir, use_cache)
-        plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress)
+        plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress,
+                             remaining_at=(config.lam, config.control))  # fmt: skip
         result = RepairResult(
             base=inputs.base_spec, tuned=inputs.tuned_spec, tuned_kind=inputs.tuned_kind, config=config,
             matrices=[describe(plan, config.lam, config.control) for plan in plans], skipped=list(inputs.skipped),

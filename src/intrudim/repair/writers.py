@@ -21,7 +21,6 @@ from intrudim.errors import IntrudimError
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
 from intrudim.models.references import read_adapter_config
 from intrudim.repair.core import MatrixRepairPlan, RepairResult
-from intrudim.spectral.repair import alpha_for_scale, extend_lora_factors
 from intrudim.weights.peft_adapter import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, LoraAdapter
 from intrudim.weights.sources import SAFETENSORS_INDEX, WeightSource
 
@@ -44,7 +43,7 @@ def prepare_output(out: Path, inputs: AnalysisInputs, *, merged: bool, overwrite
             f"is a single file. Give the model folder, or leave out --merged to get a repaired adapter."
         )
     target = out / output_name(inputs, merged)
-    for existing in (target, out / "repair.json"):
+    for existing in (target, out / "repair.json", out / "report.html"):
         if existing.exists() and not overwrite:
             raise IntrudimError(
                 f"'{existing}' already exists and would be replaced. Choose another --out, or pass --overwrite to "
@@ -129,22 +128,14 @@ def write_outputs(
 def lora_replacements(
     plans: list[MatrixRepairPlan], adapter: LoraAdapter, lam: float, control: str
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float | None]]:
-    """module → (B', A', α' or None): the factors that make the repaired update, exactly."""
+    """module → (B', A', α' or None): the factors that make the repaired update, exactly
+    (:meth:`~intrudim.repair.core.MatrixRepairPlan.lora_replacement`)."""
     new: dict[str, tuple[torch.Tensor, torch.Tensor, float | None]] = {}
     for plan in plans:
-        factors = plan.factors
-        if factors is None or not plan.intruders:
-            continue
-        if control == "shrink":
-            c, _ = plan.shrink(lam)
-            new[factors.module] = (factors.B.to(torch.float64) * c, factors.A.to(torch.float64), None)
-            continue
-        update = plan.update(lam, control)
-        if update is None:
-            continue
-        B_new, A_new = extend_lora_factors(factors.B, factors.A, factors.scale, update)
-        alpha = alpha_for_scale(factors.scale, int(A_new.shape[0]), adapter.use_rslora)
-        new[factors.module] = (B_new, A_new, alpha)
+        replacement = plan.lora_replacement(lam, control, adapter.use_rslora)
+        if replacement is not None:
+            assert plan.factors is not None
+            new[plan.factors.module] = replacement
     return new
 
 
@@ -205,16 +196,10 @@ def dense_replacements(
         if not plan.intruders or plan.factors is not None:
             continue
         job = plan.job
-        Wt = inputs.tuned_matrix(job).to(torch.float64)
-        if control == "shrink":
-            c, _ = plan.shrink(lam)
-            W0 = inputs.base_matrix(job).to(torch.float64)
-            W_new = W0 + c * (Wt - W0)
-        else:
-            update = plan.update(lam, control)
-            if update is None:
-                continue
-            W_new = Wt + update.dense()
+        W0 = inputs.base_matrix(job) if control == "shrink" else None  # only the shrink control needs W₀
+        W_new = plan.dense_replacement(inputs.tuned_matrix(job), W0, lam, control)
+        if W_new is None:
+            continue
         assert job.tuned_key is not None
         out[job.tuned_key] = W_new.T if job.transpose else W_new
     return out
