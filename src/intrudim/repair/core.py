@@ -454,15 +454,8 @@ def repair(
     started = time.perf_counter()
     analyze_config = config.analyze_config
     with open_inputs(base, tuned, analyze_config, adapter_name=adapter_name) as inputs:
-        set_aside_token_rows(inputs)
         out_dir = prepare_output(Path(out), inputs, merged=merged, overwrite=overwrite)
-        cache = open_cache(analyze_config, cache_dir, use_cache)
-        plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress,
-                             remaining_at=(config.lam, config.control))  # fmt: skip
-        result = RepairResult(
-            base=inputs.base_spec, tuned=inputs.tuned_spec, tuned_kind=inputs.tuned_kind, config=config,
-            matrices=[describe(plan, config.lam, config.control) for plan in plans], skipped=list(inputs.skipped),
-        )  # fmt: skip
+        plans, result = planned_repair(inputs, config, cache_dir, use_cache, progress)
         plain_progress_line(progress, f"writing {out_dir / output_name(inputs, merged)}")
         write_outputs(result, plans, inputs, out_dir, merged=merged, overwrite=overwrite)
     result.seconds = time.perf_counter() - started
@@ -473,6 +466,23 @@ def repair(
     write_repair_report(result, out_dir)
     plain_progress_line(progress, f"done in {result.seconds:.0f} s")
     return result
+
+
+def planned_repair(
+    inputs: AnalysisInputs, config: RepairConfig, cache_dir: str | Path | None, use_cache: bool,
+    progress: bool | ProgressCallback,
+) -> tuple[list[MatrixRepairPlan], RepairResult]:  # fmt: skip
+    """Every matrix's repair planned (with the intruders that remain at ``config``'s λ and control) and described:
+    what :func:`repair` writes and :func:`~intrudim.repair.in_memory.repair_peft_model` loads."""
+    set_aside_token_rows(inputs)
+    cache = open_cache(config.analyze_config, cache_dir, use_cache)
+    plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress,
+                         remaining_at=(config.lam, config.control))  # fmt: skip
+    result = RepairResult(
+        base=inputs.base_spec, tuned=inputs.tuned_spec, tuned_kind=inputs.tuned_kind, config=config,
+        matrices=[describe(plan, config.lam, config.control) for plan in plans], skipped=list(inputs.skipped),
+    )  # fmt: skip
+    return plans, result
 
 
 def plain_progress_line(progress: bool | ProgressCallback, text: str, label: str = "repair") -> None:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from intrudim.analysis.planning import open_inputs
-from intrudim.analysis.running import open_cache
 from intrudim.errors import IntrudimError
 from intrudim.models.references import describe_module, is_peft_model
 from intrudim.repair.config import RepairConfig
-from intrudim.repair.core import RepairResult, describe, plan_repairs, set_aside_token_rows
+from intrudim.repair.core import RepairResult, planned_repair
 from intrudim.repair.writers import dense_replacements, lora_replacements, write_adapter
 
 
@@ -50,14 +49,7 @@ def repair_peft_model(
     analyze_config = config.analyze_config
     with open_inputs(None, model, analyze_config, adapter_name=adapter_name) as inputs:
         assert inputs.adapter is not None
-        set_aside_token_rows(inputs)
-        cache = open_cache(analyze_config, cache_dir, use_cache)
-        plans = plan_repairs(inputs, cache, config, with_control=config.control == "non-intruder", progress=progress,
-                             remaining_at=(config.lam, config.control))  # fmt: skip
-        result = RepairResult(
-            base=inputs.base_spec, tuned=inputs.tuned_spec, tuned_kind=inputs.tuned_kind, config=config,
-            matrices=[describe(plan, config.lam, config.control) for plan in plans], skipped=list(inputs.skipped),
-        )  # fmt: skip
+        plans, result = planned_repair(inputs, config, cache_dir, use_cache, progress)
         adapter = inputs.adapter
         new_factors = lora_replacements(plans, adapter, config.lam, config.control)
         whole = {adapter.full_weights[key]: W
