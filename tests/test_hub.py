@@ -38,7 +38,8 @@ from huggingface_hub.utils import (
 
 from intrudim.errors import HubError, IntrudimError
 from intrudim.models import hub
-from intrudim.models.hub import download_patterns, hub_snapshot, parse_hub_id, translate_hub_error
+from intrudim.models.hub import download_patterns, hub_snapshot, parse_hub_id
+from intrudim.models.hub_errors import translate_hub_error
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".msgpack", ".h5")
 

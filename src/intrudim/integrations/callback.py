@@ -1,5 +1,9 @@
 """Intruder dimensions tracked live inside a user's own training: :class:`IntruderCallback` (Fig. 7 as it happens).
 
+One piece (over 400 lines): one class whose Trainer hooks share the state of one run — the matrices, their base
+SVDs, the timeline, the rank-0 decisions — and its argument checks; the records, JSON and figure are in
+:mod:`intrudim.integrations.timeline`.
+
 A ``transformers.TrainerCallback`` for ``transformers.Trainer`` and every trainer built on it (TRL's
 ``SFTTrainer``…). Added in one line::
 
