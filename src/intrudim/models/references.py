@@ -138,6 +138,14 @@ def _is_run_dir(path: Path) -> bool:
     )  # fmt: skip
 
 
+def trainer_output_checkpoints(path: Path) -> list[tuple[int, Path]]:
+    """The checkpoints, ordered by step, of a Trainer ``output_dir`` that holds no model of its own (what such a
+    folder stands for); empty for anything else (a file, a run directory, a checkpoint, a model folder)."""
+    if not path.is_dir() or _is_run_dir(path) or CHECKPOINT_DIR.match(path.name) or _has_weights(path):
+        return []
+    return trainer_checkpoints(path)
+
+
 def _local(given: str, path: Path) -> ModelReference:
     if path.is_file():
         return ModelReference(given, "file", path)
@@ -145,8 +153,8 @@ def _local(given: str, path: Path) -> ModelReference:
         return ModelReference(given, "run", path / "final", note="the run's final model")
     if CHECKPOINT_DIR.match(path.name) and _has_weights(path):
         return ModelReference(given, "checkpoint", path)
-    checkpoints = trainer_checkpoints(path)
-    if checkpoints and not _has_weights(path):
+    checkpoints = trainer_output_checkpoints(path)
+    if checkpoints:
         step, latest = checkpoints[-1]
         return ModelReference(given, "trainer-output", latest, note=f"its latest checkpoint, {latest.name} (step {step})")
     return ModelReference(given, "folder", path)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from intrudim.errors import IntrudimError
-from intrudim.models.references import CHECKPOINT_DIR, resolve_reference, trainer_checkpoints
+from intrudim.models.references import trainer_output_checkpoints
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _DIGITS = re.compile(r"(\d+)")
@@ -77,14 +77,5 @@ def _name_parts(spec: str) -> list[str]:
 
 
 def _checkpoints_or_itself(spec: str) -> list[str]:
-    path = Path(spec).expanduser()
-    if not path.is_dir() or CHECKPOINT_DIR.match(path.name):
-        return [spec]
-    try:
-        kind = resolve_reference(spec, role="tuned").kind
-    except IntrudimError:
-        return [spec]
-    if kind != "trainer-output":
-        return [spec]
-    return [str(Path(spec) / checkpoint.name) for _, checkpoint in trainer_checkpoints(path)]
-
+    checkpoints = trainer_output_checkpoints(Path(spec).expanduser())
+    return [str(Path(spec) / checkpoint.name) for _, checkpoint in checkpoints] or [spec]
