@@ -134,7 +134,7 @@ def test_analyze_top_lists_the_matrices_with_most_intruders_and_counts_the_rest(
 def test_matrices_to_print_orders_by_intruders_then_the_models_order():
     from types import SimpleNamespace
 
-    from intrudim.cli import matrices_to_print, unlisted_lines
+    from intrudim.cli.analyze import matrices_to_print, unlisted_lines
 
     matrices = [SimpleNamespace(name=f"m{i}", intruders=n) for i, n in enumerate([0, 2, 5, 0, 2, 1])]
     assert [m.name for m in matrices_to_print(matrices, 3)] == ["m2", "m1", "m4"]  # ties (2, 2) in model order

@@ -694,7 +694,7 @@ def _measured(text: dict) -> object:
 def test_terminal_result_reads_well_at_80_columns_and_leaves_the_licence_to_the_report(capsys, monkeypatch):
     """The licence of the embedded text is in forgetting.json and forgetting.html, not printed on every run; the
     table has the style of every verb's; the text's path comes whole after its label; no line over 80 columns."""
-    from intrudim.evaluate.commands import _print_result
+    from intrudim.cli.forgetting import _print_result
     from intrudim.evaluate.text import TEXT_LICENCE
 
     monkeypatch.setenv("COLUMNS", "80")

@@ -162,9 +162,9 @@ def test_masked_lm_sweep_reports_the_pseudo_loss(tmp_path):
     from rich.console import Console
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
+    from intrudim.cli.repair import _print_sweep
     from intrudim.experiments.repair_sweep import sweep_panels
     from intrudim.models.embedded import embedded_model_path
-    from intrudim.repair.commands import _print_sweep
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path("minilm")))
     torch.manual_seed(0)
@@ -198,8 +198,8 @@ def test_contrastive_measure_is_named_in_nats_per_pair_without_a_perplexity():
     """A sentence encoder's forgetting loss is the in-batch contrastive loss per sentence pair: no perplexity."""
     from rich.console import Console
 
+    from intrudim.cli.repair import _print_sweep
     from intrudim.experiments.repair_sweep import RepairSweepResult, SweepPoint, sweep_panels
-    from intrudim.repair.commands import _print_sweep
 
     result = RepairSweepResult(base="minilm", tuned="run", task=None, text={"source": "news"}, measure="contrastive",
                                k=10, epsilon=0.5, total_intruders=3, matrices_with_intruders=2, base_loss=0.41,

@@ -205,7 +205,7 @@ def test_tasks_command_json() -> None:
     import typer
     from typer.testing import CliRunner
 
-    from intrudim.train.commands import register
+    from intrudim.cli.train import register
 
     app = typer.Typer()
     register(app)

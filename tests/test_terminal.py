@@ -114,7 +114,7 @@ def test_analyze_summary_is_one_fact_a_line_with_paths_whole_after_their_labels(
 
 
 def test_phrase_lines_cut_between_phrases_and_never_inside_a_word():
-    from intrudim.cli import phrase_lines
+    from intrudim.cli.output import phrase_lines
 
     def wrapped(text: str, width: int) -> list[str]:
         return [text[start:end] for start, end in phrase_lines(text, width)]
@@ -131,7 +131,7 @@ def test_phrase_lines_cut_between_phrases_and_never_inside_a_word():
 
 
 def test_short_names_cover_the_three_architectures():
-    from intrudim.cli import short_matrix_name
+    from intrudim.weights.names import short_matrix_name
 
     assert short_matrix_name("encoder.layer.4.attention.self.query.weight") == "L4 attn.q"
     assert short_matrix_name("encoder.layer.4.attention.output.dense.weight") == "L4 attn.o"
@@ -182,7 +182,7 @@ def test_help_at_80_columns(command):
 NOISY = """
 import sys
 if sys.argv[1] == "quiet":
-    from intrudim.cli import quiet_libraries
+    from intrudim.cli.common import quiet_libraries
     quiet_libraries()
 from transformers import AutoModel
 model = AutoModel.from_pretrained(sys.argv[2])
@@ -206,7 +206,7 @@ def test_library_noise_is_silenced_by_the_cli(tiny_models, tmp_path):
     for noise in ("Loading weights", "Writing model shards", "is_gradient_checkpointing"):
         assert noise in outputs["loud"], noise  # the check can fail: the noise exists without the fix
         assert noise not in outputs["quiet"], noise
-    cli_source = (Path(__file__).resolve().parents[1] / "src" / "intrudim" / "cli.py").read_text()
+    cli_source = (Path(__file__).resolve().parents[1] / "src" / "intrudim" / "cli" / "app.py").read_text()
     assert "    quiet_libraries()\n    app()" in cli_source  # main() calls it before anything is imported
 
 

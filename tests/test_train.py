@@ -566,7 +566,7 @@ def test_rank_sweep_runs_each_rank_and_full(tiny_bert: Path, tmp_path: Path) -> 
 def _app():
     import typer
 
-    from intrudim.train.commands import register
+    from intrudim.cli.train import register
 
     app = typer.Typer()
     register(app)

@@ -368,7 +368,7 @@ def test_cli_train_takes_the_objective(tiny_causal: Path, tmp_path: Path) -> Non
     import typer
     from typer.testing import CliRunner
 
-    from intrudim.train.commands import register
+    from intrudim.cli.train import register
 
     app = typer.Typer()
     register(app)

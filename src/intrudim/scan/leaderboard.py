@@ -17,6 +17,7 @@ from jinja2 import Environment, select_autoescape
 from intrudim.fileio import write_bytes_atomic, write_text_atomic
 from intrudim.scan.steps import steps_figure_png, steps_table
 from intrudim.spectral.prediction import is_predicted
+from intrudim.weights.names import short_matrix_name
 
 ROW_KEYS = (
     "tuned", "name", "kind", "total_intruders", "matrices_analysed", "matrices_with_intruders", "energy_share_mean",
@@ -156,8 +157,6 @@ def _percent(fraction: float | None) -> str:
 def _short(name: str | None) -> str:
     if not name:
         return ""
-    from intrudim.cli import short_matrix_name
-
     return short_matrix_name(name)
 
 

@@ -1,55 +1,23 @@
 """CLI commands ``train``, ``tasks`` and ``sweep``: parse, build a TrainConfig, call, print with rich.
 
-``train`` and ``sweep`` share one option set (:data:`_RECIPE_OPTIONS`): every recipe option of a run, with
+``train`` and ``sweep`` share one option set (:data:`intrudim.cli.options.RECIPE_OPTIONS`): every recipe option of a run, with
 the same default, exists in both; each command adds only its own (``--method``/``--rank``; ``--ranks``).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from intrudim.cli.common import PlainHelpCommand
+from intrudim.cli.options import Out, option, recipe_command, recipe_config
+from intrudim.cli.output import terminal_table
 from intrudim.errors import IntrudimError
 from intrudim.spectral.prediction import DEFAULT_PRESSURE_THRESHOLD
-
-Model = Annotated[str, typer.Option("--model", help="'minilm' or 'smollm2' (embedded) or a local Hugging Face model folder.")]
-ObjectiveOpt = Annotated[str, typer.Option("--objective", help="auto (causal LMs as language models, others with a classification head), classification, or causal-lm.")]
-TaskName = Annotated[str, typer.Option("--task", help="Task name; see `intrudim tasks`.")]
-Out = Annotated[Path, typer.Option("--out", help="Run directory to create.")]
-Alpha = Annotated[float | None, typer.Option("--alpha", help="Fixed LoRA α (implies --alpha-rule fixed unless rslora).")]
-AlphaRuleOpt = Annotated[str, typer.Option("--alpha-rule", help="2r (paper default), fixed (α=8 or --alpha), rslora.")]
-Lr = Annotated[float | None, typer.Option("--lr", help="Learning rate η; default: total-lr/α for LoRA, 1e-5 full (1e-4 on minilm).")]
-TotalLr = Annotated[float, typer.Option("--total-lr", help="LoRA 'total learning rate' α·η (App. A).")]
-OtherLr = Annotated[float | None, typer.Option("--other-lr", help="LoRA methods: η of biases, LayerNorms and head (default: same η).")]
-ScheduleOpt = Annotated[str, typer.Option("--schedule", help="linear (App. A: decay to 0 after warm-up) or constant after warm-up.")]
-MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Clip the gradient norm (HF Trainer's default 1.0); 0: no clipping.")]
-Epochs = Annotated[float, typer.Option("--epochs", help="Maximum epochs (App. A: 5).")]
-Steps = Annotated[int | None, typer.Option("--steps", help="Maximum optimizer steps; overrides --epochs.")]
-Target = Annotated[float | None, typer.Option("--target-accuracy", help="Stop when held-out accuracy reaches this.")]
-EvalEvery = Annotated[int, typer.Option("--eval-every", help="Evaluate every N steps.")]
-CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Checkpoint (and track intruders) every N steps; 0: none.")]
-Fraction = Annotated[float, typer.Option("--train-fraction", help="Share of the training split to use (Fig. 12).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of data, head and adapter initialisation, and data order.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Global batch size (App. A: 16).")]
-MaxLength = Annotated[int, typer.Option("--max-length", help="Maximum tokens per input (paper: 512).")]
-DataPath = Annotated[Path | None, typer.Option("--data-path", help="Local data for the paper's tasks.")]
-MaxTrain = Annotated[int | None, typer.Option("--max-train-examples", help="Cap (or, for generated tasks, size) of the train split.")]
-MaxValidation = Annotated[int | None, typer.Option("--max-validation-examples", help="Cap/size of the validation split.")]
-K = Annotated[int, typer.Option("--k", help="Top-k singular vectors checked for intruders.")]
-Epsilon = Annotated[float, typer.Option("--epsilon", help="Cosine threshold ε for intruders.")]
-Track = Annotated[bool, typer.Option("--track/--no-track", help="Track intruders at each checkpoint.")]
-CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Base-SVD cache folder (default RUN_DIR/svd_cache).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
-Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
-Device = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where training runs: auto (a visible GPU, else the CPU), cpu, or cuda.")]
-Figures = Annotated[bool, typer.Option("--figures/--no-figures", help="Write PNG figures into the run directory.")]
 
 
 def _stderr() -> Console:
@@ -61,83 +29,11 @@ def _fail(error: IntrudimError) -> typer.Exit:
     return typer.Exit(2)
 
 
-# The options every run of `train` and `sweep` shares, in --help order: one list, so that a recipe option
-# (docs/train.md: "apply to every run") exists with the same default in both commands.
-_RECIPE_OPTIONS: tuple[tuple[str, object, object], ...] = (
-    ("model", Model, "minilm"),
-    ("task", TaskName, "sentiment"),
-    ("objective", ObjectiveOpt, "auto"),
-    ("alpha", Alpha, None),
-    ("alpha_rule", AlphaRuleOpt, "2r"),
-    ("lr", Lr, None),
-    ("total_lr", TotalLr, 2.4e-3),
-    ("other_lr", OtherLr, None),
-    ("schedule", ScheduleOpt, "linear"),
-    ("max_grad_norm", MaxGradNorm, 1.0),
-    ("epochs", Epochs, 5.0),
-    ("steps", Steps, None),
-    ("target_accuracy", Target, None),
-    ("eval_every", EvalEvery, 50),
-    ("checkpoint_every", CheckpointEvery, 100),
-    ("train_fraction", Fraction, 1.0),
-    ("seed", Seed, 42),
-    ("batch_size", BatchSize, 16),
-    ("max_length", MaxLength, 64),
-    ("data_path", DataPath, None),
-    ("max_train_examples", MaxTrain, None),
-    ("max_validation_examples", MaxValidation, None),
-    ("k", K, 10),
-    ("epsilon", Epsilon, 0.5),
-    ("track", Track, True),
-    ("cache_dir", CacheDir, None),
-    ("resume", Resume, False),
-    ("overwrite", Overwrite, False),
-    ("quiet", Quiet, False),
-    ("figures", Figures, True),
-    ("device", Device, "auto"),
-)
-_RUN_OPTIONS = ("cache_dir", "resume", "overwrite", "quiet", "figures", "device")  # how to run, not what to train
-_FIELD_OF_OPTION = {"k": "intruder_k", "epsilon": "intruder_epsilon", "track": "track_intruders", "steps": "max_steps"}
-
-
-def _config(**options: object):  # -> TrainConfig
-    """The TrainConfig of the recipe options (run options such as --resume are left out)."""
-    from intrudim.train.config import TrainConfig
-
-    fields = {_FIELD_OF_OPTION.get(name, name): value for name, value in options.items() if name not in _RUN_OPTIONS}
-    fields["checkpoint_every"] = fields.get("checkpoint_every") or None  # 0: no checkpoints
-    if fields.get("max_grad_norm") == 0:
-        fields["max_grad_norm"] = None
-    if fields.get("data_path") is not None:
-        fields["data_path"] = str(fields["data_path"])
-    return TrainConfig(**fields)  # type: ignore[arg-type]
-
-
-def _command(name: str, own: list[inspect.Parameter], body: Callable[..., None], doc: str) -> Callable[..., None]:
-    """A typer command taking ``own`` options followed by the shared recipe options; calls ``body(**options)``."""
-    shared = [inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-              for option, annotation, default in _RECIPE_OPTIONS]  # fmt: skip
-    parameters = [*own, *shared]
-
-    def command(**options: object) -> None:
-        body(**options)
-
-    command.__name__ = command.__qualname__ = name
-    command.__doc__ = doc
-    command.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
-    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
-    return command
-
-
-def _option(name: str, annotation: object, default: object = inspect.Parameter.empty) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
-
 def _train(*, out: Path, method: str, rank: int, **options: object) -> None:
     from intrudim.train.engine import train
 
     try:
-        config = _config(method=method, rank=rank, **options)
+        config = recipe_config(method=method, rank=rank, **options)
         result = train(config, out, resume=bool(options["resume"]), overwrite=bool(options["overwrite"]),
                        progress=not options["quiet"], cache_dir=options["cache_dir"],  # type: ignore[arg-type]
                        figures=bool(options["figures"]), device=str(options["device"]))  # fmt: skip
@@ -155,10 +51,10 @@ def _train(*, out: Path, method: str, rank: int, **options: object) -> None:
     console.print(f"Run directory: {result.run_dir}", highlight=False)
 
 
-train_command = _command("train_command", [
-    _option("out", Out),
-    _option("method", Annotated[str, typer.Option("--method", help="full, lora or lora-b-only (Fig. 10).")], "lora"),
-    _option("rank", Annotated[int, typer.Option("--rank", help="LoRA rank r.")], 8),
+train_command = recipe_command("train_command", [
+    option("out", Out),
+    option("method", Annotated[str, typer.Option("--method", help="full, lora or lora-b-only (Fig. 10).")], "lora"),
+    option("rank", Annotated[int, typer.Option("--rank", help="LoRA rank r.")], 8),
 ], _train, "Fine-tune a model on a task: full, LoRA or B-only LoRA, with the paper's recipe (App. A).")  # fmt: skip
 
 
@@ -173,8 +69,6 @@ def tasks_command(
     if as_json:
         typer.echo(json.dumps([info.to_json() for info in infos], indent=2))
         return
-    from intrudim.cli import terminal_table
-
     table = terminal_table("intrudim tasks")
     table.add_column("name", no_wrap=True)
     for column in ("kind", "classes", "train", "valid.", "offline") + (("source", "description") if describe else ()):
@@ -207,7 +101,7 @@ def _sweep(*, out: Path, ranks: str, method: str, ray: bool, ray_address: str | 
     try:
         if method not in ("lora", "lora-b-only"):
             raise IntrudimError(f"--method {method!r}: a sweep's rank runs use lora or lora-b-only; add 'full' to --ranks.")
-        config = _config(method=method, **options)
+        config = recipe_config(method=method, **options)
         engine = _ray_options(ray, ray_address, ray_cpus_per_run, ray_gpus_per_run)
         result = rank_sweep(config, out, parse_ranks(ranks), resume=bool(options["resume"]),
                             overwrite=bool(options["overwrite"]), progress=not options["quiet"],
@@ -215,8 +109,6 @@ def _sweep(*, out: Path, ranks: str, method: str, ray: bool, ray_address: str | 
                             ray=engine, device=str(options["device"]))  # fmt: skip
     except IntrudimError as error:
         raise _fail(error) from None
-    from intrudim.cli import terminal_table
-
     table = terminal_table(f"rank sweep: {options['task']}")
     for column in ("run", "steps", "accuracy", "reached target", "intruders"):
         table.add_column(column)
@@ -283,19 +175,19 @@ def predict_command(
     _print_prediction(report, Console(stderr=True))
 
 
-sweep_command = _command("sweep_command", [
-    _option("out", Annotated[Path, typer.Option("--out", help="Sweep directory to create (one run folder per rank).")]),
-    _option("ranks", Annotated[str, typer.Option("--ranks", help="Comma-separated ranks; 'full' = full fine-tuning.")],
+sweep_command = recipe_command("sweep_command", [
+    option("out", Annotated[Path, typer.Option("--out", help="Sweep directory to create (one run folder per rank).")]),
+    option("ranks", Annotated[str, typer.Option("--ranks", help="Comma-separated ranks; 'full' = full fine-tuning.")],
             "1,2,4,8,16,64,full"),
-    _option("method", Annotated[str, typer.Option("--method", help="LoRA variant of the rank runs: lora or lora-b-only.")],
+    option("method", Annotated[str, typer.Option("--method", help="LoRA variant of the rank runs: lora or lora-b-only.")],
             "lora"),
-    _option("ray", Annotated[bool, typer.Option("--ray", help="Run the runs as tasks on a local Ray runtime (pip install "
+    option("ray", Annotated[bool, typer.Option("--ray", help="Run the runs as tasks on a local Ray runtime (pip install "
                                                                "'intrudim[ray]').")], False),
-    _option("ray_address", Annotated[str | None, typer.Option("--ray-address", metavar="HOST:PORT",
+    option("ray_address", Annotated[str | None, typer.Option("--ray-address", metavar="HOST:PORT",
                                                               help="Run the runs on an existing Ray cluster.")], None),
-    _option("ray_cpus_per_run", Annotated[int, typer.Option("--ray-cpus-per-run", help="CPUs (threads) Ray gives each "
+    option("ray_cpus_per_run", Annotated[int, typer.Option("--ray-cpus-per-run", help="CPUs (threads) Ray gives each "
                                                             "run.")], 1),
-    _option("ray_gpus_per_run", Annotated[float, typer.Option("--ray-gpus-per-run", help="GPUs Ray gives each run (0: "
+    option("ray_gpus_per_run", Annotated[float, typer.Option("--ray-gpus-per-run", help="GPUs Ray gives each run (0: "
                                                               "CPU only; 1: one GPU each).")], 0.0),
 ], _sweep, "The paper's rank sweep: one run per LoRA rank plus full fine-tuning, at equal target accuracy; every "
            "recipe option of `train` applies to every run.")  # fmt: skip
@@ -303,8 +195,6 @@ sweep_command = _command("sweep_command", [
 
 def register(app: typer.Typer) -> None:
     """Add ``train``, ``tasks``, ``sweep`` and ``predict`` to ``app``."""
-    from intrudim.cli import PlainHelpCommand
-
     app.command("train", cls=PlainHelpCommand)(train_command)
     app.command("tasks", cls=PlainHelpCommand)(tasks_command)
     app.command("sweep", cls=PlainHelpCommand)(sweep_command)

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from intrudim.cli.common import PlainHelpCommand, base_and_tuned
+from intrudim.cli.output import print_lines, terminal_table
 from intrudim.errors import IntrudimError
 
 
@@ -43,7 +45,6 @@ def forgetting_command(
 ) -> None:
     """Loss on pre-training-like text before and after fine-tuning: perplexity (causal LM), MLM pseudo-loss
     (Salazar et al. 2020; Sec. 4, Figs. 9, 16), or MiniLM's contrastive objective; tuned − base with a 95% CI."""
-    from intrudim.cli import base_and_tuned
     from intrudim.evaluate.forgetting import ForgettingConfig
     from intrudim.evaluate.forgetting_api import forgetting
 
@@ -69,8 +70,6 @@ def forgetting_command(
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]: nothing half-written was left behind.")
         raise typer.Exit(130) from None
-    from intrudim.cli import print_lines
-
     data = result.to_json()
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -87,8 +86,6 @@ def forgetting_command(
 def _print_result(data: dict[str, Any]) -> None:
     """The measurement as the terminal shows it: the table, then one fact per line, wrapped between phrases. The
     text's licence is not repeated on every run: it is in forgetting.json and forgetting.html."""
-    from intrudim.cli import print_lines, terminal_table
-
     measure = data["measure"]
     table = terminal_table(f"Forgetting ({measure.replace('_', '-')})")
     table.add_column("model", justify="left")
@@ -128,6 +125,4 @@ def _print_result(data: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``forgetting`` to ``app``."""
-    from intrudim.cli import PlainHelpCommand
-
     app.command("forgetting", cls=PlainHelpCommand)(forgetting_command)

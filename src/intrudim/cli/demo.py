@@ -12,6 +12,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from intrudim.cli.common import PlainHelpCommand, run_guarded
+
 
 def demo_command(
     quick: Annotated[bool, typer.Option("--quick", help="About 5 minutes on 2 cores: MiniLM only, short runs "
@@ -24,7 +26,6 @@ def demo_command(
 ) -> None:
     """Run the paper's experiments on the embedded models (offline) and write one report: report.html and
     summary.json, whose `claims` list says, for each finding of the paper, whether it held here and the numbers."""
-    from intrudim.cli import run_guarded
     from intrudim.experiments.demo import DemoConfig, run_demo
 
     stdout, stderr = Console(), Console(stderr=True)
@@ -54,6 +55,4 @@ def demo_command(
 
 
 def register(app: typer.Typer) -> None:
-    from intrudim.cli import PlainHelpCommand
-
     app.command("demo", cls=PlainHelpCommand)(demo_command)

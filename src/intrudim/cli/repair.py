@@ -11,7 +11,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from intrudim.cli.common import PlainHelpCommand, base_and_tuned, command_line, run_guarded, skipped_summary
+from intrudim.cli.output import print_lines, terminal_table
 from intrudim.repair.config import DEFAULT_LAMBDA
+from intrudim.weights.names import short_matrix_name
 
 
 def repair_command(
@@ -51,13 +54,11 @@ def repair_command(
 ) -> None:
     """Scale the intruders' singular values by λ (v2): W' = W_t + (λ−1)·Σ σ_j u_j v_jᵀ, written exactly
     as a PEFT adapter of rank r+|I| (or merged weights); --sweep measures accuracy and forgetting per λ."""
-    from intrudim.cli import print_lines, run_guarded
     from intrudim.repair.config import RepairConfig
 
     stdout = Console()
 
     def work() -> None:
-        from intrudim.cli import base_and_tuned
         from intrudim.fileio import ensure_writable_directory
 
         base, tuned = base_and_tuned(models)
@@ -86,7 +87,7 @@ def repair_command(
                 base, tuned, lambdas, controls, config=config, task=task, text=text, task_text=task_text,
                 max_tokens=max_tokens, max_examples=max_examples, cache_dir=cache, progress=True,
             )  # fmt: skip
-            paths = write_sweep_outputs(result, out, command=_command_line())
+            paths = write_sweep_outputs(result, out, command=command_line())
             if as_json:
                 sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
                 return
@@ -115,12 +116,6 @@ def repair_command(
     run_guarded(work)
 
 
-def _command_line() -> str:
-    from intrudim.cli import _command_line as command_line
-
-    return command_line()
-
-
 def _check_sweep_report_free(out: Path, overwrite: bool) -> None:
     """--sweep writes OUT/report.html: refuse to replace another run's report (a repair's, an analysis') unless
     --overwrite; a sweep's own outputs (repair_sweep.json beside it) are replaced as before."""
@@ -135,8 +130,6 @@ def _check_sweep_report_free(out: Path, overwrite: bool) -> None:
 
 
 def _short(name: str) -> str:
-    from intrudim.cli import short_matrix_name
-
     return short_matrix_name(name)
 
 
@@ -144,7 +137,6 @@ def _print_repair(console: Console, result) -> None:
     """The changed matrices, one row each, readable at 80 columns; then the summary, one fact per line."""
     from rich.text import Text
 
-    from intrudim.cli import print_lines, skipped_summary, terminal_table
     from intrudim.report.repair_report import rank_list
 
     changed = [m for m in result.matrices if m.removed_frobenius > 0]
@@ -179,7 +171,6 @@ def _print_repair(console: Console, result) -> None:
 
 def _print_sweep(console: Console, result) -> None:
     """Every method × λ, readable at 80 columns; what each column is and BASE's values for reference below."""
-    from intrudim.cli import print_lines, terminal_table
     from intrudim.experiments.repair_sweep import METHOD_LABELS
 
     loss = result.loss
@@ -229,6 +220,4 @@ def _print_sweep(console: Console, result) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from intrudim.cli import PlainHelpCommand
-
     app.command("repair", cls=PlainHelpCommand)(repair_command)

@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from intrudim.cli.common import PlainHelpCommand, command_line, run_guarded
+from intrudim.cli.output import print_lines, terminal_table
+from intrudim.weights.names import short_matrix_name
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -97,7 +101,6 @@ def scan_command(
     from rich.console import Console
 
     from intrudim.analysis.config import AnalyzeConfig
-    from intrudim.cli import _command_line, print_lines, run_guarded
     from intrudim.errors import IntrudimError
     from intrudim.scan import ScanConfig, scan
 
@@ -120,7 +123,7 @@ def scan_command(
         if workers is not None and not ray:
             raise IntrudimError("--workers sizes the local Ray runtime: use it with --ray.")
         result = scan(base, list(tuned or []), out, config, pattern=glob, cache_dir=cache, progress=True,
-                      command=_command_line())  # fmt: skip
+                      command=command_line())  # fmt: skip
         if as_json:
             rows = result.rows
             sys.stdout.write(
@@ -138,7 +141,6 @@ def print_leaderboard(console: Console, document: dict[str, Any], paths: dict[st
     fact per line, wrapped between phrases (:func:`intrudim.cli.print_lines`)."""
     from rich.text import Text
 
-    from intrudim.cli import print_lines, short_matrix_name, terminal_table
     from intrudim.scan.leaderboard import ENERGY_NOTE
 
     rows = document["rows"]
@@ -187,6 +189,4 @@ def print_leaderboard(console: Console, document: dict[str, Any], paths: dict[st
 
 def register(app: typer.Typer) -> None:
     """Add ``scan`` to the intrudim CLI."""
-    from intrudim.cli import PlainHelpCommand
-
     app.command("scan", cls=PlainHelpCommand)(scan_command)

@@ -1,6 +1,6 @@
 """CLI command ``continual`` (Fig. 8 / 17, v2): parse, build a ContinualConfig, run, print with rich.
 
-The recipe options are those of ``train`` and ``sweep`` (train/commands.py's shared list, the same defaults),
+The recipe options are those of ``train`` and ``sweep`` (cli/options.py's shared list, the same defaults),
 except the ones a continual run sets per stage (``--task``, ``--track``) or does not have (``--overwrite``:
 an existing --out is never replaced; ``--figures``: the figures are always written).
 """
@@ -18,7 +18,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-# Shared recipe options (train/commands.py) that continual does not take, or takes as its own option.
+from intrudim.cli.common import PlainHelpCommand, run_guarded
+from intrudim.cli.options import RECIPE_OPTIONS, option, recipe_config
+
+# Shared recipe options (cli/options.py) that continual does not take, or takes as its own option.
 _NOT_TAKEN = {"task", "track", "overwrite", "figures", "k", "epsilon", "resume", "quiet", "cache_dir"}
 
 Tasks = Annotated[str, typer.Option("--tasks", help="Comma-separated tasks, trained in this order (see `intrudim tasks`).")]
@@ -36,8 +39,6 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print continual.json on st
 
 def _own_options() -> list[inspect.Parameter]:
     # the keyword-only option parameters that train and sweep build
-    from intrudim.train.commands import _option as option
-
     return [
         option("out", Out), option("tasks", Tasks, "sentiment,topic,pair-match,agreement"),
         option("ranks", Ranks, "1,8,64,full"), option("method", Method, "lora"), option("k", K, 10),
@@ -47,23 +48,18 @@ def _own_options() -> list[inspect.Parameter]:
 
 
 def _recipe_options() -> list[inspect.Parameter]:
-    from intrudim.train.commands import _RECIPE_OPTIONS
-
     return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-            for name, annotation, default in _RECIPE_OPTIONS if name not in _NOT_TAKEN]  # fmt: skip
+            for name, annotation, default in RECIPE_OPTIONS if name not in _NOT_TAKEN]  # fmt: skip
 
 
 def _run(*, out: Path, tasks: str, ranks: str, method: str, k: int, epsilon: float, resume: bool, keep_weights: bool,
          cache_dir: Path | None, quiet: bool, as_json: bool, **recipe: Any) -> None:  # fmt: skip
-    from intrudim.cli import run_guarded
-
     def work() -> None:
         from intrudim.experiments.continual import ContinualConfig, run_continual
-        from intrudim.train.commands import _config
         from intrudim.train.sweep import parse_ranks
 
         parsed_ranks = parse_ranks(ranks)
-        train = _config(task="sentiment", **recipe)  # the task (and method, rank) is set per stage
+        train = recipe_config(task="sentiment", **recipe)  # the task (and method, rank) is set per stage
         config = ContinualConfig(tasks=tuple(t for t in tasks.split(",")), ranks=parsed_ranks, method=method,
                                  train=train, k=k, epsilon=epsilon)  # fmt: skip
         result = run_continual(config, out, resume=resume, progress=not quiet, cache_dir=cache_dir,
@@ -122,6 +118,4 @@ def _continual_command() -> Any:
 
 def register(app: typer.Typer) -> None:
     """Add ``continual`` to ``app``."""
-    from intrudim.cli import PlainHelpCommand
-
     app.command("continual", cls=PlainHelpCommand)(_continual_command())
