@@ -13,8 +13,9 @@ import torch
 from browser import check_report, require_browser
 from conftest import write_peft_adapter
 
-from intrudim.experiments.repair_sweep import RepairSweepResult, SweepPoint, repair_sweep, write_sweep_outputs
 from intrudim.repair import RepairConfig, repair
+from intrudim.repair.sweep import repair_sweep, write_sweep_outputs
+from intrudim.repair.sweep_result import RepairSweepResult, SweepPoint
 
 TEXT = ("The river flows past the old mill and the town gathers by the bridge every spring. " * 3 + "\n\n") * 20
 TASK_TEXT = ("Review: the film was wonderful. Verdict: positive.\n\nReview: a dull plot. Verdict: negative.\n\n") * 20

@@ -35,8 +35,8 @@ import torch
 from conftest import train_in_parallel
 
 from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
-from intrudim.experiments.repair_sweep import repair_sweep
 from intrudim.repair import RepairConfig
+from intrudim.repair.sweep import repair_sweep
 from intrudim.train import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.science]

@@ -16,8 +16,9 @@ import torch
 from conftest import train_saved_weights_
 
 from intrudim.errors import IntrudimError
-from intrudim.experiments.repair_sweep import parse_controls, parse_lambdas, repair_sweep, write_sweep_outputs
 from intrudim.repair import RepairConfig, repair
+from intrudim.repair.sweep import repair_sweep, write_sweep_outputs
+from intrudim.repair.sweep_result import parse_controls, parse_lambdas
 
 HIDDEN = 32
 TEXT = ("The river flows past the old mill and the town gathers by the bridge every spring. " * 3 + "\n\n") * 20
@@ -65,7 +66,7 @@ def test_parsing():
 def test_sweep_equals_written_repairs_measured_from_disk(lm, tmp_path):
     from intrudim.evaluate.accuracy import accuracy
     from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
-    from intrudim.experiments.repair_sweep import _task_model
+    from intrudim.repair.sweep import _task_model
 
     config = RepairConfig(k=4)
     result = repair_sweep(lm["base"], lm["adapter"], (0.0, 0.5), config=config, task="sentiment", text=str(lm["text"]),
@@ -163,8 +164,8 @@ def test_masked_lm_sweep_reports_the_pseudo_loss(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     from intrudim.cli.repair import _print_sweep
-    from intrudim.experiments.repair_sweep import sweep_panels
     from intrudim.models.embedded import embedded_model_path
+    from intrudim.report.repair_figures import sweep_panels
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path("minilm")))
     torch.manual_seed(0)
@@ -199,7 +200,8 @@ def test_contrastive_measure_is_named_in_nats_per_pair_without_a_perplexity():
     from rich.console import Console
 
     from intrudim.cli.repair import _print_sweep
-    from intrudim.experiments.repair_sweep import RepairSweepResult, SweepPoint, sweep_panels
+    from intrudim.repair.sweep_result import RepairSweepResult, SweepPoint
+    from intrudim.report.repair_figures import sweep_panels
 
     result = RepairSweepResult(base="minilm", tuned="run", task=None, text={"source": "news"}, measure="contrastive",
                                k=10, epsilon=0.5, total_intruders=3, matrices_with_intruders=2, base_loss=0.41,
@@ -295,7 +297,8 @@ def test_cli_sweep_names_the_measure_and_its_unit(lm, tmp_path):
     JSON labels and the figure's axes say the same, and never 'loss on perplexity'."""
     import math
 
-    from intrudim.experiments.repair_sweep import RepairSweepResult, SweepPoint, sweep_panels
+    from intrudim.repair.sweep_result import RepairSweepResult, SweepPoint
+    from intrudim.report.repair_figures import sweep_panels
 
     proc = _run("repair", str(lm["base"]), str(lm["adapter"]), "--out", str(tmp_path / "s"), "--k", "4",
                 "--sweep", "0", "--text", str(lm["text"]), "--task-text", str(lm["text"]),

@@ -5,11 +5,10 @@ Reproduces "LoRA vs Full Fine-tuning: An Illusion of Equivalence" (Shuttleworth 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import gc as _gc
 
 from intrudim.threads import prefer_passive_openmp
+from intrudim.version import __version__
 
 prefer_passive_openmp()  # before torch loads OpenMP: no spin-waiting on shared cores (intrudim.threads)
 

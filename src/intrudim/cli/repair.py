@@ -64,12 +64,8 @@ def repair_command(
         base, tuned = base_and_tuned(models)
 
         if sweep is not None:
-            from intrudim.experiments.repair_sweep import (
-                parse_controls,
-                parse_lambdas,
-                repair_sweep,
-                write_sweep_outputs,
-            )
+            from intrudim.repair.sweep import repair_sweep, write_sweep_outputs
+            from intrudim.repair.sweep_result import parse_controls, parse_lambdas
 
             lambdas, controls = parse_lambdas(sweep), parse_controls(control)
             config = RepairConfig(k=k, epsilon=epsilon, modules=modules, device=device, allow_pickle=allow_pickle)
@@ -171,7 +167,7 @@ def _print_repair(console: Console, result) -> None:
 
 def _print_sweep(console: Console, result) -> None:
     """Every method × λ, readable at 80 columns; what each column is and BASE's values for reference below."""
-    from intrudim.experiments.repair_sweep import METHOD_LABELS
+    from intrudim.spectral.repair import METHOD_LABELS
 
     loss = result.loss
     table = terminal_table(f"Repair sweep: {result.total_intruders} intruders in {result.matrices_with_intruders} "

@@ -346,13 +346,14 @@ def measure_forgetting_rows(demo: Demo, base: str, runs: dict[str, dict[str, Any
 
 def measure_repair(demo: Demo, base: str, run: dict[str, Any]) -> dict[str, Any]:
     """The v2 intervention on the r = 1 run: intruders scaled by λ against both controls, accuracy and forgetting."""
-    from intrudim.experiments.repair_sweep import SWEEP_CONTROLS, repair_sweep
+    from intrudim.repair.sweep import repair_sweep
+    from intrudim.repair.sweep_result import SWEEP_CONTROLS
 
     recipe = demo.recipe
     result = repair_sweep(base, Path(run["run_dir"]) / "final", (recipe.repair_lambda,), SWEEP_CONTROLS,
                           task=recipe.task, text=recipe.forgetting_text, max_tokens=recipe.forgetting_tokens,
                           max_examples=recipe.validation_examples, cache_dir=demo.cache_dir)  # fmt: skip
-    from intrudim.experiments.repair_sweep import write_sweep_outputs
+    from intrudim.repair.sweep import write_sweep_outputs
 
     write_sweep_outputs(result, demo.out / "repair")
     return result.to_json()

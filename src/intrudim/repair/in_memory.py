@@ -18,7 +18,7 @@ from intrudim.analysis.planning import open_inputs
 from intrudim.errors import IntrudimError
 from intrudim.models.references import describe_module, is_peft_model
 from intrudim.repair.config import RepairConfig
-from intrudim.repair.core import RepairResult, planned_repair
+from intrudim.repair.result import RepairResult, planned_repair
 from intrudim.repair.writers import dense_replacements, lora_replacements, write_adapter
 
 

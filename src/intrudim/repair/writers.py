@@ -20,7 +20,8 @@ from intrudim.analysis.planning import AnalysisInputs
 from intrudim.errors import IntrudimError
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
 from intrudim.models.references import read_adapter_config
-from intrudim.repair.core import MatrixRepairPlan, RepairResult
+from intrudim.repair.plan import MatrixRepairPlan
+from intrudim.repair.result import RepairResult
 from intrudim.weights.peft_adapter import ADAPTER_CONFIG, ADAPTER_PICKLE, ADAPTER_WEIGHTS, LoraAdapter
 from intrudim.weights.sources import SAFETENSORS_INDEX, WeightSource
 

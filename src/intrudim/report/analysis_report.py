@@ -339,6 +339,6 @@ def write_toy_outputs(sweep, baseline, out_dir: str | Path) -> dict[str, Path]:
 
 
 def _version() -> str:
-    from intrudim import __version__
+    from intrudim.version import __version__
 
     return __version__

@@ -50,7 +50,7 @@ def forgetting_section_html(result: Any) -> str:
 
 
 def _page_context(data: dict[str, Any], *, command: str) -> dict[str, Any]:
-    from intrudim import __version__
+    from intrudim.version import __version__
 
     tuned = str(data.get("tuned_path") or "")
     return {

@@ -33,7 +33,7 @@ def _environment() -> Environment:
 
 
 def _version() -> str:
-    from intrudim import __version__
+    from intrudim.version import __version__
 
     return __version__
 
@@ -182,7 +182,7 @@ SWEEP_COLUMNS = {"accuracy": "accuracy", "task_loss": "task-text loss", "forgett
 
 def sweep_findings(result: Any) -> list[str]:
     """What the sweep shows, in sentences: per measure, TUNED (λ = 1) against each method at the smallest λ."""
-    from intrudim.experiments.repair_sweep import METHOD_LABELS
+    from intrudim.spectral.repair import METHOD_LABELS
 
     lambdas = sorted({p.lam for p in result.points if p.lam != 1.0})
     lines = [f"{result.total_intruders} intruder dimensions in {result.matrices_with_intruders} matrices "
@@ -209,9 +209,9 @@ def sweep_findings(result: Any) -> list[str]:
 
 
 def write_sweep_report(result: Any, out_dir: str | Path, *, figure: bytes | None = None, command: str = "") -> Path:
-    """OUT/report.html for a :class:`~intrudim.experiments.repair_sweep.RepairSweepResult`; ``figure``: its PNG
+    """OUT/report.html for a :class:`~intrudim.repair.sweep.RepairSweepResult`; ``figure``: its PNG
     (drawn here when not given)."""
-    from intrudim.experiments.repair_sweep import sweep_figure, sweep_panels
+    from intrudim.report.repair_figures import sweep_figure, sweep_panels
 
     out_dir = Path(out_dir)
     data = result.to_json()

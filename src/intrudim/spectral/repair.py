@@ -165,3 +165,15 @@ def lora_delta_norm(B: torch.Tensor, A: torch.Tensor, scale: float) -> float:
 def alpha_for_scale(scale: float, rank: int, use_rslora: bool) -> float:
     """The LoRA α that gives ``scale`` at ``rank`` (α/r, or α/√r with rsLoRA)."""
     return scale * (math.sqrt(rank) if use_rslora else rank)
+
+
+METHOD_LABELS = {"none": "intruders", "non-intruder": "non-intruder control", "shrink": "shrink control"}
+
+
+METHOD_DESCRIPTIONS = {
+    "none": "the intruders' singular values scaled by λ: W' = W_t + (λ − 1)·Σ_{j∈I} σ_j u_j v_jᵀ (the v2 intervention)",
+    "non-intruder": "control: as many of the top non-intruder singular directions of W_t scaled by λ (mostly the "
+    "base's own top directions), to see whether the effect is specific to intruders",
+    "shrink": "control: W₀ + c·ΔW with c per matrix chosen to remove the same Frobenius norm as the intruder "
+    "repair (c = 0 when that is more than ‖ΔW‖_F), to see whether removing any equal part of the update does as much",
+}

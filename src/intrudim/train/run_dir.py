@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from intrudim import __name__ as _package
 from intrudim.errors import IntrudimError
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
 from intrudim.train.config import TrainConfig
@@ -100,7 +99,7 @@ def run_config_json(config: TrainConfig, base_model: Path) -> dict[str, Any]:
     return {
         "kind": RUN_KIND,
         "format_version": 1,
-        "producer": _package,
+        "producer": "intrudim",
         **config.to_json(),
         "base_model": str(base_model),
         "head": (

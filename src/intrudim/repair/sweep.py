@@ -15,10 +15,8 @@ The planning (top triplets, intruders) is done once; every setting is a few rank
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,176 +29,18 @@ from intrudim.errors import IntrudimError
 from intrudim.models.loading import load_base_model, load_causal_lm, resolve_objective
 from intrudim.models.references import resolve_local_path, resolve_model_folder
 from intrudim.models.tuned import merge_adapter_with_peft
-from intrudim.repair.config import RepairConfig, check_lambda
-from intrudim.repair.core import MatrixRepairPlan, plan_repairs, set_aside_token_rows
+from intrudim.repair.config import RepairConfig
+from intrudim.repair.plan import MatrixRepairPlan, plan_repairs, set_aside_token_rows
+from intrudim.repair.sweep_result import (
+    DEFAULT_SWEEP,
+    SWEEP_CONTROLS,
+    RepairSweepResult,
+    SweepPoint,
+)
+from intrudim.report.repair_figures import sweep_figure
+from intrudim.spectral.repair import METHOD_LABELS
 from intrudim.weights.matching import KeyMatcher
 from intrudim.weights.peft_adapter import is_adapter_dir
-
-DEFAULT_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-SWEEP_CONTROLS: tuple[str, ...] = ("none", "non-intruder", "shrink")
-METHOD_LABELS = {"none": "intruders", "non-intruder": "non-intruder control", "shrink": "shrink control"}
-METHOD_DESCRIPTIONS = {
-    "none": "the intruders' singular values scaled by λ: W' = W_t + (λ − 1)·Σ_{j∈I} σ_j u_j v_jᵀ (the v2 intervention)",
-    "non-intruder": "control: as many of the top non-intruder singular directions of W_t scaled by λ (mostly the "
-    "base's own top directions), to see whether the effect is specific to intruders",
-    "shrink": "control: W₀ + c·ΔW with c per matrix chosen to remove the same Frobenius norm as the intruder "
-    "repair (c = 0 when that is more than ‖ΔW‖_F), to see whether removing any equal part of the update does as much",
-}
-
-
-@dataclass(frozen=True)
-class LossMeasure:
-    """What a loss of the ``forgetting`` measures is: its name, its unit, and the name of exp(loss) if it has one."""
-
-    key: str  # perplexity | pseudo_loss | contrastive (intrudim.evaluate.forgetting.MEASURES)
-    name: str
-    unit: str
-    exp_name: str | None  # perplexity / pseudo-perplexity; None for the contrastive loss
-
-    @property
-    def description(self) -> str:
-        from intrudim.evaluate.forgetting import MEASURE_DESCRIPTIONS
-
-        return MEASURE_DESCRIPTIONS.get(self.key, self.name)
-
-    def describe(self, loss: float) -> str:
-        """E.g. ``3.4162 nats/token (next-token cross-entropy; perplexity 30.5)``."""
-        extra = f"; {self.exp_name} {math.exp(loss):.4g}" if self.exp_name is not None and loss < 700 else ""
-        return f"{loss:.4f} {self.unit} ({self.name}{extra})"
-
-
-LOSS_MEASURES = {
-    "perplexity": LossMeasure("perplexity", "next-token cross-entropy", "nats/token", "perplexity"),
-    "pseudo_loss": LossMeasure("pseudo_loss", "MLM pseudo-loss −PLL/L, Salazar et al. 2020", "nats/token",
-                               "pseudo-perplexity"),
-    "contrastive": LossMeasure("contrastive", "in-batch contrastive loss of adjacent-sentence pairs", "nats/pair",
-                               None),
-}  # fmt: skip
-"""The loss each ``forgetting`` measure (chosen from BASE's architecture) reports, in words and units."""
-
-
-def loss_measure(measure: str) -> LossMeasure:
-    return LOSS_MEASURES[measure]
-
-
-def parse_lambdas(text: str) -> tuple[float, ...]:
-    """``"0,0.25,0.5"`` → (0.0, 0.25, 0.5); a clear error for anything else."""
-    parts = [part.strip() for part in str(text).split(",")]
-    if not parts or any(not part for part in parts):
-        raise IntrudimError(f"--sweep must be a comma-separated list of λ values ≥ 0, e.g. 0,0.25,0.5,0.75,1; got {text!r}.")
-    values = []
-    for part in parts:
-        try:
-            values.append(check_lambda(part, "every value of --sweep"))
-        except IntrudimError:
-            raise IntrudimError(
-                f"--sweep must be a comma-separated list of λ values ≥ 0, e.g. 0,0.25,0.5,0.75,1; {part!r} in {text!r} "
-                f"is not one."
-            ) from None
-    return tuple(sorted(set(values)))
-
-
-def parse_controls(control: str) -> tuple[str, ...]:
-    """``all`` → every method; ``none`` → the intruder repair alone; a control → the repair and that control."""
-    if control == "all":
-        return SWEEP_CONTROLS
-    if control == "none":
-        return ("none",)
-    if control in SWEEP_CONTROLS:
-        return ("none", control)
-    raise IntrudimError(f"--control must be none, non-intruder, shrink or all; got {control!r}.")
-
-
-@dataclass
-class SweepPoint:
-    """One (λ, method): the task accuracy, the loss on the task text and on the forgetting text, and ‖W' − W_t‖_F."""
-
-    lam: float
-    method: str  # none | non-intruder | shrink
-    accuracy: float | None
-    forgetting_loss: float | None  # the forgetting measure's loss on --text (lower = less forgetting)
-    removed_frobenius: float  # ‖W' − W_t‖_F over every repaired matrix (root of the summed squares)
-    task_loss: float | None = None  # the same measure's loss on --task-text (lower is better)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"lambda": self.lam, "method": self.method, "accuracy": self.accuracy,
-                "forgetting_loss": self.forgetting_loss, "task_loss": self.task_loss,
-                "removed_frobenius": self.removed_frobenius}  # fmt: skip
-
-
-@dataclass
-class RepairSweepResult:
-    """Task cost and forgetting per (λ, method). ``measure`` is the forgetting measure of BASE (``perplexity``,
-    ``pseudo_loss`` or ``contrastive``: :data:`LOSS_MEASURES` says what its loss is and in which unit);
-    ``base_loss`` is BASE's loss on ``text``, ``base_task_loss`` its loss on ``task_text``."""
-
-    base: str
-    tuned: str
-    task: str | None
-    text: dict[str, Any] | None
-    measure: str | None
-    k: int
-    epsilon: float
-    total_intruders: int
-    matrices_with_intruders: int
-    base_loss: float | None
-    points: list[SweepPoint] = field(default_factory=list)
-    seconds: float = 0.0
-    task_text: dict[str, Any] | None = None
-    base_task_loss: float | None = None
-    tokens: int | None = None  # tokens of ``text`` scored (sentence-pair tokens for the contrastive measure)
-    task_tokens: int | None = None  # tokens of ``task_text`` scored
-    task_examples: int | None = None  # held-out examples of ``task`` scored
-
-    def point(self, lam: float, method: str) -> SweepPoint:
-        return next(p for p in self.points if p.lam == lam and p.method == method)
-
-    @property
-    def tuned_loss(self) -> float | None:
-        """The un-repaired TUNED model's loss on ``text`` (λ = 1)."""
-        ones = [p for p in self.points if p.lam == 1.0]
-        return ones[0].forgetting_loss if ones else None
-
-    @property
-    def tuned_task_loss(self) -> float | None:
-        """The un-repaired TUNED model's loss on ``task_text`` (λ = 1)."""
-        ones = [p for p in self.points if p.lam == 1.0]
-        return ones[0].task_loss if ones else None
-
-    @property
-    def loss(self) -> LossMeasure | None:
-        """What ``forgetting_loss``, ``task_loss``, ``base_loss`` are (name, unit), or None when no text was scored."""
-        return LOSS_MEASURES.get(self.measure) if self.measure else None
-
-    def labels(self) -> dict[str, str]:
-        """Column → what it is, with its unit and direction (the JSON's ``labels``, the table's, the figure's)."""
-        out = {"removed_frobenius": "‖W' − W_t‖_F over every repaired matrix (root of the summed squares)"}
-        loss = self.loss
-        if self.task is not None:
-            out["accuracy"] = f"held-out accuracy on task '{self.task}' (fraction correct; higher is better)"
-        if loss is not None and self.task_text is not None:
-            out["task_loss"] = (f"{loss.name} on the task text {self.task_text['source']} ({loss.unit}; lower is "
-                                f"better)")  # fmt: skip
-        if loss is not None and self.text is not None:
-            out["forgetting_loss"] = (f"{loss.name} on the text {self.text['source']} ({loss.unit}; lower = less "
-                                      f"forgetting)")  # fmt: skip
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        loss = self.loss
-        return {
-            "base": self.base, "tuned": self.tuned, "task": self.task, "task_examples": self.task_examples,
-            "task_text": self.task_text, "task_tokens": self.task_tokens, "text": self.text, "tokens": self.tokens,
-            "measure": self.measure, "measure_description": loss.description if loss else None,
-            "loss_name": loss.name if loss else None, "loss_unit": loss.unit if loss else None,
-            "k": self.k, "epsilon": self.epsilon, "total_intruders": self.total_intruders,
-            "matrices_with_intruders": self.matrices_with_intruders, "base_loss": self.base_loss,
-            "tuned_loss": self.tuned_loss, "base_task_loss": self.base_task_loss,
-            "tuned_task_loss": self.tuned_task_loss, "labels": self.labels(),
-            "points": [p.to_json() for p in self.points], "seconds": round(self.seconds, 3),
-            "methods": {m: METHOD_LABELS[m] for m in sorted({p.method for p in self.points})},
-            "method_descriptions": {m: METHOD_DESCRIPTIONS[m] for m in dict.fromkeys(p.method for p in self.points)},
-        }  # fmt: skip
 
 
 class _InMemoryRepair:
@@ -498,57 +338,3 @@ def write_sweep_outputs(result: RepairSweepResult, out: Path, *, command: str = 
     paths["png"] = write_bytes_atomic(out / "repair_sweep.png", png)
     paths["html"] = write_sweep_report(result, out, figure=png, command=command)
     return paths
-
-
-def sweep_panels(result: RepairSweepResult) -> list[tuple[str, str, str]]:
-    """(point attribute, axis label, panel title) of every measure the sweep took, with its unit and direction."""
-    loss = result.loss
-    unit = loss.unit if loss else ""
-    name = loss.name if loss else "loss"
-    panels = []
-    if result.text is not None:
-        panels.append(("forgetting_loss", f"{name} ({unit})\nlower = less forgetting",
-                       f"Forgetting: loss on the text {Path(str(result.text['source'])).name}"))  # fmt: skip
-    if result.task_text is not None:
-        panels.append(("task_loss", f"{name} ({unit})\nlower is better",
-                       f"Task cost: loss on the task text {Path(str(result.task_text['source'])).name}"))  # fmt: skip
-    if result.task is not None:
-        panels.append(("accuracy", "held-out accuracy (fraction correct)\nhigher is better",
-                       f"Task: accuracy on {result.task}"))  # fmt: skip
-    return [(key, label, title) for key, label, title in panels
-            if any(getattr(p, key) is not None for p in result.points)]  # fmt: skip
-
-
-def sweep_figure(result: RepairSweepResult) -> bytes:
-    """PNG: each measure against λ, one line per method (the v2 figure); BASE's loss as a dotted line."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = sweep_panels(result)
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 3.9), squeeze=False)
-    styles = {"none": ("C3", "o"), "non-intruder": ("C0", "s"), "shrink": ("C2", "^")}
-    references = {"forgetting_loss": result.base_loss, "task_loss": result.base_task_loss}
-    for ax, (key, label, title) in zip(axes[0], panels, strict=False):
-        for method in dict.fromkeys(p.method for p in result.points):
-            points = [p for p in result.points if p.method == method]
-            color, marker = styles[method]
-            ax.plot([p.lam for p in points], [getattr(p, key) for p in points], marker=marker, color=color,
-                    label=METHOD_LABELS[method])  # fmt: skip
-        if references.get(key) is not None:
-            ax.axhline(references[key], color="grey", linestyle=":", label="BASE")
-        ax.set_xlabel("λ (1 = TUNED as trained)")
-        ax.set_ylabel(label, fontsize=9)
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Repair sweep: {result.total_intruders} intruders in {result.matrices_with_intruders} matrices "
-                 f"(k={result.k}, ε={result.epsilon})", fontsize=10)  # fmt: skip
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
