@@ -169,8 +169,9 @@ def test_the_quick_demo_measures_every_claim_and_its_report_renders_in_a_browser
     from browser import check_report, require_browser
 
     require_browser()
-    page = check_report(out / "report.html", required_selectors=["#verdict", "#claims"])
+    page = check_report(out / "report.html", required_selectors=["#verdict", "#claims", "#repair-report"])
     page.assert_ok()
+    assert (out / "repair" / "report.html").is_file()  # the link to the repair sweep's own report leads somewhere
     assert len(page.images) >= 8, page
 
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}

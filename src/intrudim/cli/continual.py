@@ -32,7 +32,7 @@ K = Annotated[int, typer.Option("--k", help="Top-k singular vectors checked for 
 Epsilon = Annotated[float, typer.Option("--epsilon", help="Cosine threshold ε for intruders.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last finished stage.")]
 KeepWeights = Annotated[bool, typer.Option("--keep-weights/--last-weights-only", help="Keep every stage's merged weights (default), or only the last stage's.")]
-CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Base-SVD cache folder (default OUT/svd_cache).")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Base-SVD cache folder (default: the one every verb uses, $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print continual.json on stdout instead of the table.")]
 

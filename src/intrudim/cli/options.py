@@ -37,7 +37,7 @@ MaxValidation = Annotated[int | None, typer.Option("--max-validation-examples", 
 K = Annotated[int, typer.Option("--k", help="Top-k singular vectors checked for intruders.")]
 Epsilon = Annotated[float, typer.Option("--epsilon", help="Cosine threshold ε for intruders.")]
 Track = Annotated[bool, typer.Option("--track/--no-track", help="Track intruders at each checkpoint.")]
-CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Base-SVD cache folder (default RUN_DIR/svd_cache).")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Base-SVD cache folder (default: the one every verb uses, $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]

@@ -161,5 +161,6 @@ def write_demo_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
         version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), verdict=verdict,
         claims=rows, analyses=analyses, mode=mode, recipe=json.dumps(summary["demo"]["recipe"], indent=1),
         toy_report="toy/toy.html" if (out / "toy" / "toy.html").is_file() else None,
+        repair_report="repair/report.html" if (out / "repair" / "report.html").is_file() else None,
     )  # fmt: skip
     return {"html": write_text_atomic(out / "report.html", html)}

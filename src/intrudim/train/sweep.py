@@ -19,6 +19,7 @@ from intrudim.train.engine import TRAINING_DEVICES, TrainResult, check_training_
 from intrudim.train.figures import pressure_figure
 from intrudim.train.prediction import observations, prediction_report
 from intrudim.train.ray_sweep import RaySweepOptions, describe_options
+from intrudim.weights.svd_cache import default_cache_dir
 
 PAPER_RANKS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 64, "full")
 """App. A sweeps {1, 2, 4, 8, 16, 64, 768} and full FT; 768 is RoBERTa's width (MiniLM's is 384)."""
@@ -114,7 +115,8 @@ def rank_sweep(
 
     Writes ``sweep.json`` (steps, accuracy, intruders per run, and how well intruder pressure predicted the
     intruders, :mod:`intrudim.train.prediction`) and ``figures/``. With ``resume``, finished runs are kept and an
-    interrupted one continues. The runs share one base-SVD cache, ``cache_dir`` (default ``out_dir/svd_cache``).
+    interrupted one continues. The runs share one base-SVD cache, ``cache_dir`` (default: the one every verb uses, ``$INTRUDIM_CACHE`` or
+    the user cache; :func:`~intrudim.weights.svd_cache.default_cache_dir`).
     ``ray``: run the runs as Ray tasks (:mod:`intrudim.train.ray_sweep`) instead of one after the other here.
     ``device``: where each run trains (:func:`intrudim.train.engine.train`); on Ray, checked on the worker.
     """
@@ -131,7 +133,7 @@ def rank_sweep(
             raise IntrudimError(f"--overwrite refused: '{out}' is not an intrudim sweep (no {SWEEP_FILE}); choose another --out.")
         shutil.rmtree(out)
     ensure_writable_directory(out)
-    cache = Path(cache_dir) if cache_dir is not None else out / "svd_cache"
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()  # the cache every verb shares
     engine = {"engine": "local"} if ray is None else describe_options(ray)
     runs: dict[str, TrainResult] = {}
 
