@@ -266,6 +266,23 @@ def test_remaining_intruders_equal_analyze_of_the_written_adapter(tiny_models, t
     assert remaining[(0.5, "non-intruder")] == result.total_intruders
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_remaining_intruders_of_a_merged_repair_equal_analyze_of_the_merged_model(tiny_models, tmp_path, arch):
+    """`repair --merged` writes OUT/model (W' merged into the base): the count of what is left is what `analyze`
+    finds in that merged model, per matrix and in total."""
+    import intrudim
+
+    adapter = write_peft_adapter(tiny_models[arch], arch, tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    result = repair(tiny_models[arch], adapter, lam=0.75, k=6, out=tmp_path / "m", merged=True, use_cache=False)
+    assert (tmp_path / "m" / "model").is_dir() and not (tmp_path / "m" / "adapter").exists()
+    analysed = intrudim.analyze(tiny_models[arch], tmp_path / "m" / "model", k=6, use_cache=False)
+    by_name = {m.name: m.intruder_ranks for m in analysed.matrices}
+    assert result.total_intruders > 0
+    for m in result.matrices:
+        assert m.remaining_ranks == by_name[m.name], m.name
+    assert result.remaining_intruders == analysed.total_intruders
+
+
 def test_remaining_intruders_of_a_dense_bf16_and_in_memory_repair_equal_analyze(tiny_models, tmp_path):
     """The same count for a fully fine-tuned model (merged weights), a bf16 adapter (factors rounded as written) and
     a PeftModel repaired in memory (its new adapter analysed in memory)."""
