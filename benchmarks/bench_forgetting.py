@@ -30,7 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from _common import limit_threads, load_average
 
-from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe, measure_forgetting
+from intrudim.evaluate.forgetting import ForgettingProbe, measure_forgetting
+from intrudim.evaluate.forgetting_config import ForgettingConfig
 from intrudim.evaluate.perplexity import causal_lm_window_losses
 
 OUT_DIR = Path("bench_out")

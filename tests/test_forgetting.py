@@ -16,14 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from intrudim.errors import IncompatibleWeightsError, IntrudimError
-from intrudim.evaluate.forgetting import (
-    PAIR_SHUFFLE_SEED,
-    ForgettingConfig,
-    ForgettingProbe,
-    measure_forgetting,
-    paired_bootstrap_ci,
-    summarize,
-)
+from intrudim.evaluate.forgetting import ForgettingProbe, measure_forgetting
+from intrudim.evaluate.forgetting_config import ForgettingConfig
+from intrudim.evaluate.forgetting_inputs import PAIR_SHUFFLE_SEED
+from intrudim.evaluate.forgetting_result import paired_bootstrap_ci, summarize
 from intrudim.evaluate.text import adjacent_sentence_pairs, load_text, split_sentences
 from intrudim.models.loading import is_sentence_transformer, load_transformers_config, measure_for_config
 from intrudim.models.tuned import apply_tuned_weights_, merge_lora_adapter_

@@ -34,7 +34,8 @@ import pytest
 import torch
 from conftest import train_in_parallel
 
-from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+from intrudim.evaluate.forgetting import ForgettingProbe
+from intrudim.evaluate.forgetting_config import ForgettingConfig
 from intrudim.repair import RepairConfig
 from intrudim.repair.sweep import repair_sweep
 from intrudim.train import TrainConfig

@@ -65,7 +65,8 @@ def test_parsing():
 
 def test_sweep_equals_written_repairs_measured_from_disk(lm, tmp_path):
     from intrudim.evaluate.accuracy import accuracy
-    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+    from intrudim.evaluate.forgetting import ForgettingProbe
+    from intrudim.evaluate.forgetting_config import ForgettingConfig
     from intrudim.repair.sweep import _task_model
 
     config = RepairConfig(k=4)
@@ -98,7 +99,8 @@ def test_sweep_repairs_a_weight_saved_whole_as_the_written_repair(lm, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
-    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+    from intrudim.evaluate.forgetting import ForgettingProbe
+    from intrudim.evaluate.forgetting_config import ForgettingConfig
 
     peft_model = get_peft_model(
         LlamaForCausalLM.from_pretrained(str(lm["base"])),
@@ -128,7 +130,8 @@ def test_task_text_is_the_forgetting_loss_of_the_users_own_text(lm, tmp_path):
     """--task-text: the task cost measured on the user's own held-out text, with forgetting's definition and code
     (ForgettingProbe.prepare + probe.losses): equal to that loss of each repair written by `repair` and read from
     disk; BASE's loss on it for reference; lower is better."""
-    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+    from intrudim.evaluate.forgetting import ForgettingProbe
+    from intrudim.evaluate.forgetting_config import ForgettingConfig
 
     task_file = tmp_path / "held_out.txt"
     task_file.write_text(TASK_TEXT, encoding="utf-8")

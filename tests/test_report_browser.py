@@ -226,7 +226,7 @@ def test_toy_report(tmp_path):
 
 
 def test_forgetting_report(tmp_path):
-    from intrudim.evaluate.forgetting import summarize
+    from intrudim.evaluate.forgetting_result import summarize
     from intrudim.report.forgetting_report import write_forgetting_outputs
 
     losses = torch.tensor([2.0, 2.5, 3.0, 2.2], dtype=torch.float64)

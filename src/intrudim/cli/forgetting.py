@@ -45,8 +45,8 @@ def forgetting_command(
 ) -> None:
     """Loss on pre-training-like text before and after fine-tuning: perplexity (causal LM), MLM pseudo-loss
     (Salazar et al. 2020; Sec. 4, Figs. 9, 16), or MiniLM's contrastive objective; tuned − base with a 95% CI."""
-    from intrudim.evaluate.forgetting import ForgettingConfig
     from intrudim.evaluate.forgetting_api import forgetting
+    from intrudim.evaluate.forgetting_config import ForgettingConfig
 
     try:
         base, tuned = base_and_tuned(models)

@@ -17,6 +17,12 @@ model was pre-trained to do; the measure is chosen from BASE's architecture:
 Models are resolved and loaded by :mod:`intrudim.models` (:mod:`~intrudim.models.loading` picks the measure and
 loads the head it needs, :mod:`~intrudim.models.tuned` applies TUNED's weights).
 
+This module pairs BASE and TUNED (:class:`ForgettingProbe`, :func:`measure_forgetting`); the other concerns have
+rooms of their own: the settings (:mod:`~intrudim.evaluate.forgetting_config`), the text sources
+(:mod:`~intrudim.evaluate.text`), the text cut into a measure's inputs
+(:mod:`~intrudim.evaluate.forgetting_inputs`), the three measures (above), and the paired result with its bootstrap
+(:mod:`~intrudim.evaluate.forgetting_result`).
+
 TUNED is a PEFT LoRA adapter (merged in memory into the loaded LM, whatever wrapper it was trained on: the
 ``train`` verb trains a ``*ForSequenceClassification`` wrapper, so its adapter names modules ``bert.encoder…``
 and saves a classifier that the LM does not have), a run directory of ``train`` (its ``final/``), a Trainer
@@ -35,23 +41,22 @@ For many models of one base (the repair sweep), prepare the text once and score 
 from __future__ import annotations
 
 import contextlib
-import math
-import random
-import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from intrudim.errors import IntrudimError, InvalidConfigError
-from intrudim.evaluate.contrastive import SENTENCE_TRANSFORMERS_SCALE, PairScores, contrastive_pair_scores
-from intrudim.evaluate.perplexity import causal_lm_window_losses, token_windows
+from intrudim.evaluate.contrastive import PairScores, contrastive_pair_scores
+from intrudim.evaluate.forgetting_config import DEFAULT_TEXT, ForgettingConfig
+from intrudim.evaluate.forgetting_inputs import _prepare_pairs, _prepare_windows
+from intrudim.evaluate.forgetting_result import ForgettingResult, summarize
+from intrudim.evaluate.perplexity import causal_lm_window_losses
 from intrudim.evaluate.pseudo_loss import pseudo_log_likelihood_losses
-from intrudim.evaluate.text import TextSample, adjacent_sentence_pairs, load_text
+from intrudim.evaluate.text import TextSample, load_text
 from intrudim.models.loading import (
     Measure,
     is_sentence_transformer,
@@ -62,67 +67,6 @@ from intrudim.models.loading import (
 )
 from intrudim.models.references import resolve_local_path, resolve_model_folder
 from intrudim.models.tuned import TunedWeightsReport, apply_tuned_weights_
-
-MEASURES: tuple[str, ...] = ("perplexity", "pseudo_loss", "contrastive")
-MEASURE_DESCRIPTIONS = {
-    "perplexity": "causal LM: mean next-token cross-entropy over windows of the text (perplexity = exp(loss))",
-    "pseudo_loss": "masked LM: pseudo-loss −PLL/L of Salazar et al. (2020), every token masked once "
-    "(pseudo-perplexity = exp(loss)), as in the paper (Sec. 4, Figs. 9, 16)",
-    "contrastive": "sentence-transformers encoder: its own pre-training objective, the symmetric in-batch "
-    "InfoNCE loss (scale 20, mean-pooled normalised embeddings) of adjacent-sentence pairs, and retrieval accuracy",
-}
-DEFAULT_BATCH_SIZE = {"perplexity": 4, "pseudo_loss": 64, "contrastive": 64}
-DEFAULT_TEXT = {"perplexity": "wiki", "pseudo_loss": "wiki", "contrastive": "news"}
-_POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")  # positions start at pad+1
-PAIR_SHUFFLE_SEED = 0
-
-
-@dataclass(frozen=True)
-class ForgettingConfig:
-    """Settings of a forgetting measurement; the defaults are the definition every result is compared under.
-
-    ``text``: ``wiki``, ``news``, a file, a folder of .txt, or a saved dataset; None picks ``wiki`` for LMs and
-    ``news`` for the contrastive measure (adjacent sentences of news articles). ``max_tokens``: at most this many
-    tokens of text are scored (20k: a ±1% interval on smollm2 in about a minute on 2 cores). ``seq_len``: tokens
-    per window (LMs; special tokens of masked LMs come on top) or the truncation length of a sentence
-    (contrastive; 128 as in MiniLM's training). ``batch_size``: sequences per forward pass (masked LMs: masked
-    copies; None: 4 windows, 64 copies, 64 sentences). ``pairs_per_batch``: in-batch candidates of the
-    contrastive loss (its chance level is ln of it). ``bootstrap_resamples``/``bootstrap_seed``: the paired
-    bootstrap of tuned − base over sequences.
-    """
-
-    text: str | None = None
-    max_tokens: int = 20_000
-    seq_len: int = 128
-    batch_size: int | None = None
-    pairs_per_batch: int = 64
-    contrastive_scale: float = SENTENCE_TRANSFORMERS_SCALE
-    bootstrap_resamples: int = 2000
-    bootstrap_seed: int = 0
-    device: str = "cpu"
-    allow_pickle: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("max_tokens", "seq_len", "pairs_per_batch", "bootstrap_resamples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidConfigError(f"{name}={value!r} must be a positive integer.")
-        if self.seq_len < 2:
-            raise InvalidConfigError(f"seq_len={self.seq_len} must be at least 2 (a window predicts seq_len − 1 tokens).")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise InvalidConfigError(f"batch_size={self.batch_size!r} must be a positive integer (or None for the default).")
-        if self.pairs_per_batch < 2:
-            raise InvalidConfigError(f"pairs_per_batch={self.pairs_per_batch} must be at least 2 (one true pair, one negative).")
-        if not (math.isfinite(self.contrastive_scale) and self.contrastive_scale > 0):
-            raise InvalidConfigError(f"contrastive_scale={self.contrastive_scale!r} must be a positive number.")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
-            raise InvalidConfigError(f"device={self.device!r} must be cpu, cuda, cuda:N or mps.")
-
-    def batch_size_for(self, measure: str) -> int:
-        return self.batch_size or DEFAULT_BATCH_SIZE[measure]
-
-
-# ------------------------------------------------------------------------------------------------ probe
 
 
 @dataclass(frozen=True)
@@ -283,221 +227,6 @@ class ForgettingProbe:
             text=self.text.to_json(), seq_len=self.config.seq_len, base_path=str(self.base_model_path),
             pairs_per_batch=self.config.pairs_per_batch if self.measure == "contrastive" else None, **metadata,
         )  # fmt: skip
-
-
-def _token_stream(text: TextSample, tokenizer: Any, needed: int) -> list[int]:
-    """Token ids (no special tokens) of the sample's paragraphs joined by blank lines, at least ``needed`` if there are."""
-    from transformers.utils import logging as hf_logging
-
-    paragraphs = text.paragraphs
-    chars = max(4096, 8 * needed)  # BPE/WordPiece English: 3–5 characters a token; grow until enough
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "sequence longer than the model's maximum" is expected for one stream
-    try:
-        while True:
-            chosen, total = [], 0
-            for paragraph in paragraphs:
-                if total >= chars:
-                    break
-                chosen.append(paragraph)
-                total += len(paragraph) + 2
-            ids = tokenizer("\n\n".join(chosen), add_special_tokens=False)["input_ids"]
-            if len(ids) >= needed or len(chosen) == len(paragraphs):
-                return list(ids)
-            chars *= 2
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
-def _special_template(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """Special tokens the tokenizer puts before and after a text ([CLS] … [SEP], <s> … </s>)."""
-    encoded = tokenizer("hello", add_special_tokens=True, return_special_tokens_mask=True)
-    ids, special = list(encoded["input_ids"]), list(encoded["special_tokens_mask"])
-    content = [i for i, s in enumerate(special) if not s]
-    if not content:
-        return [], []
-    return ids[: content[0]], ids[content[-1] + 1 :]
-
-
-def _prepare_windows(
-    text: TextSample, tokenizer: Any, config: ForgettingConfig, measure: str, model_config: Any
-) -> tuple[dict[str, Any], int]:
-    if not text.paragraphs:
-        raise IntrudimError(f"--text {text.source} holds no text. Give a text with at least {config.seq_len} tokens.")
-    windows = token_windows(_token_stream(text, tokenizer, config.max_tokens), config.seq_len, config.max_tokens)
-    tokens = int(windows.numel())
-    max_positions = getattr(model_config, "max_position_embeddings", None)
-    if measure == "perplexity":
-        if max_positions is not None and config.seq_len > max_positions:
-            raise IntrudimError(f"--seq-len {config.seq_len} exceeds the model's {max_positions} positions; use a smaller --seq-len.")
-        return {"windows": windows}, tokens
-    mask_token_id = tokenizer.mask_token_id
-    if mask_token_id is None:
-        raise IntrudimError("BASE's tokenizer has no mask token, so the masked-LM pseudo-loss cannot be computed.")
-    before, after = _special_template(tokenizer)
-    width = len(before) + config.seq_len + len(after)
-    if max_positions is not None:
-        limit = max_positions - (2 if getattr(model_config, "model_type", "") in _POSITION_OFFSET_TYPES else 0)
-        if width > limit:
-            raise IntrudimError(
-                f"--seq-len {config.seq_len} plus {len(before) + len(after)} special tokens exceeds the model's "
-                f"{limit} positions; use --seq-len {limit - len(before) - len(after)} or less."
-            )
-    n = windows.shape[0]
-    with_specials = torch.cat([
-        torch.tensor(before, dtype=torch.long).expand(n, len(before)), windows,
-        torch.tensor(after, dtype=torch.long).expand(n, len(after)),
-    ], dim=1)  # fmt: skip
-    positions = torch.arange(len(before), len(before) + config.seq_len)
-    return {"windows": with_specials, "scored_positions": positions, "mask_token_id": int(mask_token_id)}, tokens
-
-
-def _prepare_pairs(text: TextSample, tokenizer: Any, config: ForgettingConfig) -> tuple[dict[str, Any], int]:
-    pairs = adjacent_sentence_pairs(text)
-    # Shuffled (fixed seed) so that a batch's negatives come from many articles, as in MiniLM's training batches;
-    # in text order the pairs of one article would share a batch and be each other's hard negatives.
-    random.Random(PAIR_SHUFFLE_SEED).shuffle(pairs)
-    group = config.pairs_per_batch
-    anchors: list[list[int]] = []
-    positives: list[list[int]] = []
-    tokens = 0
-    kept_tokens = 0
-    for start in range(0, len(pairs) - group + 1, group):
-        chunk = pairs[start : start + group]
-        a = tokenizer([p[0] for p in chunk], truncation=True, max_length=config.seq_len)["input_ids"]
-        b = tokenizer([p[1] for p in chunk], truncation=True, max_length=config.seq_len)["input_ids"]
-        chunk_tokens = sum(len(x) for x in a) + sum(len(x) for x in b)
-        if anchors and tokens + chunk_tokens > config.max_tokens:
-            break
-        anchors.extend(list(x) for x in a)
-        positives.extend(list(x) for x in b)
-        tokens += chunk_tokens
-        kept_tokens = tokens
-    if not anchors:
-        raise IntrudimError(
-            f"--text {text.source} gives {len(pairs)} pairs of adjacent sentences, fewer than one batch of "
-            f"{group} pairs that the contrastive loss compares. Give a longer text (more paragraphs of several "
-            f"sentences each)."
-        )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return {"anchors": anchors, "positives": positives, "pad_id": int(pad_id)}, kept_tokens
-
-
-# ---------------------------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class MeasureSummary:
-    """One model's score: mean loss over sequences, exp(loss) for LMs, retrieval accuracy for the contrastive measure."""
-
-    loss: float
-    perplexity: float | None
-    accuracy: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"loss": self.loss, "perplexity": self.perplexity}
-        if self.accuracy is not None:
-            out["retrieval_accuracy"] = self.accuracy
-        return out
-
-
-@dataclass(frozen=True)
-class ForgettingResult:
-    """Base and tuned scores, the difference tuned − base, and its paired bootstrap 95% interval over sequences."""
-
-    measure: str
-    base: MeasureSummary
-    tuned: MeasureSummary
-    delta: float
-    ci95: tuple[float, float]
-    sequences: int
-    tokens: int | None = None
-    delta_accuracy: float | None = None
-    resamples: int = 2000
-    seed: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def forgets(self) -> bool:
-        """True when the tuned loss is higher and the interval excludes 0."""
-        return self.ci95[0] > 0
-
-    def verdict(self) -> str:
-        what = "pseudo-loss" if self.measure == "pseudo_loss" else "contrastive loss" if self.measure == "contrastive" else "loss"
-        interval = f"95% CI [{self.ci95[0]:+.4g}, {self.ci95[1]:+.4g}]"
-        if self.ci95[0] > 0:
-            return f"TUNED forgot: its {what} on the text is {self.delta:+.4g} higher than BASE's ({interval})."
-        if self.ci95[1] < 0:
-            return f"TUNED fits the text better than BASE: {what} {self.delta:+.4g} ({interval})."
-        return f"No measurable forgetting: {what} changed by {self.delta:+.4g}, and the {interval} contains 0."
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "measure": self.measure, "measure_description": MEASURE_DESCRIPTIONS.get(self.measure, ""),
-            "base": self.base.to_json(), "tuned": self.tuned.to_json(), "delta": self.delta, "ci95": list(self.ci95),
-            "tokens": self.tokens, "sequences": self.sequences,
-            "bootstrap": {"resamples": self.resamples, "seed": self.seed, "paired_over": "sequences"},
-            "verdict": self.verdict(),
-        }  # fmt: skip
-        if self.delta_accuracy is not None:
-            out["delta_retrieval_accuracy"] = self.delta_accuracy
-        out.update(self.metadata)
-        return out
-
-
-def paired_bootstrap_ci(
-    base: torch.Tensor, tuned: torch.Tensor, *, resamples: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile interval of mean(tuned − base) over ``resamples`` resamplings of the sequences (same draw for both)."""
-    difference = (tuned.double() - base.double()).flatten()
-    n = difference.numel()
-    generator = torch.Generator().manual_seed(seed)
-    means = torch.empty(resamples, dtype=torch.float64)
-    rows = max(1, 2_000_000 // max(n, 1))  # at most ~16 MB of indices at a time
-    for start in range(0, resamples, rows):
-        count = min(rows, resamples - start)
-        index = torch.randint(n, (count, n), generator=generator)
-        means[start : start + count] = difference[index].mean(dim=1)
-    tail = (1 - level) / 2
-    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return float(low), float(high)
-
-
-def summarize(
-    base_losses: torch.Tensor,
-    tuned_losses: torch.Tensor,
-    *,
-    measure: str = "perplexity",
-    tokens: int | None = None,
-    base_accuracies: torch.Tensor | None = None,
-    tuned_accuracies: torch.Tensor | None = None,
-    resamples: int = 2000,
-    seed: int = 0,
-    **metadata: Any,
-) -> ForgettingResult:
-    """Means, exp(mean) for LM measures, tuned − base and its paired bootstrap 95% CI over sequences."""
-    if base_losses.shape != tuned_losses.shape or base_losses.numel() == 0:
-        raise IntrudimError(
-            f"Base and tuned per-sequence losses must pair up: got shapes {tuple(base_losses.shape)} and "
-            f"{tuple(tuned_losses.shape)}. Score both models with the same ForgettingProbe."
-        )
-    if not (torch.isfinite(base_losses).all() and torch.isfinite(tuned_losses).all()):
-        raise IntrudimError("A loss is NaN or infinite: the model's weights are damaged or training diverged.")
-    base_loss, tuned_loss = float(base_losses.double().mean()), float(tuned_losses.double().mean())
-    is_lm = measure != "contrastive"
-
-    def accuracy(values: torch.Tensor | None) -> float | None:
-        return None if values is None else float(values.double().mean())
-
-    base = MeasureSummary(base_loss, math.exp(base_loss) if is_lm else None, accuracy(base_accuracies))
-    tuned = MeasureSummary(tuned_loss, math.exp(tuned_loss) if is_lm else None, accuracy(tuned_accuracies))
-    delta_accuracy = None if base.accuracy is None or tuned.accuracy is None else tuned.accuracy - base.accuracy
-    ci = paired_bootstrap_ci(base_losses, tuned_losses, resamples=resamples, seed=seed)
-    return ForgettingResult(
-        measure=measure, base=base, tuned=tuned, delta=tuned_loss - base_loss, ci95=ci, sequences=base_losses.numel(),
-        tokens=tokens, delta_accuracy=delta_accuracy, resamples=resamples, seed=seed,
-        metadata={k: v for k, v in metadata.items() if v is not None},
-    )  # fmt: skip
 
 
 def measure_forgetting(

@@ -20,12 +20,9 @@ import torch
 from torch import nn
 
 from intrudim.errors import IntrudimError
-from intrudim.evaluate.forgetting import (
-    ForgettingConfig,
-    ForgettingProbe,
-    ForgettingResult,
-    measure_forgetting,
-)
+from intrudim.evaluate.forgetting import ForgettingProbe, measure_forgetting
+from intrudim.evaluate.forgetting_config import ForgettingConfig
+from intrudim.evaluate.forgetting_result import ForgettingResult
 from intrudim.models.loading import is_sentence_transformer, load_tokenizer, measure_for_config
 from intrudim.models.references import (
     describe_module,

@@ -329,7 +329,8 @@ def measure_toy(seed: int, out: Path) -> dict[str, Any]:
 
 def measure_forgetting_rows(demo: Demo, base: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Forgetting of each run on the recipe's text: one prepared probe, BASE scored once."""
-    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+    from intrudim.evaluate.forgetting import ForgettingProbe
+    from intrudim.evaluate.forgetting_config import ForgettingConfig
 
     recipe = demo.recipe
     probe = ForgettingProbe.prepare(base, recipe.forgetting_text, ForgettingConfig(max_tokens=recipe.forgetting_tokens))

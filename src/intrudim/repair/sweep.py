@@ -177,7 +177,8 @@ class SweepProgress:
 
 def _prepare_probe(base_path: Path, spec: str, max_tokens: int, option: str):
     """A ForgettingProbe of ``spec`` (the same definition as ``forgetting``); errors name ``option``."""
-    from intrudim.evaluate.forgetting import ForgettingConfig, ForgettingProbe
+    from intrudim.evaluate.forgetting import ForgettingProbe
+    from intrudim.evaluate.forgetting_config import ForgettingConfig
 
     try:
         return ForgettingProbe.prepare(base_path, spec, ForgettingConfig(max_tokens=max_tokens))

@@ -27,7 +27,7 @@ class LossMeasure:
 
     @property
     def description(self) -> str:
-        from intrudim.evaluate.forgetting import MEASURE_DESCRIPTIONS
+        from intrudim.evaluate.forgetting_config import MEASURE_DESCRIPTIONS
 
         return MEASURE_DESCRIPTIONS.get(self.key, self.name)
 
