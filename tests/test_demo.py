@@ -15,7 +15,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from intrudim.experiments.claims import STATEMENTS, decide_claims
-from intrudim.experiments.demo import DEMO_FILE, DemoConfig, DemoSettingsError, _check_settings
+from intrudim.experiments.demo import _check_settings
+from intrudim.experiments.demo_config import DEMO_FILE, DemoConfig, DemoSettingsError
 
 QUICK = DemoConfig(quick=True, seed=0)
 
@@ -186,7 +187,7 @@ def test_the_quick_demo_measures_every_claim_and_its_report_renders_in_a_browser
 def test_intruders_over_steps_start_at_the_base_and_count_each_step_once(tmp_path: Path) -> None:
     """Fig. 7's series from a run's metrics.jsonl: step 0 is the base (0), then every tracked checkpoint; the final
     weights of a run that ended on a checkpoint step replace that step's point instead of repeating it."""
-    from intrudim.experiments.demo import tracked_intruders
+    from intrudim.experiments.demo_measures import tracked_intruders
 
     records = [{"event": "start", "step": 0}, {"event": "checkpoint", "step": 50, "intruders": {"total_intruders": 2}},
                {"event": "eval", "step": 100, "accuracy": 1.0},

@@ -26,7 +26,8 @@ def demo_command(
 ) -> None:
     """Run the paper's experiments on the embedded models (offline) and write one report: report.html and
     summary.json, whose `claims` list says, for each finding of the paper, whether it held here and the numbers."""
-    from intrudim.experiments.demo import DemoConfig, run_demo
+    from intrudim.experiments.demo import run_demo
+    from intrudim.experiments.demo_config import DemoConfig
 
     stdout, stderr = Console(), Console(stderr=True)
 

@@ -1,0 +1,85 @@
+"""What a demo trains and measures: the two recipes (quick, full) and the user's choice of mode and seed."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from intrudim.errors import IntrudimError
+
+DEMO_FILE = "demo.json"
+
+
+SUMMARY_FILE = "summary.json"
+
+
+class DemoSettingsError(IntrudimError):
+    """--out holds a demo made with other settings."""
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Everything a demo mode trains and measures. Two instances: :data:`QUICK` and :data:`FULL`."""
+
+    name: str
+    steps: int  # training steps of each MiniLM run (batch 16)
+    max_length: int  # tokens per example
+    total_lr: float  # LoRA's α·η (App. A: 2.4e-3; compressed, see docs/demo.md)
+    schedule: str
+    high_rank: int  # the higher LoRA rank compared with r = 1 (α = 2r)
+    validation_examples: int
+    checkpoints: int  # tracked checkpoints of the r = 1 run (Fig. 7)
+    continual_tasks: tuple[str, ...]
+    continual_ranks: tuple[int | str, ...]
+    continual_steps: int
+    forgetting_model: str  # "minilm" (contrastive objective) or "smollm2" (perplexity)
+    forgetting_text: str
+    forgetting_tokens: int
+    causal_steps: int = 100  # smollm2 runs (full demo): batch 8, 32 tokens, α·η = 2e-2 (docs/repair.md)
+    repair_lambda: float = 0.5
+    task: str = "sentiment"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+QUICK = DemoRecipe(
+    name="quick", steps=150, max_length=32, total_lr=6e-3, schedule="constant", high_rank=8,
+    validation_examples=200, checkpoints=3, continual_tasks=("sentiment", "topic"), continual_ranks=(1, "full"),
+    continual_steps=100, forgetting_model="minilm", forgetting_text="news", forgetting_tokens=6000,
+)  # fmt: skip
+
+
+FULL = DemoRecipe(
+    name="full", steps=300, max_length=64, total_lr=6e-3, schedule="constant", high_rank=64,
+    validation_examples=200, checkpoints=6, continual_tasks=("sentiment", "topic", "pair-match", "agreement"),
+    continual_ranks=(1, 8, "full"), continual_steps=150, forgetting_model="smollm2", forgetting_text="news",
+    forgetting_tokens=2048,
+)  # fmt: skip
+
+
+SMOLLM2_RECIPE = dict(
+    model="smollm2", task="sentiment", method="lora", total_lr=2e-2, other_lr=1e-5, schedule="linear",
+    batch_size=8, max_length=32, max_validation_examples=100,
+)  # fmt: skip
+"""The causal-LM recipe of docs/repair.md's science check (steps from the demo recipe)."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the user chose: the mode and the seed. Everything else follows from the recipe."""
+
+    quick: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise IntrudimError(f"--seed {self.seed!r} must be a non-negative integer.")
+
+    @property
+    def recipe(self) -> DemoRecipe:
+        return QUICK if self.quick else FULL
+
+    def to_json(self) -> dict[str, Any]:
+        return {"quick": self.quick, "seed": self.seed, "recipe": self.recipe.to_json()}
