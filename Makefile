@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean docs
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install
 # Day-to-day: everything but the tests marked slow.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link, anchor or API reference fails.
+# `make test` builds it too (tests/test_docs.py).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -1,6 +1,8 @@
-"""Promises of the README that had no test: what `intrudim.spectral` exports, the toy's thresholds, the matrix
-choice flags, the content-hashed cache, bit-for-bit float64 cache, refused adapters, and a real `train` run
-directory accepted by `analyze`. Each test can fail: it compares with a reference or a planted answer."""
+"""Promises of the README and the documentation pages that had no test of their own: what `intrudim.spectral` exports
+and the pure-math example (docs/python-api.md), the toy's thresholds (docs/toy.md), the matrix choice flags and the
+float64 cache (docs/analyze.md, docs/definitions.md), the content-hashed cache (docs/performance.md), refused adapters,
+and a real `train` run directory accepted by `analyze` (README, docs/analyze.md). Each test can fail: it compares with
+a reference or a planted answer, and reads the page that makes the promise."""
 
 from __future__ import annotations
 
@@ -17,25 +19,31 @@ from safetensors.torch import save_file
 from intrudim.analyze import AnalyzeConfig, analyze
 from intrudim.errors import IntrudimError, PickleRefusedError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON_API = ROOT / "docs" / "python-api.md"
+TOY = ROOT / "docs" / "toy.md"
 
 
-# --- intrudim.spectral exports what the README names ---------------------------------------------------------
+def _sentence(path: Path, start: str, end: str) -> str:
+    """The text of ``path`` from ``start`` to ``end``, with line breaks read as spaces."""
+    text = " ".join(path.read_text(encoding="utf-8").split())
+    sentence = text[text.index(start) :]
+    return sentence[: sentence.index(end)]
 
 
-def _readme_spectral_names() -> list[str]:
-    text = README.read_text(encoding="utf-8")
-    sentence = text[text.index("`intrudim.spectral` (") :]
-    sentence = sentence[: sentence.index("no I/O")]
-    return re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", sentence)
+# --- intrudim.spectral exports what the Python API page names -------------------------------------------------
 
 
-def test_every_name_the_readme_gives_for_intrudim_spectral_is_importable():
-    names = _readme_spectral_names()
+def _documented_spectral_names() -> list[str]:
+    return re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", _sentence(PYTHON_API, "`intrudim.spectral` (", "no I/O"))
+
+
+def test_every_name_the_docs_give_for_intrudim_spectral_is_importable():
+    names = _documented_spectral_names()
     assert {"thin_svd", "top_k_svd", "lora_core", "core_top_k", "toy_lambda_sweep"} <= set(names)
     spectral = importlib.import_module("intrudim.spectral")
     for name in names:
-        assert hasattr(spectral, name), f"README names intrudim.spectral.{name}, which does not exist"
+        assert hasattr(spectral, name), f"docs/python-api.md names intrudim.spectral.{name}, which does not exist"
     from intrudim.spectral import thin_svd  # the line that used to fail
 
     assert callable(thin_svd)
@@ -43,13 +51,36 @@ def test_every_name_the_readme_gives_for_intrudim_spectral_is_importable():
         assert getattr(spectral, name) is not None
 
 
-def test_python_api_names_in_the_readme_exist():
+def test_the_pure_math_example_of_the_python_api_page_runs_and_finds_its_intruder(capsys):
+    """The last Python block of docs/python-api.md plants one rank-1 update above σ_max and says it finds 1."""
+    blocks = re.findall(r"```python\n(.*?)\n```", PYTHON_API.read_text(encoding="utf-8"), flags=re.S)
+    example = next(block for block in reversed(blocks) if "from intrudim.spectral import" in block)
+    assert "# 1" in example
+    exec(compile(example, "docs/python-api.md", "exec"), {"__name__": "__docs__"})
+    assert capsys.readouterr().out.strip() == "1"
+
+
+def test_python_api_names_in_the_docs_exist():
     import intrudim
     from intrudim.report.analysis_report import write_analysis_outputs
 
     assert callable(intrudim.analyze) and callable(write_analysis_outputs)
     assert intrudim.AnalyzeConfig().k == 10 and intrudim.AnalyzeConfig().epsilon == 0.5
     assert AnalyzeConfig(method="structured").method == "structured"
+    fields = re.findall(r"`([a-z_]+)`", _sentence(PYTHON_API, "validated fields (", ";"))
+    assert len(fields) >= 9
+    for name in fields:  # each field the page names is a real, settable field of AnalyzeConfig
+        assert name in AnalyzeConfig.__dataclass_fields__, f"docs/python-api.md names AnalyzeConfig.{name}"
+    text = PYTHON_API.read_text(encoding="utf-8")
+    for used in ("result.total_intruders", "m.intruder_ranks", "m.max_abs_cos", "m.intruder_energy_share",
+                 "result.epsilon_sweep()", "result.to_json()", "result.summary_lines()"):  # fmt: skip
+        assert used in text  # the page still shows them; each is checked to exist on a real result below
+    from intrudim.analysis.results import AnalysisResult, MatrixResult
+
+    for name in ("total_intruders", "epsilon_sweep", "to_json", "summary_lines"):
+        assert hasattr(AnalysisResult, name)
+    for name in ("intruder_ranks", "max_abs_cos", "intruder_energy_share", "shape", "name", "intruders"):
+        assert name in MatrixResult.__dataclass_fields__
 
 
 # --- the toy: the thresholds are measured, and planted cases give the known answer -----------------------------
@@ -76,8 +107,11 @@ def test_toy_thresholds_on_a_planted_case_with_a_known_answer():
 
 
 def test_toy_thresholds_on_the_default_gaussian_case_are_below_sigma_max():
-    """The README's numbers for `intrudim toy` (n = 768, seed 0): intruders from 0.5·σ_max, v on top from 0.75."""
+    """docs/toy.md's numbers for `intrudim toy` (n = 768, seed 0): intruders from 0.5·σ_max, v on top from 0.75."""
     from intrudim.spectral import toy_findings, toy_lambda_sweep
+
+    promise = _sentence(TOY, "At the default n = 768, seed 0", "Random-matrix theory")
+    assert "intruders appear from λ = 0.5·σ_max" in promise and "top singular vector, itself an intruder, from 0.75·σ_max" in promise
 
     sweep = toy_lambda_sweep(768, seed=0)
     assert sweep.first_intruder_ratio == 0.5
@@ -199,7 +233,7 @@ def test_changed_matrix_misses_the_cache_and_a_damaged_entry_is_recomputed(tiny_
 @pytest.mark.parity
 def test_float64_cache_gives_the_same_answer_as_no_cache(tiny_models, tmp_path):
     """Counts, ranks and sweeps are identical; max |cos| and σ agree to float64 rounding (1e-14). (Not bit for bit:
-    measured differences of one ulp on the LoRA path, so the README promises rounding, not identity.)"""
+    measured differences of one ulp on the LoRA path, so docs/analyze.md promises rounding, not identity.)"""
     adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "a", r=3, strength=2.0)
     for tuned in (adapter, tiny_models["llama"]):
         plain = analyze(tiny_models["llama"], tuned, use_cache=False, k_sweep=True)

@@ -15,7 +15,38 @@ CACHE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
-    """What `analyze` measures. Defaults are the paper's: k = 10, ε = 0.5 (Sec. 4)."""
+    """What `analyze` measures. Defaults are the paper's: k = 10, ε = 0.5 (Sec. 4).
+
+    A frozen dataclass, validated when built (a bad value raises ``InvalidConfigError`` naming it). ``analyze``
+    builds one from its keyword arguments (``analyze(base, tuned, k=20)``), and ``repair``, ``scan`` and the
+    Trainer callback measure with the same fields.
+
+    Attributes:
+        k: How many top singular vectors of each tuned matrix W_t are examined (default 10; the paper's k, Sec. 4,
+            Fig. 4). Rank 1 is the largest singular value.
+        epsilon: The threshold ε on max |cos| to every base left singular vector: a tuned vector below it is an
+            intruder dimension (default 0.5; Sec. 4, Definition 1). In (0, 1].
+        modules: A regular expression on parameter names choosing the matrices; None (default) takes every 2-D
+            linear weight inside the transformer blocks (attention q/k/v/o, MLP in/out), or for an adapter the
+            matrices it modifies. Replaces the default choice, as ``--modules``.
+        include_embeddings: Also analyse embedding tables (default False).
+        include_heads: Also analyse heads: LM head, classifier, pooler (default False).
+        epsilons: The thresholds of the ε-sweep (default 0.1, 0.2, …, 0.9; Fig. 5).
+        k_sweep: Also count intruders for k as fractions of each matrix's singular vectors (default False; Fig. 11).
+            Needs the full tuned spectrum (a dense SVD of the small LoRA core, or of the dense matrix).
+        k_fractions: The fractions of the k-sweep (default 0.2, 0.4, 0.6, 0.8, 1.0; Fig. 11).
+        similarity_size: How many base vectors each matrix keeps in its |cos| similarity rows, the heatmap of
+            Figs. 1 and 3 (default 50).
+        effective_rank: Compute the effective rank of ΔW (default True; Fig. 6, Roy & Vetterli 2007). Cheap for
+            LoRA; for a dense model it needs every singular value of ΔW.
+        method: ``"auto"`` (default) or ``"structured"``: a LoRA adapter is analysed from its factors and the
+            cached base SVD, never merged; ``"dense"``: merge and take a dense top-k SVD (the slow reference). A
+            dense tuned model always takes the dense top-k.
+        device: ``"cpu"`` (default) or ``"cuda[:N]"``: where the base SVDs are computed.
+        cache_dtype: Precision of the factors stored in the base SVD cache: ``"float32"`` (default, half the disk)
+            or ``"float64"`` (the same counts, ranks and sweeps as no cache; max |cos| and σ to float64 rounding).
+        allow_pickle: Allow loading ``.bin``/``.pt`` pickle checkpoints (default False: they can run code).
+    """
 
     k: int = 10
     epsilon: float = 0.5

@@ -215,21 +215,47 @@ def analyze(
     progress: bool | ProgressCallback = False,
     **overrides: Any,
 ) -> AnalysisResult:
-    """Find intruder dimensions of TUNED against BASE (Sec. 3-4).
+    """Find intruder dimensions of TUNED against BASE, per matrix (Sec. 3–4; Figs. 1–6 and 11).
 
-    TUNED: a PEFT LoRA adapter (a folder, a Hub repo id, or a ``PeftModel`` in memory: its active adapter, or
-    ``adapter_name``), an intrudim run directory, a Trainer output_dir or checkpoint, or a fully fine-tuned model
-    (a folder, a Hub id or an ``nn.Module``). BASE: the same kinds of reference, or None: the base a PEFT adapter
-    records (``base_model_name_or_path``), or a ``PeftModel``'s own weights (W₀ is the weight inside each LoRA
-    layer; nothing is merged or saved). ``analyze(peft_model)`` alone works. Keyword overrides build the config:
-    ``analyze(base, tuned, k=10, epsilon=0.5)``. The base SVD cache is used for weights in memory too (keyed by
-    content).
+    For every selected weight matrix: the top-k left singular vectors of the tuned matrix W_t, each one's max |cos|
+    to every left singular vector of the base W₀, and the intruders among them (max |cos| < ε; Sec. 4,
+    Definition 1), with the ε-sweep (Fig. 5), optionally the k-sweep (Fig. 11), the effective rank of ΔW (Fig. 6)
+    and the intruders' energy share. A LoRA adapter is analysed from its factors and the base SVD (cached on disk,
+    keyed by content; used for weights in memory too), never merged. ``analyze(peft_model)`` alone works.
 
-    Example::
+    Args:
+        base: The pre-trained model W₀ comes from: an embedded name (``"minilm"``, ``"smollm2"``), a Hugging Face
+            folder, a ``.safetensors`` file, a Hub repo id ``org/name[@revision]``, an intrudim run directory, a
+            Trainer checkpoint, or an ``nn.Module``. None (default): the base a PEFT adapter records
+            (``base_model_name_or_path``), or, for a ``PeftModel``, the weight inside each LoRA layer (nothing is
+            merged or saved). Given alone (``analyze(x)``), the one argument is TUNED.
+        tuned: The fine-tuned model: a PEFT LoRA adapter (a folder, a Hub repo id, or a ``PeftModel`` in memory),
+            an intrudim run directory (its ``final/``), a Trainer output_dir (its latest checkpoint) or checkpoint,
+            or a fully fine-tuned model (a folder, a file, a Hub id or an ``nn.Module``).
+        config: What to measure (default: ``AnalyzeConfig()``, the paper's k = 10 and ε = 0.5). Keyword
+            ``overrides`` change single fields instead.
+        adapter_name: For a ``PeftModel``: the adapter to analyse (default: its active adapter).
+        cache_dir: The base SVD cache directory (default: ``$INTRUDIM_CACHE/svd``, else ``~/.cache/intrudim/svd``).
+        use_cache: Read and write the base SVD cache (default True). False computes every base SVD in memory.
+        progress: True shows progress on stderr (a bar on a terminal, plain lines otherwise); a callable
+            ``(done, total, matrix_name)`` is called after each matrix; False (default) is silent.
+        **overrides: Fields of ``AnalyzeConfig`` (``k=20``, ``epsilon=0.3``, ``modules="q_proj"``, …),
+            applied to ``config``.
 
+    Returns:
+        The ``AnalysisResult``, with one ``MatrixResult`` per analysed matrix, the skipped matrices and why, the
+        totals (``total_intruders``) and ``to_json()``, the document ``intrudim analyze --json`` prints.
+
+    Raises:
+        IntrudimError: An input that cannot be analysed (a missing file, an adapter of another base, a non-LoRA
+            adapter, a pickle file without ``allow_pickle``, …), with a message saying what to do.
+
+    Example:
+        ```python
         result = intrudim.analyze("minilm", "my_adapter/", k=10, epsilon=0.5)
         print(result.total_intruders, result.to_json()["matrices"][0]["intruder_ranks"])
         result = intrudim.analyze(peft_model)  # a PeftModel in a notebook
+        ```
     """
     if tuned is None:
         if base is None:

@@ -44,17 +44,43 @@ def forgetting(
     progress: bool = False,
     **overrides: Any,
 ) -> ForgettingResult:
-    """TUNED's loss on pre-training-like text minus BASE's, with a paired 95% bootstrap interval (Figs. 9, 16).
+    """TUNED's loss on pre-training-like text minus BASE's, with a paired 95% bootstrap interval (Sec. 4; Figs. 9, 16).
 
-    ``tuned``: any model reference (a PeftModel in memory: its active adapter, or ``adapter_name``); ``base``: any
-    reference, or None (an adapter's recorded base; a PeftModel's own base, its adapters disabled). ``text``:
-    ``wiki``, ``news``, a file, a folder or a dataset (default: the measure's). ``tokenizer``: for a model in memory
-    whose folder is unknown. Keyword overrides build the config: ``forgetting(model, max_tokens=20_000)``.
+    The paper's forgetting measure: at equal task accuracy, LoRA models with intruder dimensions are worse models of
+    the pre-training distribution. The measure is chosen from the model's class: a causal LM's mean next-token
+    cross-entropy (perplexity), a masked LM's MLM pseudo-loss (Salazar et al. 2020), or a sentence-transformers
+    encoder's own in-batch contrastive objective (the embedded MiniLM has no LM head). The texts are cut into the
+    same windows for both models, so the losses pair up; the interval resamples sequences (2000 times, seed 0).
 
-    Example::
+    Args:
+        tuned: The fine-tuned model: a PEFT adapter folder, an intrudim run directory, a Trainer checkpoint, a Hub
+            id, a fine-tuned model folder, or a model in memory (a ``PeftModel``: its active adapter, or
+            ``adapter_name``; an ``nn.Module``, with ``base`` in memory too).
+        base: The pre-trained model, as any reference; None (default): the base an adapter records, or a
+            ``PeftModel``'s own base (its adapters disabled; nothing is merged or copied).
+        text: ``"wiki"`` (Wikipedia articles, the default for language models), ``"news"`` (news articles, the
+            default for encoders), a UTF-8 file, a folder of ``.txt`` files, or a ``datasets`` dataset saved with
+            ``save_to_disk`` with a ``text`` column. Use text the model was not fine-tuned on.
+        config: The measurement's settings (default: ``ForgettingConfig()``: at most 20,000 tokens, windows of 128
+            tokens, 64 pairs per contrastive batch, 2000 bootstrap resamples). Keyword ``overrides`` change single
+            fields instead.
+        adapter_name: For a ``PeftModel``: the adapter that is TUNED (default: the active one).
+        tokenizer: The tokenizer of a model in memory whose folder is not known (default None: loaded from the
+            folder the model came from).
+        progress: Show progress on stderr (default False).
+        **overrides: Fields of ``ForgettingConfig``: ``max_tokens`` (20,000), ``seq_len`` (128), ``batch_size``
+            (None: 4 windows, 64 masked copies or 64 sentences), ``pairs_per_batch`` (64), ``bootstrap_resamples``
+            (2000), ``bootstrap_seed`` (0), ``device`` (``"cpu"``), ``allow_pickle`` (False).
 
+    Returns:
+        The ``ForgettingResult``, with the ``base`` and ``tuned`` losses (and perplexities where defined),
+        ``delta`` (tuned − base), ``ci95``, ``verdict``, the text and its licence, and ``to_json()``.
+
+    Example:
+        ```python
         result = intrudim.forgetting(peft_model, text="wiki")
         print(result.delta, result.ci95, result.verdict)
+        ```
     """
     from dataclasses import replace
 

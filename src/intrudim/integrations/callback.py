@@ -129,23 +129,35 @@ def _say(text: str) -> None:
 
 class IntruderCallback(TrainerCallback):
     """Track intruder dimensions (k = 10, ε = 0.5 by default) of the model a Trainer trains, every
-    ``every_n_steps`` optimizer steps and at the last step; see the module docstring for what it logs and writes.
+    ``every_n_steps`` optimizer steps and at the last step (Fig. 7 as it happens). What it logs and writes, its
+    costs and its limits: the module docstring, and the documentation's page on the callback.
 
-    Arguments:
-        every_n_steps: analyse when ``state.global_step % every_n_steps == 0`` (and at the last step).
-        k, epsilon: the paper's definition (Sec. 4): top-k tuned vectors, intruder when max |cos| < ε.
-        adapter_name: the PeftModel's adapter to track (default: its active adapter at train begin).
-        modules: a regular expression on parameter names choosing the matrices (default: every 2-D linear weight in
-            the transformer blocks; for LoRA, those of them with an adapter).
-        stop_above: stop training once the total count exceeds this (None: never).
-        warn_on_pressure: warn once when matrices are predicted intruder-prone before any intruder appears.
-        cache_dir, use_cache: the base SVD cache (default: intrudim's; ``use_cache=False``: no disk cache).
-        output_dir: where the timeline JSON and the figure go (default: the Trainer's ``args.output_dir``).
-        device: ``"cpu"`` or ``"cuda[:N]"``, where the spectral work runs (the weights are read from wherever they
-            are).
+    Add it with ``IntruderCallback(every_n_steps=50).attach(trainer)`` before ``trainer.train()``: ``attach`` puts
+    it before the reporting callbacks, so its values reach TensorBoard, W&B and ``trainer.state.log_history`` as
+    ``intrudim/intruders``, ``intrudim/energy_share``, ``intrudim/max_pressure``, ….
+
+    Args:
+        every_n_steps: Analyse when ``state.global_step % every_n_steps == 0``, and at the last step (default 50).
+        k: How many top singular vectors of each tuned matrix are examined (default 10; Sec. 4).
+        epsilon: The intruder threshold on max |cos| to every base left singular vector (default 0.5; Sec. 4,
+            Definition 1).
+        adapter_name: The PeftModel's adapter to track (default None: its active adapter at train begin).
+        modules: A regular expression on parameter names choosing the matrices (default None: every 2-D linear
+            weight in the transformer blocks; for LoRA, those of them with an adapter).
+        stop_above: Stop training once the total count exceeds this (default None: never).
+        warn_on_pressure: Warn once (an ``IntruderPressureWarning``) when matrices are predicted intruder-prone,
+            intruder pressure σ₁(ΔW)/σ_k(W₀) above 0.85, before any intruder appears (default True; beyond the
+            paper, Sec. 5's toy model).
+        cache_dir: The base SVD cache directory (default None: intrudim's, ``$INTRUDIM_CACHE/svd`` or
+            ``~/.cache/intrudim/svd``, shared with ``intrudim analyze``).
+        use_cache: Read and write the base SVD cache (default True); False keeps the base SVDs in memory only.
+        output_dir: Where ``intrudim_timeline.json`` and ``intrudim_intruders.png`` go (default None: the
+            Trainer's ``args.output_dir``).
+        device: ``"cpu"`` (default) or ``"cuda[:N]"``: where the spectral work runs (the weights are read from
+            wherever they are).
 
     After (or during) training, ``callback.timeline`` holds one record per analysed step and
-    ``callback.last_result`` the last :class:`~intrudim.analysis.results.AnalysisResult`.
+    ``callback.last_result`` the last ``AnalysisResult``.
     """
 
     def __init__(

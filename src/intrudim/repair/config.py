@@ -31,8 +31,27 @@ def check_lambda(value: object, what: str = "lambda") -> float:
 class RepairConfig:
     """Scale the singular values of the intruders among the top-k by λ (the v2 intervention).
 
-    ``control``: ``none`` (repair the intruders), ``non-intruder`` (scale as many top non-intruder directions
-    by λ) or ``shrink`` (W₀ + c·ΔW removing the same Frobenius norm as the intruder repair).
+    Per matrix, W' = W_t + (λ − 1)·Σ_{j∈I} σ_j u_j v_jᵀ, with I the intruders among the top-k singular vectors of
+    W_t (found exactly as ``analyze`` finds them). A frozen dataclass, validated when built; ``repair(...)`` and
+    ``intrudim repair`` build one from their options.
+
+    Attributes:
+        lam: λ, the factor applied to each intruder's singular value (default 0.75, the v2 paper's and peft's).
+            0 removes the intruders' directions, 1 leaves the model as it is, > 1 amplifies them; ≥ 0.
+        k: How many top singular vectors of W_t are examined for intruders (default 10; Sec. 4).
+        epsilon: The intruder threshold on max |cos| to every base left singular vector (default 0.5; Sec. 4,
+            Definition 1).
+        control: What is scaled (default ``"none"``): ``"none"`` repairs the intruders; ``"non-intruder"`` scales as
+            many of the top non-intruder directions by λ (a control: is the effect specific to intruders?);
+            ``"shrink"`` replaces ΔW by c·ΔW, with c per matrix chosen to remove the same Frobenius norm as the
+            intruder repair (the norm-matched control).
+        modules: A regular expression on parameter names choosing the matrices (default None: those ``analyze``
+            takes, every 2-D linear weight inside the transformer blocks that the adapter modifies).
+        include_embeddings: Also repair embedding tables (default False), as ``analyze --include-embeddings``.
+        include_heads: Also repair heads (default False), as ``analyze --include-heads``.
+        device: ``"cpu"`` (default) or ``"cuda[:N]"``: where the base SVDs are computed.
+        cache_dtype: Precision of the base SVD cache's factors, ``"float32"`` (default) or ``"float64"``.
+        allow_pickle: Allow loading ``.bin``/``.pt`` pickle checkpoints (default False: they can run code).
     """
 
     lam: float = DEFAULT_LAMBDA

@@ -21,9 +21,25 @@ DEFAULT_MAX_RETRIES = 3
 class ScanConfig:
     """A scan: one base, many tuned models, each analysed as `analyze` would (``analysis``), in-process or on Ray.
 
-    ``engine``: ``"local"`` runs the units in this process, one after the other; ``"ray"`` runs them as Ray tasks,
-    on a local runtime started for the scan (``ray_address=None``, ``ray_cpus`` workers) or on an existing cluster
-    (``ray_address="HOST:PORT"``).
+    The work runs as units (base SVDs, then one per input and matrix, then one report per input) over one shared
+    base SVD cache; every engine writes the same numbers. A frozen dataclass, validated when built.
+
+    Attributes:
+        analysis: What each input is analysed for (default: ``AnalyzeConfig()``, the paper's k = 10, ε = 0.5;
+            Sec. 4).
+        engine: ``"local"`` (default) runs the units in this process, one after the other; ``"ray"`` runs them as
+            Ray tasks, on a local runtime started for the scan (``ray_address=None``, ``ray_cpus`` workers) or on
+            an existing cluster (``ray_address="HOST:PORT"``).
+        ray_address: The ``HOST:PORT`` of an existing Ray cluster's GCS (default None: a local runtime). Needs
+            ``engine="ray"``.
+        ray_cpus: Workers of the local Ray runtime (default None: every core). Not with ``ray_address``.
+        ray_object_store_mb: Object store of the local Ray runtime, in MB (default 200, ≥ 50): the base factors
+            travel through the cache directory, not the object store.
+        max_retries: How many times Ray re-runs a unit whose worker or node died (default 3; finished units are
+            never re-run).
+        pressure_threshold: A matrix is *predicted* intruder-prone when its intruder pressure σ₁(ΔW)/σ_k(W₀) is
+            above this (default 0.85; beyond the paper: Sec. 5's toy model, refitted over training runs).
+        resume: Skip the inputs an earlier scan into the same folder has finished (default False).
     """
 
     analysis: AnalyzeConfig = field(default_factory=AnalyzeConfig)

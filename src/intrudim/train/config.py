@@ -55,20 +55,56 @@ def _check_positive(name: str, value: float | int | None, allow_none: bool = Tru
 class TrainConfig:
     """Everything that decides a training run; ``config.json`` of a run directory is this, frozen.
 
-    ``model``: ``"minilm"`` / ``"smollm2"`` (embedded) or a local HF folder. ``objective``: ``classification``
-    adds a sequence-classification head (fresh when the folder has none), trained with BERT's pooler that
-    feeds it; ``causal-lm`` fine-tunes a causal LM as a language model on "prompt + answer text", the loss on
-    the answer tokens only, its own LM head frozen (issue 13); ``auto`` (default) takes ``causal-lm`` for
-    models whose config names a causal-LM architecture (``*ForCausalLM``, GPT-2's ``LMHeadModel``) and
-    ``classification`` otherwise. A run records the objective it resolved to.
-    ``rank``: LoRA rank r (ignored for ``full``). ``alpha``: a fixed α; ``alpha_rule``: ``2r`` (default,
-    α = 2r), ``fixed`` (α = ``alpha`` or 8), ``rslora`` (scale α/√r, α = ``alpha`` or 8).
-    ``lr``: overrides the method's default (LoRA: ``total_lr``/α; full: 1e-5, or 1e-4 on the embedded
-    MiniLM). ``total_lr``: α·η (App. A: 2.4e-3). ``max_steps`` overrides ``epochs``. ``target_accuracy``: stop at the first evaluation whose
-    held-out accuracy reaches it. ``max_length``: 64 tokens by default (the paper uses 512; the generated
-    tasks are short). ``schedule``: ``linear`` (App. A) or ``constant`` after the warm-up.
-    ``max_grad_norm``: gradient-norm clipping (1.0, the Hugging Face Trainer's default that the paper's
-    recipe, after Hu et al. 2021, trains with); None turns it off.
+    Defaults are the recipe of Appendix A (AdamW without weight decay, linear schedule with 6% warm-up, batch 16, at
+    most 5 epochs, LoRA with α = 2r at the total learning rate α·η = 2.4e-3); where the embedded model needs its own
+    value it is said. Validated when built (a bad value raises ``InvalidConfigError`` naming it).
+
+    Attributes:
+        model: ``"minilm"`` (default) / ``"smollm2"`` (the embedded models) or a local Hugging Face folder.
+        task: A task of the registry (default ``"sentiment"``; ``intrudim tasks`` lists them).
+        objective: ``"auto"`` (default) takes ``causal-lm`` for models whose config names a causal-LM architecture
+            (``*ForCausalLM``, GPT-2's ``LMHeadModel``) and ``classification`` otherwise; ``"classification"`` adds a
+            sequence-classification head (fresh when the folder has none), trained with BERT's pooler that feeds it;
+            ``"causal-lm"`` fine-tunes a causal LM as a language model on "prompt + answer text", the loss on the
+            answer tokens only, its own LM head frozen. A run records the objective it resolved to.
+        method: ``"lora"`` (default), ``"full"`` (every parameter but the embeddings) or ``"lora-b-only"`` (A a
+            frozen random matrix with orthonormal rows, only B trained; Fig. 10).
+        rank: LoRA rank r (default 8; ignored for ``full``). The paper's ranks: 1, 2, 4, 8, 16, 64, 768.
+        alpha: A fixed α (default None: α from ``alpha_rule``). Giving it makes ``alpha_rule`` ``"fixed"``.
+        alpha_rule: ``"2r"`` (default, α = 2r, App. A), ``"fixed"`` (α = ``alpha`` or 8, the paper's α = 8 runs)
+            or ``"rslora"`` (scale α/√r, α = ``alpha`` or 8).
+        lr: The learning rate η, overriding the method's default (default None: LoRA ``total_lr``/α; full 1e-5,
+            or 1e-4 on the embedded MiniLM).
+        total_lr: LoRA's "total learning rate" α·η, held fixed across ranks (default 2.4e-3, App. A).
+        epochs: Epochs over the training split (default 5, App. A); ``max_steps`` overrides it.
+        max_steps: A step limit instead of ``epochs`` (default None).
+        target_accuracy: Stop at the first evaluation whose held-out accuracy reaches it (default None: train to
+            the step limit). The paper compares methods at equal accuracy (Tables 1–2).
+        eval_every: Evaluate the held-out split every N steps (default 50) and at the last step.
+        checkpoint_every: Save a checkpoint and count its intruders every N steps (default 100; None: none, only
+            the final weights are analysed).
+        train_fraction: A seeded, nested fraction of the training split (default 1.0; Fig. 12's data-size study).
+        seed: Seed of the head and LoRA initialisation, the data order and generated tasks (default 42).
+        batch_size: Training batch size (default 16, App. A).
+        eval_batch_size: Evaluation batch size (default 64).
+        warmup_ratio: Fraction of the steps spent warming up (default 0.06, App. A).
+        schedule: ``"linear"`` decay after the warm-up (default, App. A) or ``"constant"``.
+        max_grad_norm: Gradient-norm clipping (default 1.0, the Hugging Face Trainer's default that the paper's
+            recipe, after Hu et al. 2021, trains with); None turns it off.
+        weight_decay: AdamW weight decay (default 0, App. A).
+        max_length: Tokens per example (default 64; the paper uses 512, the generated tasks are short).
+        lora_dropout: LoRA dropout (default 0).
+        other_lr: Its own η for the biases, LayerNorms and head of a LoRA run (default None: the same η as LoRA, as
+            in the paper).
+        data_path: A folder with a real task's data (default None: the local ``datasets`` cache).
+        max_train_examples: Training examples: the size of a generated task, a cap on a real one (default None:
+            4000 for a generated task, all of a real one).
+        max_validation_examples: Held-out examples, likewise (default None: 400 for a generated task, all of a real
+            one's validation split).
+        track_intruders: Count the intruders of every checkpoint and of the final weights (default True; Fig. 7).
+        intruder_k: k of that tracking (default 10; Sec. 4).
+        intruder_epsilon: ε of that tracking (default 0.5; Sec. 4).
+        log_every: Write the mean training loss to ``metrics.jsonl`` every N steps (default 10).
     """
 
     model: str = EMBEDDED_MODEL_NAME
