@@ -115,6 +115,44 @@ def test_rows_equal_separate_analyze_runs(scan_inputs, scanned, tmp_path):
     assert by_name["lora_r1"]["matrices_analysed"] == 4
 
 
+def test_matrix_major_reads_each_base_factor_once_and_equals_adapter_major(scan_inputs, scanned, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    """The default order from two inputs on is matrix-major: every input's unit for one base matrix in a row, the
+    matrix's cached factors read from disk once for all of them. The files equal an adapter-major scan's."""
+    import intrudim.weights.svd_cache as svd_cache
+
+    assert scanned["result"].document["order"] == "matrix"
+    reads: list[str] = []
+    real_load = svd_cache.load_file
+
+    def counting(path, *args, **kwargs):
+        if Path(path).parent.parent == scanned["cache"]:  # a factor entry, not a key memo
+            reads.append(Path(path).stem)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(svd_cache, "load_file", counting)
+    lora = [t for t in scan_inputs["tuned"] if "bert" not in t and "full_ft" not in t]  # 3 LoRA inputs, warm cache
+    documents = {}
+    for order in ("matrix", "adapter"):
+        reads.clear()
+        out = tmp_path / order
+        documents[order] = scan(scan_inputs["base"], lora, out, ScanConfig(order=order), cache_dir=scanned["cache"])
+        documents[order].reads = list(reads)
+    matrix_reads, adapter_reads = documents["matrix"].reads, documents["adapter"].reads
+    assert len(matrix_reads) == len(set(matrix_reads))  # each base matrix's factors read once
+    assert len(adapter_reads) == documents["adapter"].document["units"]["matrix"] > len(matrix_reads)
+    assert documents["adapter"].document["order"] == "adapter"
+    for row in documents["matrix"].rows:
+        written = {order: json.loads((tmp_path / order / "runs" / row["name"] / "analysis.json").read_text())
+                   for order in documents}  # fmt: skip
+        assert comparable(written["matrix"]) == comparable(written["adapter"]), row["name"]
+    strip = ("seconds", "order", "cache")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in documents["matrix"].rows] == [
+        {k: v for k, v in r.items() if k not in strip} for r in documents["adapter"].rows]
+    with pytest.raises(IntrudimError, match="order must be one of auto, matrix, adapter"):
+        ScanConfig(order="row")
+
+
 def test_adapter_of_another_base_is_reported_in_its_row(scanned):
     row = scanned["result"].rows[1]
     assert row["total_intruders"] is None and row["name"] == "bert_adapter"

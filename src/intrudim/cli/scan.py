@@ -95,6 +95,16 @@ def scan_command(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow loading pickle checkpoints (only files you trust).")
     ] = False,
+    order: Annotated[
+        str,
+        typer.Option(
+            "--order",
+            metavar="auto|matrix|adapter",
+            help="matrix: each base matrix in turn, every input's factors analysed against its cached SVD read "
+            "once; adapter: one input after the other (each reads every base factor again). auto: matrix from two "
+            "inputs on. The same numbers either way.",
+        ),
+    ] = "auto",
 ) -> None:
     """A leaderboard of intruder dimensions over many adapters, run dirs or fine-tuned models of one BASE, with
     predicted vs found intruder-prone matrices; in-process, on a local Ray runtime (--ray) or a cluster."""
@@ -118,7 +128,7 @@ def scan_command(
         config = ScanConfig(
             analysis=AnalyzeConfig(k=k, epsilon=epsilon, modules=modules, device=device, allow_pickle=allow_pickle),
             engine="ray" if (ray or ray_address is not None) else "local", ray_address=ray_address,
-            ray_cpus=workers, resume=resume,
+            ray_cpus=workers, resume=resume, order=order,
         )  # fmt: skip
         if workers is not None and not ray:
             raise IntrudimError("--workers sizes the local Ray runtime: use it with --ray.")

@@ -13,6 +13,9 @@ PRESSURE_THRESHOLD = DEFAULT_PRESSURE_THRESHOLD
 """A matrix is *predicted* intruder-prone when σ₁(ΔW)/σ_k(W₀) > 0.85 (beyond the paper; Sec. 5's toy model,
 refitted over training runs: :data:`intrudim.spectral.prediction.DEFAULT_PRESSURE_THRESHOLD`)."""
 
+SCAN_ORDERS = ("auto", "matrix", "adapter")
+"""``auto``: matrix-major from two inputs on (:attr:`ScanConfig.order`)."""
+
 DEFAULT_MAX_RETRIES = 3
 """Ray re-runs a unit whose worker or node died this many times (finished units are never re-run)."""
 
@@ -40,6 +43,10 @@ class ScanConfig:
         pressure_threshold: A matrix is *predicted* intruder-prone when its intruder pressure σ₁(ΔW)/σ_k(W₀) is
             above this (default 0.85; beyond the paper: Sec. 5's toy model, refitted over training runs).
         resume: Skip the inputs an earlier scan into the same folder has finished (default False).
+        order: The order of the matrix units: ``"matrix"`` takes each base matrix in turn and analyses every
+            input's factors for it against its cached base SVD, read once for all of them; ``"adapter"`` finishes
+            one input before the next (each reads every base factor again). ``"auto"`` (default): matrix from two
+            inputs on. The numbers are the same in either order.
     """
 
     analysis: AnalyzeConfig = field(default_factory=AnalyzeConfig)
@@ -50,6 +57,7 @@ class ScanConfig:
     max_retries: int = DEFAULT_MAX_RETRIES
     pressure_threshold: float = PRESSURE_THRESHOLD
     resume: bool = False
+    order: str = "auto"
 
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):
@@ -70,6 +78,8 @@ class ScanConfig:
             raise InvalidConfigError(
                 f"ray_object_store_mb must be ≥ 50 (Ray's minimum); got {self.ray_object_store_mb}."
             )
+        if self.order not in SCAN_ORDERS:
+            raise InvalidConfigError(f"order must be one of {', '.join(SCAN_ORDERS)}; got {self.order!r}.")
         if self.max_retries < 0:
             raise InvalidConfigError(f"max_retries must be ≥ 0; got {self.max_retries}.")
         if not self.pressure_threshold > 0:

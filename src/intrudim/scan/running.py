@@ -107,7 +107,8 @@ def scan(
             planned.append(item)
 
     base_units = base_units_of(planned)
-    matrix_units = [MatrixUnit(item.index, item.tuned, job) for item in planned for job in item.jobs]
+    order = scan_order(config.order, len(planned))
+    matrix_units = ordered_units(planned, base_units, order)
     collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command, keep_analyses)
     total = len(base_units) + len(matrix_units) + len(planned)  # + one report unit per input
     reporter = make_reporter(progress, total, "scan", what="units")
@@ -152,13 +153,31 @@ def scan(
     engine = {"engine": config.engine, "ray_address": config.ray_address, "ray_cpus": config.ray_cpus}
     document = leaderboard_document(
         ordered, base=base, k=analysis.k, epsilon=analysis.epsilon, threshold=config.pressure_threshold,
-        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "cache": cache,
+        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "order": order, "cache": cache,
                "base_svd_cache": base_svds, "seconds": round(time.perf_counter() - started, 3), **engine},
     )  # fmt: skip
     paths = write_leaderboard(
         document, out_dir, command=command or f"intrudim scan {base} ... --out {out_dir}"
     )
     return ScanResult(document=document, paths=paths, analyses=collector.analyses)
+
+
+def scan_order(order: str, inputs: int) -> str:
+    """``matrix`` or ``adapter``: what :attr:`ScanConfig.order` means for this many inputs to analyse."""
+    if order != "auto":
+        return order
+    return "matrix" if inputs >= 2 else "adapter"
+
+
+def ordered_units(planned: list[PlannedInput], base_units: list[BaseUnit], order: str) -> list[MatrixUnit]:
+    """Every (input, matrix) unit. ``adapter``: input by input, each in its planned order (each input reads every
+    base factor it needs). ``matrix``: base matrix by base matrix (first-use order), every input's unit for it in
+    a row, so that its cached factors are read once for all of them (:data:`~intrudim.scan.units.RECENT_FACTORS`)."""
+    units = [MatrixUnit(item.index, item.tuned, job) for item in planned for job in item.jobs]
+    if order == "adapter":
+        return units
+    position = {unit: number for number, unit in enumerate(base_units)}
+    return sorted(units, key=lambda unit: position[unit.base_unit])  # stable: inputs in order within a matrix
 
 
 def _check_base(base: str, allow_pickle: bool) -> None:

@@ -50,6 +50,7 @@ from intrudim.models.opening import open_base_weights, open_tuned
 from intrudim.models.references import resolve_reference
 from intrudim.threads import analysis_threads
 from intrudim.weights.peft_adapter import LoraAdapter
+from intrudim.weights.svd_cache import BaseSVDCache, RecentFactors
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,16 @@ def base_units_of(planned: list[PlannedInput]) -> list[BaseUnit]:
     return list(units)
 
 
-@functools.lru_cache(maxsize=4)
+OPENED_INPUTS = 256
+"""How many TUNED inputs a process keeps open (headers read, tensors not): a matrix-major scan cycles through every
+input for each base matrix, so up to this many are not reopened per matrix."""
+
+
+@functools.lru_cache(maxsize=OPENED_INPUTS)
 def opened_inputs(base: str, tuned: str, allow_pickle: bool) -> AnalysisInputs:
-    """BASE and TUNED opened for units (headers read once per process, tensors read per unit). The few most
-    recent pairs stay open; units are issued input by input, so a worker rarely reopens one."""
-    base_src = open_base_weights(resolve_reference(base, role="base"), allow_pickle=allow_pickle)
+    """BASE and TUNED opened for units (headers read once per process, tensors read per unit). BASE is opened once
+    (:func:`opened_base`) for every input; the :data:`OPENED_INPUTS` most recent inputs stay open."""
+    base_src = opened_base(base, allow_pickle)
     opened = open_tuned(resolve_reference(tuned, role="tuned"), allow_pickle=allow_pickle)
     if isinstance(opened, LoraAdapter):
         return AnalysisInputs(base, tuned, base_src, opened, None, [])
@@ -201,12 +207,24 @@ def torch_threads(threads: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+RECENT_FACTORS = RecentFactors()
+"""This process's last base factors read from the cache, kept for the next unit of the same base matrix: in a
+matrix-major scan every input's unit for one matrix reads them from disk once (:class:`RecentFactors`)."""
+
+
+def unit_cache(config: AnalyzeConfig, cache_dir: str) -> BaseSVDCache:
+    """The base SVD cache as a unit opens it, sharing :data:`RECENT_FACTORS` with the other units of the process."""
+    cache = open_cache(config, cache_dir, use_cache=True)
+    cache.recent = RECENT_FACTORS
+    return cache
+
+
 def read_matrix_unit(base: str, unit: MatrixUnit, config: AnalyzeConfig, cache_dir: str) -> ReadJob | Exception:
     """What unit 2 reads from disk (:func:`~intrudim.analysis.running.read_job`: W₀ hashed, its cache entry, the
     factors or W_t), or the exception that reading raised; the in-process engine reads the next unit ahead."""
     try:
         inputs = opened_inputs(base, unit.tuned, config.allow_pickle)
-        return read_job(inputs, unit.job, open_cache(config, cache_dir, use_cache=True), config)
+        return read_job(inputs, unit.job, unit_cache(config, cache_dir), config)
     except Exception as exc:  # noqa: BLE001 - reported by analyze_matrix as the unit's error
         return exc
 
@@ -223,7 +241,7 @@ def analyze_matrix(
             read = read_matrix_unit(base, unit, config, cache_dir)
         if isinstance(read, Exception):
             raise read
-        cache = open_cache(config, cache_dir, use_cache=True)
+        cache = unit_cache(config, cache_dir)
         with analysis_threads(), torch_threads(MATRIX_UNIT_TORCH_THREADS):
             result = analyze_read(read, cache, config)
         return UnitOutcome(result=result, cache_hit=cache.hits == 1, seconds=time.perf_counter() - started)
@@ -267,6 +285,7 @@ def forget_opened_inputs() -> None:
     """Close what :func:`opened_inputs` keeps open (a scan does at its end; files may change between scans)."""
     for cached in (opened_inputs, opened_base):
         cached.cache_clear()
+    RECENT_FACTORS.clear()
 
 
 def run_units_here(base: str, base_units: list[BaseUnit], matrix_units: list[MatrixUnit], config: AnalyzeConfig,

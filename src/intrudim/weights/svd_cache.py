@@ -152,6 +152,35 @@ def key_memo_enabled() -> bool:
     return os.environ.get(KEY_MEMO_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+class RecentFactors:
+    """The factors of the base matrix most recently loaded from (or stored in) a cache, kept for the next lookup of
+    the same key: a matrix-major scan (:mod:`intrudim.scan`) analyses every adapter's factors for one base matrix
+    in a row, and so reads that matrix's factors from disk once instead of once per adapter. Keys are content
+    hashes, so the same key is the same matrix. One entry: it holds no more than the unit being analysed already
+    holds. Safe to share with the read-ahead thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._factors: SVDFactors | None = None
+        self.reused = 0  # lookups answered from memory
+
+    def get(self, key: str) -> SVDFactors | None:
+        with self._lock:
+            if key != self._key:
+                return None
+            self.reused += 1
+            return self._factors
+
+    def put(self, key: str, factors: SVDFactors) -> None:
+        with self._lock:
+            self._key, self._factors = key, factors
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._factors = None, None
+
+
 @dataclass(frozen=True)
 class CacheLookup:
     """What :meth:`BaseSVDCache.lookup` found for one matrix: its key (None without a cache directory) and the
@@ -171,6 +200,7 @@ class BaseSVDCache:
         self.hits = 0
         self.misses = 0
         self.memo = KeyMemo(self.directory) if self.directory is not None and key_memo_enabled() else None
+        self.recent: RecentFactors | None = None  # set by a matrix-major scan: the last entry loaded, kept
 
     def path_for(self, key: str) -> Path:
         assert self.directory is not None
@@ -206,6 +236,8 @@ class BaseSVDCache:
         return CacheLookup(key=key, factors=self._load(key))
 
     def _load(self, key: str) -> SVDFactors | None:
+        if self.recent is not None and (kept := self.recent.get(key)) is not None:
+            return kept
         path = self.path_for(key)
         if not path.exists():
             return None
@@ -213,9 +245,12 @@ class BaseSVDCache:
             stored = load_file(str(path))
             # U and Vh stay in the stored dtype (no float64 copy of large bases); S is float64. An entry of a wide or
             # square matrix written by the Gram route has no Vh (entries written before it have one: both are used).
-            return SVDFactors(U=stored["U"], S=stored["S"].to(torch.float64), Vh=stored.get("Vh"))
+            factors = SVDFactors(U=stored["U"], S=stored["S"].to(torch.float64), Vh=stored.get("Vh"))
         except (SafetensorError, KeyError, OSError):
             return None  # a damaged entry (e.g. disk full when written elsewhere): recompute and replace it
+        if self.recent is not None:
+            self.recent.put(key, factors)
+        return factors
 
     def get(self, W: torch.Tensor) -> SVDFactors:
         """Thin SVD of ``W`` from the cache when present: S in float64, U and Vh in the cache dtype (Vh None for a
