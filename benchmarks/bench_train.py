@@ -30,8 +30,8 @@ from intrudim.models.references import resolve_model_folder
 from intrudim.tasks import get_task
 from intrudim.train.checkpoints import LoopState, save_checkpoint
 from intrudim.train.config import TrainConfig
-from intrudim.train.engine import _make_optimizer, batch_indices
 from intrudim.train.methods import build_model
+from intrudim.train.recipe import _make_optimizer, batch_indices
 from intrudim.train.tracking import track_intruders
 
 CASES = (("full", 0), ("lora", 1), ("lora", 8), ("lora", 64))

@@ -146,7 +146,7 @@ def test_train_on_cuda_tracks_what_a_cpu_analysis_finds(tiny_llama, tmp_path):  
 
 
 def test_one_process_trains_on_cuda_then_on_the_cpu_then_on_cuda(tiny_llama, tmp_path):  # noqa: F811
-    """accelerate keeps one state per process; each run still gets the device it asked for (engine.make_accelerator)."""
+    """accelerate keeps one state per process; each run still gets the device it asked for (devices.make_accelerator)."""
     from accelerate.state import AcceleratorState
 
     from intrudim.train.engine import train

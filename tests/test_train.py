@@ -184,7 +184,7 @@ def test_lora_trains_adapters_biases_layernorms_and_head_only(tiny_bert: Path) -
 
 
 def test_other_lr_gives_non_lora_parameters_their_own_learning_rate(tiny_bert: Path) -> None:
-    from intrudim.train.engine import _make_optimizer
+    from intrudim.train.recipe import _make_optimizer
 
     parts = build_model(_config(tiny_bert, other_lr=1e-4), tiny_bert, head_outputs=2)
     optimizer, _ = _make_optimizer(parts.model, _config(tiny_bert, other_lr=1e-4), 10)
@@ -195,7 +195,7 @@ def test_other_lr_gives_non_lora_parameters_their_own_learning_rate(tiny_bert: P
 
 @pytest.mark.parametrize("schedule", ["linear", "constant"])
 def test_schedule_warms_up_then_decays_or_holds(tiny_bert: Path, schedule: str) -> None:
-    from intrudim.train.engine import _make_optimizer
+    from intrudim.train.recipe import _make_optimizer
 
     config = _config(tiny_bert, schedule=schedule, warmup_ratio=0.1, lr=1e-3)
     parts = build_model(config, tiny_bert, head_outputs=2)

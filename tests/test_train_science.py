@@ -45,7 +45,7 @@ import pytest
 from conftest import train_in_parallel
 
 from intrudim.train import TrainConfig, read_metrics
-from intrudim.train.engine import TrainResult
+from intrudim.train.result import TrainResult
 
 pytestmark = [pytest.mark.slow, pytest.mark.science]
 

@@ -57,7 +57,7 @@ def continual_plan(config: ContinualConfig) -> list[tuple[str, int]]:
 
     A run label is ``<method>/stage-<t>-<task>`` (e.g. ``r-1/stage-2-topic``).
     """
-    from intrudim.train.engine import total_training_steps
+    from intrudim.train.recipe import total_training_steps
 
     plan = []
     for rank in config.ranks:

@@ -41,7 +41,8 @@ def _stage_zero(ctx: _Context, method_dir: Path) -> StageRecord:
 
 def _run_stage(ctx: _Context, rank: int | str, index: int, name: str, start: Path, method_dir: Path,
                heads: dict[str, Path], resume: bool) -> StageRecord:  # fmt: skip
-    from intrudim.train.engine import total_training_steps, train
+    from intrudim.train.engine import train
+    from intrudim.train.recipe import total_training_steps
     from intrudim.train.sweep import _completed
 
     label = _run_label(rank, index, name)

@@ -9,15 +9,17 @@ Encoders are trained with a classification head and cross-entropy over the class
 (``objective="causal-lm"``, issue 13) is trained as a language model on "prompt + answer text" with the
 cross-entropy of the answer tokens only, and evaluated by the answers' log-likelihoods
 (:mod:`intrudim.tasks.prompts`, :mod:`intrudim.evaluate.batching`).
+
+This module sets a run up and runs its loop; the recipe's numbers (steps, batch order, optimizer and schedule) are
+in :mod:`~intrudim.train.recipe`, the device in :mod:`~intrudim.train.devices`, the result in
+:mod:`~intrudim.train.result`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,48 +43,17 @@ from intrudim.train.checkpoints import (
     save_weights_atomic,
 )
 from intrudim.train.config import TrainConfig
+from intrudim.train.devices import check_training_device, make_accelerator
 from intrudim.train.figures import write_run_figures
 from intrudim.train.methods import build_model
 from intrudim.train.metrics import MetricsLog
 from intrudim.train.progress import TrainingProgress
+from intrudim.train.recipe import _make_optimizer, batch_indices, total_training_steps
+from intrudim.train.result import TrainResult
 from intrudim.train.run_dir import METRICS_FILE, check_run_dir, prepare_run_dir
 from intrudim.train.tracking import analysis_available, track_intruders
 
 StepCallback = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a run did: where it stopped and why, the accuracy it reached, and its intruders."""
-
-    run_dir: Path
-    steps: int
-    max_steps: int
-    stop_reason: str  # "target_reached" | "max_steps"
-    target_accuracy: float | None
-    final_accuracy: float | None
-    best_accuracy: float | None
-    best_step: int | None
-    final_dir: Path
-    best_dir: Path | None
-    checkpoints: list[int] = field(default_factory=list)
-    final_intruders: int | None = None
-    seconds: float = 0.0
-    message: str = ""
-
-    @property
-    def reached_target(self) -> bool | None:
-        return None if self.target_accuracy is None else self.stop_reason == "target_reached"
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(
-            run_dir=str(self.run_dir),
-            final_dir=str(self.final_dir),
-            best_dir=None if self.best_dir is None else str(self.best_dir),
-            reached_target=self.reached_target,
-        )
-        return data
 
 
 @dataclass
@@ -113,36 +84,6 @@ class _Run:
     @property
     def is_main(self) -> bool:
         return bool(self.accelerator.is_main_process)
-
-
-def total_training_steps(config: TrainConfig, train_size: int) -> tuple[int, int]:
-    """(max steps, steps per epoch): ``max_steps`` if given, else ⌈epochs · ⌈n / batch⌉⌉."""
-    steps_per_epoch = max(1, math.ceil(train_size / config.batch_size))
-    if config.max_steps is not None:
-        return config.max_steps, steps_per_epoch
-    return max(1, math.ceil(config.epochs * steps_per_epoch)), steps_per_epoch
-
-
-def batch_indices(step: int, seed: int, train_size: int, batch_size: int, steps_per_epoch: int) -> list[int]:
-    """Indices of the global batch of ``step`` (0-based): a fresh seeded permutation each epoch."""
-    epoch, position = divmod(step, steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(train_size, generator=generator)
-    return order[position * batch_size : (position + 1) * batch_size].tolist()
-
-
-def _make_optimizer(model: nn.Module, config: TrainConfig, max_steps: int) -> tuple[torch.optim.Optimizer, Any]:
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
-
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [{"params": [p for name, p in named if "lora_" in name or config.other_lr is None]}]
-    if config.other_lr is not None:
-        groups.append({"params": [p for name, p in named if "lora_" not in name], "lr": config.other_lr})
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = math.ceil(config.warmup_ratio * max_steps)
-    if config.schedule == "constant":
-        return optimizer, get_constant_schedule_with_warmup(optimizer, warmup)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max_steps)
 
 
 def _training_loss(run: _Run, step: int) -> torch.Tensor:
@@ -218,39 +159,6 @@ def _stop_on_non_finite(run: _Run, state: LoopState, loss: torch.Tensor) -> None
         f"{kept}. Lower the learning rate (now {run.config.learning_rate:g}; --lr) and start again, or resume "
         f"with --resume after fixing the cause."
     )
-
-
-TRAINING_DEVICES = ("auto", "cpu", "cuda")
-
-
-def make_accelerator(device: str) -> Any:
-    """An ``accelerate.Accelerator`` on ``device`` ("auto", "cpu" or "cuda").
-
-    accelerate keeps one state per process: after a run on the GPU, a run with ``device="cpu"`` in the same process
-    is refused ("AcceleratorState has already been initialized"), and after a CPU run a GPU run would silently stay
-    on the CPU. Outside a distributed launch (where that state holds the process group), the state is reset when
-    the device asked for differs from the one it holds.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    if AcceleratorState._shared_state and not PartialState().use_distributed:
-        held_cpu = AcceleratorState().device.type == "cpu"
-        wanted_cpu = device == "cpu" or not torch.cuda.is_available()
-        if held_cpu != wanted_cpu:
-            AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=device == "cpu")
-
-
-def check_training_device(device: str) -> None:
-    """``device`` is one of :data:`TRAINING_DEVICES`, and "cuda" only where CUDA is available."""
-    if device not in TRAINING_DEVICES:
-        raise IntrudimError(
-            f"--device {device!r} is unknown for training; use auto (a visible GPU, else the CPU), cpu or cuda "
-            f"(pick a GPU with CUDA_VISIBLE_DEVICES)."
-        )
-    if device == "cuda" and not torch.cuda.is_available():
-        raise IntrudimError("--device cuda was asked for, but no CUDA GPU is available here. Use --device cpu or auto.")
 
 
 def _set_up(
@@ -419,9 +327,3 @@ def train(
         stop_reason = _loop(run, state, bar, on_step)
         bar.message("saving final weights" + (" and tracking intruders" if run.track else ""))
     return _finish(run, state, stop_reason, started, figures)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of RUN_DIR/metrics.jsonl, in order."""
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

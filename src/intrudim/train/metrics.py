@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from intrudim.fileio import write_text_atomic
+from intrudim.train.run_dir import METRICS_FILE
 
 
 class MetricsLog:
@@ -37,3 +38,9 @@ class MetricsLog:
         """On resume: drop the records written after the checkpoint at ``step`` (they will be re-made)."""
         kept = [r for r in self.read() if r.get("step", 0) <= step and r.get("event") not in ("stop", "final")]
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of RUN_DIR/metrics.jsonl, in order."""
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

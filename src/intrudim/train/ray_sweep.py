@@ -18,7 +18,8 @@ from typing import Any
 from intrudim.errors import IntrudimError
 from intrudim.ray_runtime import POLL_SECONDS, address_problem, ray_runtime
 from intrudim.train.config import TrainConfig
-from intrudim.train.engine import TrainResult, train
+from intrudim.train.engine import train
+from intrudim.train.result import TrainResult
 from intrudim.train.run_dir import CONFIG_FILE
 
 

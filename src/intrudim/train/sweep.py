@@ -15,10 +15,12 @@ from typing import Any
 from intrudim.errors import IntrudimError
 from intrudim.fileio import atomic_path, ensure_writable_directory, write_json_atomic
 from intrudim.train.config import TrainConfig
-from intrudim.train.engine import TRAINING_DEVICES, TrainResult, check_training_device, train
+from intrudim.train.devices import TRAINING_DEVICES, check_training_device
+from intrudim.train.engine import train
 from intrudim.train.figures import pressure_figure
 from intrudim.train.prediction import observations, prediction_report
 from intrudim.train.ray_sweep import RaySweepOptions, describe_options
+from intrudim.train.result import TrainResult
 from intrudim.weights.svd_cache import default_cache_dir
 
 PAPER_RANKS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 64, "full")
