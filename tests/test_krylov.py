@@ -204,19 +204,19 @@ def test_a_whole_analysis_through_the_krylov_route_equals_the_default(
 ):
     """A real PEFT adapter (LLaMA and GPT-2's Conv1D) analysed with every core solved by block Krylov, as on a GPU:
     every count, σ and cosine equals the default route's."""
-    import intrudim.analysis.running as running
+    import intrudim.analysis.matrix as matrix
     from intrudim import analyze
 
     adapter = write_peft_adapter(tiny_models[arch], arch, tmp_path / "adapter", r=4, strength=2.0, seed=3)
     default = analyze(tiny_models[arch], adapter, use_cache=False)
-    real = running.core_top_k
+    real = matrix.core_top_k
     methods = []
 
     def krylov_everywhere(core, k, *, method="auto", device="cpu"):
         methods.append(method)
         return real(core, k, method="krylov", device=device)
 
-    monkeypatch.setattr(running, "core_top_k", krylov_everywhere)
+    monkeypatch.setattr(matrix, "core_top_k", krylov_everywhere)
     forced = analyze(tiny_models[arch], adapter, use_cache=False)
     assert len(methods) == len(default.matrices) > 0
     assert sum(m.intruders for m in default.matrices) > 0  # the check covers matrices with intruders

@@ -206,8 +206,9 @@ def test_a_bad_matrix_read_ahead_fails_with_the_sequential_message(tiny_models, 
 
 def test_analyze_job_alone_is_unchanged(tiny_models, tmp_path):
     """scan's matrix units call analyze_job one matrix at a time: the same result as analyze's loop."""
+    from intrudim.analysis.jobs import analyze_job
     from intrudim.analysis.planning import open_inputs
-    from intrudim.analysis.running import analyze_job, open_cache
+    from intrudim.analysis.setup import open_cache
     from intrudim.threads import analysis_threads
 
     base = tiny_models["gpt2"]
@@ -256,8 +257,9 @@ def test_a_job_read_on_a_warm_cache_holds_its_base_matrix_only_mapped(tmp_path):
     W₀ as mapped from the file, none of its pages resident, so reading ahead adds no W₀ to peak memory."""
     from test_memory import mapped_resident_kib
 
+    from intrudim.analysis.jobs import read_job
     from intrudim.analysis.planning import open_inputs
-    from intrudim.analysis.running import open_cache, read_job
+    from intrudim.analysis.setup import open_cache
 
     g = torch.Generator().manual_seed(0)
     base = tmp_path / "base"

@@ -79,9 +79,10 @@ import torch
 from transformers.trainer_callback import TrainerCallback
 
 from intrudim.analysis.config import AnalyzeConfig
+from intrudim.analysis.jobs import ReadJob, analyze_read
 from intrudim.analysis.planning import AnalysisInputs, open_inputs, plan_dense_jobs
 from intrudim.analysis.results import AnalysisResult, MatrixResult
-from intrudim.analysis.running import ReadJob, analyze_read, open_cache
+from intrudim.analysis.setup import open_cache
 from intrudim.errors import IntrudimError, InvalidConfigError, NonFiniteWeightsError
 from intrudim.integrations.timeline import (
     FIGURE_FILE,

@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from intrudim.analysis.planning import open_inputs
-from intrudim.analysis.running import (
-    check_device,
-)
+from intrudim.analysis.setup import check_device
 from intrudim.errors import IntrudimError
 from intrudim.models.references import is_peft_model
 from intrudim.repair.config import RepairConfig

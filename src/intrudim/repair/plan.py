@@ -10,13 +10,10 @@ from typing import Any
 import torch
 
 from intrudim.analysis.config import AnalyzeConfig
+from intrudim.analysis.jobs import read_job
+from intrudim.analysis.matrix import analyze_dense_matrix, analyze_lora_matrix
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob
-from intrudim.analysis.running import (
-    analyze_dense_matrix,
-    analyze_lora_matrix,
-    make_reporter,
-    read_job,
-)
+from intrudim.analysis.progress import make_reporter
 from intrudim.repair.config import RepairConfig
 from intrudim.spectral.repair import (
     RankUpdate,

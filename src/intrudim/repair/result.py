@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from intrudim.analysis.planning import AnalysisInputs
-from intrudim.analysis.running import (
-    open_cache,
-)
+from intrudim.analysis.setup import open_cache
 from intrudim.repair.config import RepairConfig
 from intrudim.repair.plan import MatrixRepairPlan, ProgressCallback, plan_repairs, set_aside_token_rows
 from intrudim.spectral.repair import (

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from intrudim.analysis.planning import AnalysisInputs, open_inputs
-from intrudim.analysis.running import open_cache
+from intrudim.analysis.setup import open_cache
 from intrudim.errors import IntrudimError
 from intrudim.models.loading import load_base_model, load_causal_lm, resolve_objective
 from intrudim.models.references import resolve_local_path, resolve_model_folder
@@ -145,7 +145,7 @@ class SweepProgress:
                 self.status = console.status("repair sweep")
                 self.status.start()
             else:
-                from intrudim.analysis.running import LINE_EVERY_SECONDS
+                from intrudim.analysis.progress import LINE_EVERY_SECONDS
                 from intrudim.plain_progress import PlainProgress
 
                 self.lines = PlainProgress(console, "repair sweep", LINE_EVERY_SECONDS)

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intrudim.analysis.progress import ProgressCallback, make_reporter
 from intrudim.analysis.results import AnalysisResult
-from intrudim.analysis.running import ProgressCallback, check_device, make_reporter
+from intrudim.analysis.setup import check_device
 from intrudim.errors import IntrudimError
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
 from intrudim.models.opening import open_base_weights

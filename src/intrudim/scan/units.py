@@ -4,7 +4,7 @@ A scan is planned once (:func:`plan_scan`: which matrices of which TUNED input, 
 then run as units over one shared base SVD cache directory:
 
 1. one :class:`BaseUnit` per distinct base matrix: its thin SVD, computed once and stored in the cache;
-2. one :class:`MatrixUnit` per (TUNED input, matrix): :func:`intrudim.analysis.running.read_job` and
+2. one :class:`MatrixUnit` per (TUNED input, matrix): :func:`intrudim.analysis.jobs.read_job` and
    ``analyze_read``, the steps `analyze` runs for each matrix, reading the base factors from the cache (the
    in-process engine reads the next unit in a background thread while this one is analysed, as `analyze` does);
 3. one :class:`ReportUnit` per TUNED input once its matrices are in: the files `analyze --out` writes (JSON,
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from intrudim.analysis.config import AnalyzeConfig
+from intrudim.analysis.jobs import ReadJob, analyze_read, hashed_lookup, read_job, remembered_key
 from intrudim.analysis.planning import (
     AnalysisInputs,
     MatrixJob,
@@ -37,14 +38,7 @@ from intrudim.analysis.planning import (
 )
 from intrudim.analysis.prefetch import read_ahead
 from intrudim.analysis.results import AnalysisResult, MatrixResult
-from intrudim.analysis.running import (
-    ReadJob,
-    analyze_read,
-    hashed_lookup,
-    open_cache,
-    read_job,
-    remembered_key,
-)
+from intrudim.analysis.setup import open_cache
 from intrudim.errors import IntrudimError
 from intrudim.models.opening import open_base_weights, open_tuned
 from intrudim.models.references import resolve_reference
@@ -220,7 +214,7 @@ def unit_cache(config: AnalyzeConfig, cache_dir: str) -> BaseSVDCache:
 
 
 def read_matrix_unit(base: str, unit: MatrixUnit, config: AnalyzeConfig, cache_dir: str) -> ReadJob | Exception:
-    """What unit 2 reads from disk (:func:`~intrudim.analysis.running.read_job`: W₀ hashed, its cache entry, the
+    """What unit 2 reads from disk (:func:`~intrudim.analysis.jobs.read_job`: W₀ hashed, its cache entry, the
     factors or W_t), or the exception that reading raised; the in-process engine reads the next unit ahead."""
     try:
         inputs = opened_inputs(base, unit.tuned, config.allow_pickle)

@@ -1,0 +1,100 @@
+"""One planned matrix as a job: read from disk (W₀ hashed, its cache entry, factors or W_t), then analysed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from intrudim.analysis.config import AnalyzeConfig
+from intrudim.analysis.matrix import _unchanged, analyze_dense_matrix, analyze_lora_matrix
+from intrudim.analysis.planning import AnalysisInputs, MatrixJob
+from intrudim.analysis.results import MatrixResult
+from intrudim.weights.peft_adapter import LoraFactors
+from intrudim.weights.sources import WeightSource
+from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, file_stat
+
+
+@dataclass
+class ReadJob:
+    """What one planned matrix needs from disk: W₀, its cache lookup, and the LoRA factors or W_t."""
+
+    job: MatrixJob
+    W0: torch.Tensor
+    cached: CacheLookup
+    factors: LoraFactors | None = None
+    Wt: torch.Tensor | None = None
+
+
+def read_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: AnalyzeConfig) -> ReadJob:
+    """Read one planned matrix: W₀ (checked finite), its base SVD's cache entry (hashed and loaded, not computed),
+    the factors or W_t. No analysis: it may run in a background thread (:mod:`intrudim.analysis.prefetch`).
+
+    On a cache hit the structured LoRA path needs W₀ only as mapped from the file: the W₀ that was read and hashed
+    is let go, so that a job read ahead holds no more of W₀ in memory than the sequential loop did. Its values are
+    read from the mapping when the analysis needs them (a wide or square matrix whose cached SVD has no right
+    vectors: :class:`~intrudim.spectral.structured.GramCore`), else never."""
+    structured = job.module is not None and config.method != "dense"  # LoRA factors (not a weight saved whole)
+    if structured:
+        key = remembered_key(cache, inputs.base, job.base_key, job.transpose)
+        if key is not None:
+            cached = cache.lookup_key(key)
+            if cached.factors is not None:  # W₀ unchanged since it was hashed (and checked finite): not read
+                return ReadJob(job, _mapped_base(inputs, job), cached, factors=inputs.lora_factors(job))
+    W0, cached = hashed_lookup(cache, inputs.base, job.base_key, job.transpose, lambda: inputs.base_matrix(job))
+    if job.module is None:  # a dense TUNED, a weight the adapter saved whole, or its trainable tokens on W₀
+        return ReadJob(job, W0, cached, Wt=inputs.tuned_matrix(job, W0))
+    if cached.factors is not None and structured:
+        del W0
+        W0 = _mapped_base(inputs, job)
+    return ReadJob(job, W0, cached, factors=inputs.lora_factors(job))
+
+
+def remembered_key(cache: BaseSVDCache, source: WeightSource, tensor: str, transposed: bool) -> str | None:
+    """The cache key of base matrix ``tensor`` (in the orientation analysed) from the cache's key memo, when its
+    file provably has not changed since it was hashed; None when it has to be read and hashed (or no memo)."""
+    if cache.memo is None or source.is_pickle or source.in_memory:
+        return None
+    return cache.memo.get(source.files[tensor], tensor, transposed)
+
+
+def hashed_lookup(
+    cache: BaseSVDCache, source: WeightSource, tensor: str, transposed: bool, read: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, CacheLookup]:
+    """``read()`` base matrix ``tensor``, hash it and look its SVD up in the cache (computing nothing), and remember
+    the key in the memo unless the file changed while it was read: the next run then needs no hash."""
+    memo = cache.memo if not (source.is_pickle or source.in_memory) else None
+    file = source.files[tensor]
+    read_ns, stat_before = time.time_ns(), file_stat(file) if memo is not None else None
+    W0 = read()
+    cached = cache.lookup(W0)
+    if memo is not None and cached.key is not None:
+        memo.put(file, tensor, transposed, cached.key, stat_before, read_ns)
+    return W0, cached
+
+
+def _mapped_base(inputs: AnalysisInputs, job: MatrixJob) -> torch.Tensor:
+    """W₀ as mapped from its file, not read: the structured path reads its values only for a GramCore."""
+    W0 = inputs.base.load(job.base_key)
+    return W0.T if job.transpose else W0
+
+
+def analyze_read(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:
+    """Analyse a read matrix: its base SVD (from the cache, or computed and stored on a miss), then the structured
+    LoRA path or the dense one."""
+    job, W0 = read.job, read.W0
+    base_svd = cache.resolve(W0, read.cached)
+    if read.factors is not None:
+        factors = read.factors
+        return analyze_lora_matrix(job, W0, base_svd, factors.A, factors.B, factors.scale, config)
+    assert read.Wt is not None
+    if torch.equal(W0, read.Wt):
+        return _unchanged(job, base_svd, config)
+    return analyze_dense_matrix(job, W0, base_svd, read.Wt, config)
+
+
+def analyze_job(inputs: AnalysisInputs, job: MatrixJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:
+    """One planned matrix: read W₀ (and the factors or W_t), get the base SVD, analyse."""
+    return analyze_read(read_job(inputs, job, cache, config), cache, config)
