@@ -151,6 +151,16 @@ def test_matrix_major_reads_each_base_factor_once_and_equals_adapter_major(scan_
         {k: v for k, v in r.items() if k not in strip} for r in documents["adapter"].rows]
     with pytest.raises(IntrudimError, match="order must be one of auto, matrix, adapter"):
         ScanConfig(order="row")
+    # a memory budget for two inputs' results: batches of 2 and 1, each base factor read once per batch
+    reads.clear()
+    batched = scan(scan_inputs["base"], lora, tmp_path / "batched", ScanConfig(memory_budget_mb=1),
+                   cache_dir=scanned["cache"])  # fmt: skip
+    assert batched.document["order"] == "matrix" and batched.document["batch"] == 2
+    assert max(reads.count(key) for key in reads) == 2 and len(reads) < len(adapter_reads)
+    for row in batched.rows:
+        written = json.loads((tmp_path / "batched" / "runs" / row["name"] / "analysis.json").read_text())
+        reference = json.loads((tmp_path / "adapter" / "runs" / row["name"] / "analysis.json").read_text())
+        assert comparable(written) == comparable(reference), row["name"]
 
 
 def test_adapter_of_another_base_is_reported_in_its_row(scanned):

@@ -61,15 +61,17 @@ def remembered_key(cache: BaseSVDCache, source: WeightSource, tensor: str, trans
 
 
 def hashed_lookup(
-    cache: BaseSVDCache, source: WeightSource, tensor: str, transposed: bool, read: Callable[[], torch.Tensor]
+    cache: BaseSVDCache, source: WeightSource, tensor: str, transposed: bool, read: Callable[[], torch.Tensor],
+    *, load: bool = True,
 ) -> tuple[torch.Tensor, CacheLookup]:
     """``read()`` base matrix ``tensor``, hash it and look its SVD up in the cache (computing nothing), and remember
-    the key in the memo unless the file changed while it was read: the next run then needs no hash."""
+    the key in the memo unless the file changed while it was read: the next run then needs no hash. ``load=False``:
+    the entry's factors are not loaded (``factors`` None; whether it exists is :meth:`BaseSVDCache.path_for`'s)."""
     memo = cache.memo if not (source.is_pickle or source.in_memory) else None
     file = source.files[tensor]
     read_ns, stat_before = time.time_ns(), file_stat(file) if memo is not None else None
     W0 = read()
-    cached = cache.lookup(W0)
+    cached = cache.lookup(W0) if load else cache.lookup(W0, load=False)
     if memo is not None and cached.key is not None:
         memo.put(file, tensor, transposed, cached.key, stat_before, read_ns)
     return W0, cached

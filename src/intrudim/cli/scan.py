@@ -105,6 +105,15 @@ def scan_command(
             "inputs on. The same numbers either way.",
         ),
     ] = "auto",
+    memory_budget: Annotated[
+        int | None,
+        typer.Option(
+            "--memory-budget",
+            metavar="MB",
+            help="Matrix order: scan the inputs in batches whose results fit this many MB (each base factor is "
+            "read once per batch). Default: a quarter of the memory available at the start.",
+        ),
+    ] = None,
 ) -> None:
     """A leaderboard of intruder dimensions over many adapters, run dirs or fine-tuned models of one BASE, with
     predicted vs found intruder-prone matrices; in-process, on a local Ray runtime (--ray) or a cluster."""
@@ -128,7 +137,7 @@ def scan_command(
         config = ScanConfig(
             analysis=AnalyzeConfig(k=k, epsilon=epsilon, modules=modules, device=device, allow_pickle=allow_pickle),
             engine="ray" if (ray or ray_address is not None) else "local", ray_address=ray_address,
-            ray_cpus=workers, resume=resume, order=order,
+            ray_cpus=workers, resume=resume, order=order, memory_budget_mb=memory_budget,
         )  # fmt: skip
         if workers is not None and not ray:
             raise IntrudimError("--workers sizes the local Ray runtime: use it with --ray.")

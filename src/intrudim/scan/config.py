@@ -47,6 +47,9 @@ class ScanConfig:
             input's factors for it against its cached base SVD, read once for all of them; ``"adapter"`` finishes
             one input before the next (each reads every base factor again). ``"auto"`` (default): matrix from two
             inputs on. The numbers are the same in either order.
+        memory_budget_mb: Matrix-major scans the inputs in batches whose results (held until each input's last
+            matrix is done) fit this many MB; every base factor is read once per batch. Default None: a quarter of
+            the memory available when the scan starts.
     """
 
     analysis: AnalyzeConfig = field(default_factory=AnalyzeConfig)
@@ -58,6 +61,7 @@ class ScanConfig:
     pressure_threshold: float = PRESSURE_THRESHOLD
     resume: bool = False
     order: str = "auto"
+    memory_budget_mb: int | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):
@@ -78,6 +82,8 @@ class ScanConfig:
             raise InvalidConfigError(
                 f"ray_object_store_mb must be ≥ 50 (Ray's minimum); got {self.ray_object_store_mb}."
             )
+        if self.memory_budget_mb is not None and (isinstance(self.memory_budget_mb, bool) or self.memory_budget_mb < 1):
+            raise InvalidConfigError(f"memory_budget_mb must be a positive number of MB; got {self.memory_budget_mb!r}.")
         if self.order not in SCAN_ORDERS:
             raise InvalidConfigError(f"order must be one of {', '.join(SCAN_ORDERS)}; got {self.order!r}.")
         if self.max_retries < 0:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intrudim.analysis.config import AnalyzeConfig
 from intrudim.analysis.progress import ProgressCallback, make_reporter
 from intrudim.analysis.results import AnalysisResult
 from intrudim.analysis.setup import check_device
@@ -109,7 +110,8 @@ def scan(
 
     base_units = base_units_of(planned)
     order = scan_order(config.order, len(planned))
-    matrix_units = ordered_units(planned, base_units, order)
+    batch = batch_size(planned, analysis, config.memory_budget_mb) if order == "matrix" else 1
+    matrix_units = ordered_units(planned, base_units, order, batch)
     collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command, keep_analyses)
     total = len(base_units) + len(matrix_units) + len(planned)  # + one report unit per input
     reporter = make_reporter(progress, total, "scan", what="units")
@@ -154,7 +156,7 @@ def scan(
     engine = {"engine": config.engine, "ray_address": config.ray_address, "ray_cpus": config.ray_cpus}
     document = leaderboard_document(
         ordered, base=base, k=analysis.k, epsilon=analysis.epsilon, threshold=config.pressure_threshold,
-        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "order": order, "cache": cache,
+        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "order": order, "batch": batch, "cache": cache,
                "base_svd_cache": base_svds, "seconds": round(time.perf_counter() - started, 3), **engine},
     )  # fmt: skip
     paths = write_leaderboard(
@@ -170,15 +172,40 @@ def scan_order(order: str, inputs: int) -> str:
     return "matrix" if inputs >= 2 else "adapter"
 
 
-def ordered_units(planned: list[PlannedInput], base_units: list[BaseUnit], order: str) -> list[MatrixUnit]:
+def ordered_units(
+    planned: list[PlannedInput], base_units: list[BaseUnit], order: str, batch: int = 1
+) -> list[MatrixUnit]:
     """Every (input, matrix) unit. ``adapter``: input by input, each in its planned order (each input reads every
-    base factor it needs). ``matrix``: base matrix by base matrix (first-use order), every input's unit for it in
-    a row, so that its cached factors are read once for all of them (:data:`~intrudim.scan.units.RECENT_FACTORS`)."""
+    base factor it needs). ``matrix``: the inputs in batches of ``batch``; within a batch, base matrix by base
+    matrix (first-use order), every input's unit for it in a row, so that its cached factors are read once per
+    batch (:data:`~intrudim.scan.units.RECENT_FACTORS`). A batch's inputs are finished (reports written, their
+    results let go) before the next batch starts."""
     units = [MatrixUnit(item.index, item.tuned, job) for item in planned for job in item.jobs]
     if order == "adapter":
         return units
     position = {unit: number for number, unit in enumerate(base_units)}
-    return sorted(units, key=lambda unit: position[unit.base_unit])  # stable: inputs in order within a matrix
+    batch_of = {item.index: number // batch for number, item in enumerate(planned)}
+    # stable: inputs in order within a matrix
+    return sorted(units, key=lambda unit: (batch_of[unit.index], position[unit.base_unit]))
+
+
+RESULT_BYTES_PER_VALUE = 40
+"""Memory per number a matrix result holds (a Python float in a list, with its slot), for :func:`batch_size`."""
+
+
+def batch_size(planned: list[PlannedInput], config: AnalyzeConfig, budget_mb: int | None) -> int:
+    """How many inputs a matrix-major batch holds: their results (per matrix: the k-row similarity block, the top-k
+    values, the sweeps) kept until each input's last matrix is in must fit ``budget_mb`` (default: a quarter of the
+    memory available now). At least 1."""
+    if not planned:
+        return 1
+    if budget_mb is None:
+        import psutil
+
+        budget_mb = psutil.virtual_memory().available // (4 * 2**20)
+    per_matrix = (config.k * (config.similarity_size + 6) + 2 * len(config.epsilons) + 64) * RESULT_BYTES_PER_VALUE
+    per_input = max(len(item.jobs) for item in planned) * per_matrix
+    return max(1, min(len(planned), int(budget_mb * 2**20 // per_input)))
 
 
 def _check_base(base: str, allow_pickle: bool) -> None:

@@ -174,7 +174,10 @@ def compute_base_svd(base: str, unit: BaseUnit, config: AnalyzeConfig, cache_dir
             check_finite(W0, unit.base_key, f"BASE '{source.path}'")
             return W0
 
-        W0, found = hashed_lookup(cache, source, unit.base_key, unit.transpose, read)
+        # hashed (and the key remembered) but not loaded: the unit only needs to know the entry is there
+        W0, found = hashed_lookup(cache, source, unit.base_key, unit.transpose, read, load=False)
+        if found.key is not None and cache.path_for(found.key).exists():
+            return UnitOutcome(cache_hit=True, seconds=time.perf_counter() - started)
         with analysis_threads():  # as `analyze` computes it
             cache.resolve(W0, found)
         return UnitOutcome(cache_hit=cache.hits == 1, seconds=time.perf_counter() - started)

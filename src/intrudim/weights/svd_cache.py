@@ -219,7 +219,7 @@ class BaseSVDCache:
             return SVDFactors(U=factors.U.cpu(), S=factors.S.cpu(), Vh=Vh)
         return svd(W)
 
-    def lookup(self, W: torch.Tensor) -> CacheLookup:
+    def lookup(self, W: torch.Tensor, *, load: bool = True) -> CacheLookup:
         """Hash ``W`` and load its stored SVD if there is one; computes nothing and counts nothing.
 
         Safe to run in a background thread while another matrix is analysed (the hash releases the GIL), which
@@ -229,7 +229,7 @@ class BaseSVDCache:
         if self.directory is None:
             return CacheLookup(key=None, factors=None)
         key = matrix_hash(W)
-        return CacheLookup(key=key, factors=self._load(key))
+        return CacheLookup(key=key, factors=self._load(key) if load else None)
 
     def lookup_key(self, key: str) -> CacheLookup:
         """The stored SVD for a key known without hashing (:class:`KeyMemo`); computes nothing, counts nothing."""
