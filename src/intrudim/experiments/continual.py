@@ -24,7 +24,6 @@ Layout of ``out_dir``::
     continual.json, continual.csv    the accuracy matrices, baselines, intruders per stage, per method
     figures/continual_accuracy.png   Fig. 8: accuracy per task over stages, one panel per task
     figures/continual_intruders.png  intruders (and energy share) against the original base, per stage
-    svd_cache/                       the original base's SVDs, shared by every count
     <method>/stage-0.json            the base model's accuracies (causal LM), or none (encoder)
     <method>/stage-<t>-<task>/       run/ (the `train` run), merged/ (weights after the stage, heads removed),
                                      head.safetensors (encoder: the task's head), stage.json (written last:
@@ -50,6 +49,7 @@ from intrudim.experiments.continual_context import _Context, _load_task, _run_la
 from intrudim.experiments.continual_outputs import _prepare_out, _write_outputs
 from intrudim.experiments.continual_results import ContinualResult, MethodResult
 from intrudim.experiments.continual_stages import _run_method
+from intrudim.weights.svd_cache import default_cache_dir
 
 
 def continual_plan(config: ContinualConfig) -> list[tuple[str, int]]:
@@ -83,7 +83,7 @@ def run_continual(
     Writes ``out_dir`` (see the module docstring) and returns the accuracy matrices, baselines and intruders.
     ``resume``: continue an interrupted run in ``out_dir`` (finished stages are kept, a half-trained stage
     continues from its last checkpoint); refused when the stored settings differ (each difference is named).
-    ``cache_dir``: the original base's SVD cache (default ``out_dir/svd_cache``). ``on_step(run_label, step,
+    ``cache_dir``: the original base's SVD cache (default: the cache every verb shares). ``on_step(run_label, step,
     max_steps)`` is called after every training step of every stage (labels as in :func:`continual_plan`; a
     stage finished earlier reports once, at its last step). ``progress``: status lines and each stage's
     training bar on stderr. ``keep_weights=False`` deletes a stage's merged weights (and the run's best/)
@@ -104,7 +104,7 @@ def run_continual(
     _prepare_out(out, config, base_model, objective, resume)
     ctx = _Context(
         config=config, out=out, base_model=base_model, objective=objective, tasks=tasks,
-        cache_dir=Path(cache_dir) if cache_dir is not None else out / "svd_cache", progress=progress,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(), progress=progress,
         on_step=on_step, keep_weights=keep_weights, console=Console(stderr=True) if progress else None,
     )  # fmt: skip
     methods: dict[str, MethodResult] = {}

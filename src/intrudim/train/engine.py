@@ -52,6 +52,7 @@ from intrudim.train.recipe import _make_optimizer, batch_indices, total_training
 from intrudim.train.result import TrainResult
 from intrudim.train.run_dir import METRICS_FILE, check_run_dir, prepare_run_dir
 from intrudim.train.tracking import analysis_available, track_intruders
+from intrudim.weights.svd_cache import default_cache_dir
 
 StepCallback = Callable[[int], None]
 
@@ -198,7 +199,7 @@ def _set_up(
     track = config.track_intruders and analysis_available()
     run = _Run(
         config, run_dir, base_model, task, model, parts.tokenizer, optimizer, scheduler, accelerator, metrics,
-        cache_dir if cache_dir is not None else run_dir / "svd_cache", max_steps, steps_per_epoch, track, formats,
+        cache_dir if cache_dir is not None else default_cache_dir(), max_steps, steps_per_epoch, track, formats,
         device,
     )  # fmt: skip
     return run, state
@@ -311,7 +312,8 @@ def train(
     (loss, accuracy, intruders per checkpoint), ``checkpoints/step-N/``, ``best/``, ``final/`` (a PEFT
     adapter or an HF model folder), result.json and ``figures/``. Training stops at the first evaluation
     reaching ``config.target_accuracy`` (Sec. 3: methods are compared at equal accuracy) or after the
-    step limit. ``cache_dir`` holds the base SVDs for intruder tracking (default RUN_DIR/svd_cache).
+    step limit. ``cache_dir`` holds the base SVDs for intruder tracking (default: the cache every verb shares,
+    ``$INTRUDIM_CACHE`` or the user cache).
     ``figures=False`` skips the PNGs. ``on_step`` is called after every step (tests use it to interrupt a run).
     ``device``: "auto" (accelerate's choice: a visible GPU, else the CPU), "cpu", or "cuda" (an error without one).
     """
