@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from intrudim.cli.common import PlainHelpCommand, run_guarded
-from intrudim.cli.options import RECIPE_OPTIONS, option, recipe_config
+from intrudim.cli.options import RECIPE_OPTIONS, CacheDir, Epsilon, K, option, recipe_config
 
 # Shared recipe options (cli/options.py) that continual does not take, or takes as its own option.
 _NOT_TAKEN = {"task", "track", "overwrite", "figures", "k", "epsilon", "resume", "quiet", "cache_dir"}
@@ -28,11 +28,8 @@ Tasks = Annotated[str, typer.Option("--tasks", help="Comma-separated tasks, trai
 Ranks = Annotated[str, typer.Option("--ranks", help="Comma-separated LoRA ranks; 'full' = full fine-tuning.")]
 Method = Annotated[str, typer.Option("--method", help="LoRA variant of the rank entries: lora or lora-b-only.")]
 Out = Annotated[Path, typer.Option("--out", help="Directory to create (or to continue with --resume).")]
-K = Annotated[int, typer.Option("--k", help="Top-k singular vectors checked for intruders.")]
-Epsilon = Annotated[float, typer.Option("--epsilon", help="Cosine threshold ε for intruders.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last finished stage.")]
 KeepWeights = Annotated[bool, typer.Option("--keep-weights/--last-weights-only", help="Keep every stage's merged weights (default), or only the last stage's.")]
-CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Base-SVD cache folder (default: the one every verb uses, $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print continual.json on stdout instead of the table.")]
 
