@@ -40,18 +40,45 @@ def repair(
     progress: bool | ProgressCallback = False,
     **overrides: Any,
 ) -> RepairResult:
-    """Scale TUNED's intruders by λ against BASE and write OUT/adapter (LoRA) or OUT/model (dense, or ``merged``),
-    plus OUT/repair.json and OUT/report.html. The intruders left in the repaired weights (what ``analyze`` of the
-    output counts) are in ``result.remaining_intruders`` and per matrix in ``remaining_ranks``.
+    """Scale TUNED's intruders by λ against BASE (the v2 intervention) and write the result exactly.
 
-    BASE and TUNED take every reference of :mod:`intrudim.models` (BASE None: the adapter's recorded base). A
-    ``PeftModel`` without ``out`` is repaired in memory: the repaired adapter is added to it as
-    ``new_adapter_name`` (:mod:`intrudim.repair.in_memory`).
+    Per matrix, W' = W_t + (λ − 1)·Σ_{j∈I} σ_j u_j v_jᵀ with I the intruders among the top-k singular vectors of
+    W_t, found as :func:`intrudim.analyze` finds them (Sec. 4, Definition 1). A LoRA adapter is written as a PEFT
+    adapter of rank r + |I| (exact: merged, it equals W' up to the output dtype's rounding); a dense model as
+    merged weights. The intruders left in the repaired weights (a σ scaled by λ = 0.75 often still ranks in the
+    top-k) are counted: ``result.remaining_intruders``, per matrix ``remaining_ranks``, equal to what ``analyze``
+    finds in the output.
+
+    Args:
+        base: The pre-trained model W₀ comes from: any reference of :mod:`intrudim.models` (embedded name, folder,
+            ``.safetensors`` file, Hub id ``org/name[@revision]``, ``nn.Module``). None (default): the base the
+            adapter records, or a ``PeftModel``'s own weights.
+        tuned: The fine-tuned model: a PEFT LoRA adapter, an intrudim run, a Trainer checkpoint, a dense model, or
+            a ``PeftModel`` in memory. ``repair(tuned, ...)`` with one positional argument means TUNED.
+        config: A :class:`~intrudim.repair.config.RepairConfig` (default: ``RepairConfig()``, λ = 0.75, k = 10,
+            ε = 0.5, control ``"none"``); keyword ``overrides`` (``lam=0.5``, ``k=6``, ``control="shrink"``…) build
+            or change it.
+        out: Folder to write ``adapter/`` (LoRA) or ``model/`` (dense or ``merged``), ``repair.json`` and
+            ``report.html`` to. None (default) is allowed only for a ``PeftModel`` given alone: it is repaired in
+            memory, the repaired adapter added to it as ``new_adapter_name`` (:mod:`intrudim.repair.in_memory`).
+        merged: Write the repaired weights merged into the base (``model/``) instead of an adapter (default False).
+        overwrite: Replace an earlier repair's output in ``out`` (default False: refused, nothing changed).
+        adapter_name: Which adapter of a ``PeftModel`` (default: its active one).
+        new_adapter_name: The name of the repaired adapter added to a ``PeftModel`` in memory (default
+            ``"repaired"``).
+        cache_dir: The base SVD cache (default: ``$INTRUDIM_CACHE`` or the user cache); ``use_cache=False`` uses
+            none (default True).
+        progress: True for a progress bar on stderr (plain lines without a terminal), or a callback
+            ``(done, total, what)``; default False.
+
+    Returns:
+        A :class:`~intrudim.repair.result.RepairResult`: per matrix the intruders, what λ did to them, what
+        remains; ``output`` is where the repaired weights were written.
 
     Example::
 
         result = intrudim.repair("smollm2", "runs/lora-r1", lam=0.5, out="runs/lora-r1-repaired")
-        print(result.total_intruders, result.output)
+        print(result.total_intruders, result.remaining_intruders, result.output)
         result = intrudim.repair(peft_model, lam=0.75)  # then peft_model.set_adapter("repaired")
     """
     from dataclasses import replace

@@ -74,13 +74,32 @@ def scan(
 ) -> ScanResult:
     """Analyse every TUNED input against BASE; write OUT/runs/<name>/ (as `analyze --out`) and the leaderboard.
 
-    ``pattern``: a glob whose matches are scanned after ``tuned``. ``cache_dir``: the base SVD cache shared by
-    every unit; by default the one every verb uses (``$INTRUDIM_CACHE`` or the user's cache,
-    :func:`~intrudim.weights.svd_cache.default_cache_dir`), so that a scan of adapters already analysed computes no
-    base SVD. With ``config.resume`` inputs finished in OUT are read back, not redone.
-    ``keep_analyses``: also return every input's :class:`AnalysisResult` in ``ScanResult.analyses``. Off by
-    default: once an input's files and row are written its analysis is dropped, so that memory does not grow
-    with the number of inputs (issue 15); ``OUT/runs/<name>/analysis.json`` holds all of it.
+    Each input is analysed exactly as :func:`intrudim.analyze` would (the same planning and per-matrix step, Sec.
+    3–4), over one shared base SVD cache, in this process or on Ray; an input that cannot be analysed gets its
+    error in its row while the others go on.
+
+    Args:
+        base: The base model every input was fine-tuned from (embedded name, folder, ``.safetensors`` file or Hub
+            id).
+        tuned: The inputs: PEFT adapters, intrudim runs, a Trainer ``output_dir`` (its ``checkpoint-N`` folders,
+            by step) or fine-tuned models.
+        out: Folder for ``leaderboard.json``/``.csv``/``.html``, ``scan.json`` and one ``runs/<name>/`` per input.
+        config: A :class:`~intrudim.scan.config.ScanConfig` (default: ``ScanConfig()``: k = 10, ε = 0.5,
+            in-process, matrix-major from two inputs on).
+        pattern: A glob whose matches are scanned after ``tuned`` (natural order).
+        cache_dir: The base SVD cache shared by every unit; by default the one every verb uses
+            (``$INTRUDIM_CACHE`` or the user's cache, :func:`~intrudim.weights.svd_cache.default_cache_dir`), so
+            that a scan of adapters already analysed computes no base SVD. With ``config.resume`` inputs finished
+            in OUT are read back, not redone.
+        progress: True for one progress bar over every unit (plain lines without a terminal), or a callback
+            ``(done, total, what)``; default False.
+        command: The command line to record in each report (default: none).
+        keep_analyses: Also return every input's :class:`AnalysisResult` in ``ScanResult.analyses`` (default
+            False: once an input's files and row are written its analysis is dropped, so that memory does not grow
+            with the number of inputs; ``OUT/runs/<name>/analysis.json`` holds all of it).
+
+    Returns:
+        A :class:`ScanResult`: the leaderboard document (rows in input order) and the paths written.
     """
     config = config or ScanConfig()
     analysis = config.analysis
