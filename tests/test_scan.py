@@ -410,3 +410,85 @@ def test_scan_reads_the_cache_analyze_filled_and_reads_well_at_80_columns(tiny_m
     assert "energy %" in result.stdout and "energy %: the intruders' share of ‖W_t‖²_F, mean over matrices" in lines
     energy = document["rows"][0]["energy_share_mean"]
     assert 0 < energy < 1 and f"{100 * energy:.3g}" in table[0]
+
+
+KILLED_SCAN = """
+import sys, time
+import intrudim.scan.units as units
+from intrudim.scan import ScanConfig, scan
+
+real = units.analyze_matrix
+def slow(*args, **kwargs):  # a unit as long as a large model's, so that the kill lands mid-scan
+    time.sleep(0.25)
+    return real(*args, **kwargs)
+units.analyze_matrix = slow
+base, out, cache, *tuned = sys.argv[1:]
+scan(base, tuned, out, ScanConfig(order="matrix"), cache_dir=cache)
+"""
+
+
+def test_a_scan_killed_mid_batch_resumes_without_redoing_finished_matrices(scan_inputs, scanned, tmp_path):
+    """SIGKILL in the middle of a matrix-major batch (no input finished yet): `--resume` takes every matrix the
+    killed scan finished from its journal, analyses only the rest, and the leaderboard and every analysis equal an
+    uninterrupted scan's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from intrudim.scan.journal import JOURNAL
+
+    lora = [t for t in scan_inputs["tuned"] if "bert" not in t and "full_ft" not in t]
+    reference = scan(scan_inputs["base"], lora, tmp_path / "whole", cache_dir=scanned["cache"])
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_SCAN, scan_inputs["base"], str(out), str(scanned["cache"]),
+                              *lora], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+    def journaled() -> int:
+        return sum(len(p.read_text().splitlines()) for p in out.glob(f"runs/*/{JOURNAL}"))
+
+    deadline = time.monotonic() + 240
+    while journaled() < 6 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    done_before = journaled()
+    assert done_before >= 6
+    assert not list(out.glob("runs/*/report.html"))  # one batch: no input was finished
+
+    resumed = scan(scan_inputs["base"], lora, out, ScanConfig(resume=True), cache_dir=scanned["cache"])
+    assert resumed.document["resumed_matrices"] >= done_before - 3  # a line being written at the kill may be lost
+    assert resumed.document["units"]["matrix"] == reference.document["units"]["matrix"] - resumed.document[
+        "resumed_matrices"]
+    strip = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in resumed.rows] == [
+        {k: v for k, v in r.items() if k not in strip} for r in reference.rows]
+    for row in resumed.rows:
+        written = json.loads((out / "runs" / row["name"] / "analysis.json").read_text())
+        whole = json.loads((tmp_path / "whole" / "runs" / row["name"] / "analysis.json").read_text())
+        assert comparable(written) == comparable(whole), row["name"]
+        assert not (out / "runs" / row["name"] / JOURNAL).exists()  # the journal goes once the files are written
+
+
+def test_the_journal_reads_back_exactly_and_skips_a_line_cut_by_a_kill(tmp_path):
+    from intrudim.analysis.results import MatrixResult
+    from intrudim.scan import journal
+    from intrudim.scan.units import UnitOutcome
+
+    result = MatrixResult(name="layers.0.q.weight", shape=(4, 4), layer=0, module_type="q", transposed=False,
+                          intruders=1, intruder_ranks=[1], max_abs_cos=[0.1234567890123, 0.9], singular_values=[2.5, 1.0],
+                          base_singular_values=[2.0, 1.0], effective_rank_delta=1.0, intruder_energy_share=0.3,
+                          largest_intruder_rank=1, largest_intruder_sigma_ratio=1.25, epsilon_sweep={0.1: 0, 0.5: 1},
+                          similarity=[[0.1, 0.2], [0.9, 0.05]])  # fmt: skip
+    journal.record(tmp_path, "a", "tuned/a", "k1", UnitOutcome(result=result, cache_hit=True, seconds=0.5))
+    path = journal.journal_path(tmp_path, "a")
+    path.write_text(path.read_text() + '{"tuned": "tuned/a", "base_k')  # the kill cut this line short
+    journal.record(tmp_path, "a", "tuned/a", "k2", UnitOutcome(result=result))
+    journal.record(tmp_path, "a", "tuned/other", "k3", UnitOutcome(result=result))  # another TUNED under the name
+    found = journal.recorded(tmp_path, "a", "tuned/a")
+    assert sorted(found) == ["k1", "k2"]
+    assert found["k1"].result == result and found["k1"].cache_hit and found["k1"].seconds == 0.5
+    journal.forget(tmp_path, "a")
+    assert not path.exists() and journal.recorded(tmp_path, "a", "tuned/a") == {}

@@ -38,6 +38,14 @@ class MatrixResult:
     update_alignment: float | None = None  # ‖U₀[:, :k]ᵀ u₁(ΔW)‖: 0 = the update's top direction is new
     similarity: list[list[float]] | None = field(default=None, repr=False)  # (k, n_base) |cos|
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MatrixResult:
+        """The result :meth:`to_json` wrote, value for value (JSON floats round-trip exactly)."""
+        fields = dict(data)
+        fields["shape"] = tuple(fields["shape"])
+        fields["epsilon_sweep"] = {float(eps): n for eps, n in fields["epsilon_sweep"].items()}
+        return cls(**fields)
+
     def to_json(self, include_similarity: bool = False) -> dict[str, Any]:
         data = asdict(self)
         data["shape"] = list(self.shape)

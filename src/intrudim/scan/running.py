@@ -23,6 +23,7 @@ from intrudim.errors import IntrudimError
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
 from intrudim.models.opening import open_base_weights
 from intrudim.models.references import resolve_reference
+from intrudim.scan import journal
 from intrudim.scan.config import ScanConfig
 from intrudim.scan.inputs import expand_inputs, run_names
 from intrudim.scan.leaderboard import error_row, leaderboard_document, row_from_analysis, write_leaderboard
@@ -35,6 +36,7 @@ from intrudim.scan.units import (
     UnitOutcome,
     base_units_of,
     plan_input,
+    write_input_analysis,
 )
 from intrudim.weights.svd_cache import default_cache_dir
 
@@ -132,9 +134,14 @@ def scan(
     batch = batch_size(planned, analysis, config.memory_budget_mb) if order == "matrix" else 1
     matrix_units = ordered_units(planned, base_units, order, batch)
     collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command, keep_analyses)
+    # --resume: matrices an interrupted scan finished (its journal) are not analysed again
+    earlier = {item.index: journal.recorded(out_dir, item.name, item.tuned) for item in planned} if config.resume else {}
+    resumed = [unit for unit in matrix_units if unit.job.base_key in earlier.get(unit.index, {})]
+    matrix_units = [unit for unit in matrix_units if unit.job.base_key not in earlier.get(unit.index, {})]
     total = len(base_units) + len(matrix_units) + len(planned)  # + one report unit per input
     reporter = make_reporter(progress, total, "scan", what="units")
     finished = 0
+    rows_at_start = len(rows)  # inputs resumed whole, or that failed planning
     base_svds = {"hits": 0, "misses": 0}  # base SVD units: found in the cache, or computed
 
     def on_done(unit: BaseUnit | MatrixUnit | ReportUnit, outcome: UnitOutcome):
@@ -151,12 +158,19 @@ def scan(
             else:
                 what = f"{names[unit.index]}: report"
             done = finished + collector.reports_dropped  # an input with a failed matrix has no report unit
+            inputs_done = len(rows) - rows_at_start
+            if inputs_done and done != total:  # the rate a user plans by: inputs finished per hour, so far
+                rate = 3600 * inputs_done / max(time.perf_counter() - started, 1e-9)
+                what = f"{what} ({inputs_done}/{len(planned)} inputs, {rate:,.0f}/hour)"
             reporter(done, total, "done" if done == total else what)
         return ready
 
     try:
         if reporter is not None:
             reporter(0, total, "base SVDs" if base_units else "resumed: nothing left to do")
+        for unit in resumed:  # their inputs' reports, where every matrix was done, are written at once
+            for report, outcomes in collector.add(unit, earlier[unit.index][unit.job.base_key], to_journal=False):
+                on_done(report, write_input_analysis(base, report, outcomes, analysis))
         if config.engine == "ray" and matrix_units:
             from intrudim.scan.ray_engine import run_units_on_ray
 
@@ -175,7 +189,7 @@ def scan(
     engine = {"engine": config.engine, "ray_address": config.ray_address, "ray_cpus": config.ray_cpus}
     document = leaderboard_document(
         ordered, base=base, k=analysis.k, epsilon=analysis.epsilon, threshold=config.pressure_threshold,
-        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "order": order, "batch": batch, "cache": cache,
+        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "order": order, "batch": batch, "resumed_matrices": len(resumed), "cache": cache,
                "base_svd_cache": base_svds, "seconds": round(time.perf_counter() - started, 3), **engine},
     )  # fmt: skip
     paths = write_leaderboard(
@@ -288,8 +302,10 @@ class _Collector:
         self.reports_dropped = 0  # inputs with a failed matrix unit: no report unit runs for them
 
     def add(
-        self, unit: MatrixUnit | ReportUnit, outcome: UnitOutcome
+        self, unit: MatrixUnit | ReportUnit, outcome: UnitOutcome, *, to_journal: bool = True
     ) -> list[tuple[ReportUnit, list[UnitOutcome]]]:
+        """Take one unit's outcome; hand back the report units that became ready. A finished matrix goes to the
+        input's journal (:mod:`intrudim.scan.journal`) unless it came from there (``to_journal=False``)."""
         item = self.planned[unit.index]
         if isinstance(unit, ReportUnit):
             if outcome.error is not None or outcome.analysis is None:
@@ -301,7 +317,10 @@ class _Collector:
                     self.analyses[item.index] = outcome.analysis
                 self.rows[item.index] = row_from_analysis(item.tuned, item.name, outcome.analysis.to_json(),
                                                           self.threshold, resumed=False)  # fmt: skip
+                journal.forget(self.out_dir, item.name)
             return []
+        if to_journal and outcome.result is not None:
+            journal.record(self.out_dir, item.name, item.tuned, unit.job.base_key, outcome)
         outcomes = self.outcomes[unit.index]
         outcomes[unit.job.base_key] = outcome
         if len(outcomes) < len(item.jobs):
