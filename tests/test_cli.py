@@ -145,3 +145,29 @@ def test_matrices_to_print_orders_by_intruders_then_the_models_order():
     assert unlisted_lines(matrices, shown)[0] == "… and 2 more matrices not listed, without intruders"
     assert unlisted_lines(matrices, [])[0] == "6 matrices not listed: 4 with intruders, 2 without"
     assert unlisted_lines(matrices, matrices) == []
+
+
+def test_a_planted_adapter_on_a_causal_lm_loads_whole_into_the_causal_lm(tmp_path):
+    """Planted on a causal LM, the adapter's keys are those peft loads into AutoModelForCausalLM (none missing, B
+    not zero there), and `analyze` finds the planted intruders."""
+    import warnings
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    import intrudim
+    from intrudim.experiments.planted import build_planted_adapter
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=4)).save_pretrained(tmp_path / "lm")  # fmt: skip
+    adapter = build_planted_adapter(tmp_path / "lm", tmp_path / "adapter", seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "lm"), adapter)
+    assert not [w for w in caught if "missing" in str(w.message).lower()], [str(w.message) for w in caught]
+    loaded = dict(model.named_parameters())
+    b = next(v for k, v in loaded.items() if "layers.0.self_attn.q_proj.lora_B" in k)
+    assert b.abs().max() > 0  # the planted factors reached the model
+    assert intrudim.analyze(tmp_path / "lm", adapter, use_cache=False).total_intruders > 0

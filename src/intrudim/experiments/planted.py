@@ -13,13 +13,18 @@ from pathlib import Path
 
 import torch
 
-from intrudim.models.loading import load_bare_model
+from intrudim.models.loading import is_causal_lm, load_bare_model, load_causal_lm_alone
 from intrudim.models.references import resolve_model_folder
 
 
 def _load_model(base: str | Path) -> torch.nn.Module:
-    """BASE (an embedded name, a model folder, a run dir, a Trainer checkpoint or a Hub id) without a head."""
-    return load_bare_model(resolve_model_folder(base, role="base", what="BASE"))
+    """BASE (an embedded name, a model folder, a run dir, a Trainer checkpoint or a Hub id): a causal LM as one (so
+    that the adapter's keys are those ``PeftModel.from_pretrained(AutoModelForCausalLM...)`` loads), any other model
+    without a head."""
+    folder = resolve_model_folder(base, role="base", what="BASE")
+    if is_causal_lm(folder):
+        return load_causal_lm_alone(folder)
+    return load_bare_model(folder)
 
 
 def build_planted_adapter(

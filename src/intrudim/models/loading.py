@@ -134,6 +134,17 @@ def load_causal_lm(model_path: Path) -> tuple[nn.Module, object]:
 # ------------------------------------------------------------------------------- other heads and classes
 
 
+def load_causal_lm_alone(model_path: Path) -> nn.Module:
+    """Load a local HF causal-LM folder as ``AutoModelForCausalLM``, as saved (its dtype), without a tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(str(model_path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise IntrudimError(f"Could not load '{model_path}' as a causal language model: {exc}") from None
+
+
 def load_bare_model(model_path: Path) -> nn.Module:
     """Load a local HF folder as its model body without a head (``AutoModel``), as saved (its dtype, train mode)."""
     from transformers import AutoModel
