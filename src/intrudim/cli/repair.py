@@ -13,8 +13,12 @@ from rich.console import Console
 
 from intrudim.cli.common import PlainHelpCommand, base_and_tuned, command_line, run_guarded, skipped_summary
 from intrudim.cli.output import print_lines, terminal_table
+from intrudim.errors import IntrudimError
 from intrudim.repair.config import DEFAULT_LAMBDA
+from intrudim.repair.sweep_result import DEFAULT_SWEEP
 from intrudim.weights.names import short_matrix_name
+
+DEFAULT_SWEEP_TEXT = ",".join(f"{lam:g}" for lam in DEFAULT_SWEEP)
 
 
 def repair_command(
@@ -26,9 +30,10 @@ def repair_command(
                    "OUT/report.html here (--sweep: repair_sweep.json/.csv/.png and report.html).")],
     lam: Annotated[float, typer.Option("--lambda", help="Scale for the intruders' singular values: 0 removes "
                    "them, 1 keeps them.")] = DEFAULT_LAMBDA,
-    sweep: Annotated[str | None, typer.Option("--sweep", help="Comma-separated λ values (e.g. 0,0.25,0.5,0.75,1): "
-                     "measure --task accuracy, the loss on --task-text and --text forgetting for each, per method; "
-                     "writes no adapter.")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", metavar="[λ,...]",
+                     help="Comma-separated λ values (the paper's: "
+                     f"{DEFAULT_SWEEP_TEXT}): measure --task accuracy, the loss on --task-text and --text forgetting "
+                     "for each, per method; writes no adapter.")] = None,
     k: Annotated[int, typer.Option("--k", help="Top-k singular vectors of each tuned matrix examined.")] = 10,
     epsilon: Annotated[float, typer.Option("--epsilon", help="Intruder threshold on max |cos|, in (0, 1].")] = 0.5,
     control: Annotated[str, typer.Option("--control", help="none (repair the intruders), non-intruder (as many top "
@@ -61,6 +66,11 @@ def repair_command(
     def work() -> None:
         from intrudim.fileio import ensure_writable_directory
 
+        if sweep is not None and sweep.startswith("-"):  # `--sweep --control all`: the option took --control
+            raise IntrudimError(
+                f"--sweep takes its λ values right after it, e.g. --sweep {DEFAULT_SWEEP_TEXT} (the paper's); "
+                f"it got '{sweep}', which is an option."
+            )
         base, tuned = base_and_tuned(models)
 
         if sweep is not None:
@@ -93,8 +103,6 @@ def repair_command(
                                  f"csv: {paths['csv']}"])  # fmt: skip
             return
         if control == "all":
-            from intrudim.errors import IntrudimError
-
             raise IntrudimError("--control all compares every method and needs --sweep; a single repair takes none, "
                                 "non-intruder or shrink.")  # fmt: skip
         config = RepairConfig(lam=lam, k=k, epsilon=epsilon, control=control, modules=modules, device=device,
@@ -115,8 +123,6 @@ def repair_command(
 def _check_sweep_report_free(out: Path, overwrite: bool) -> None:
     """--sweep writes OUT/report.html: refuse to replace another run's report (a repair's, an analysis') unless
     --overwrite; a sweep's own outputs (repair_sweep.json beside it) are replaced as before."""
-    from intrudim.errors import IntrudimError
-
     report = out / "report.html"
     if report.exists() and not (out / "repair_sweep.json").exists() and not overwrite:
         raise IntrudimError(
