@@ -331,3 +331,31 @@ def test_repair_writes_a_report_and_refuses_to_replace_another_one(tiny_models, 
         repair(tiny_models["llama"], adapter, k=6, out=tmp_path / "other", use_cache=False)
     assert (tmp_path / "other" / "report.html").read_text() == "an analysis report"
     assert not (tmp_path / "other" / "adapter").exists()
+
+
+def test_repair_prints_at_most_top_matrices_those_with_intruders_left_first(tiny_models, tmp_path):
+    """`repair --top N`: at most N rows, the matrices where intruders remain first, and one line counting the
+    rest; `--all` prints every repaired matrix."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from intrudim.cli import app
+    from intrudim.cli.repair import repaired_to_print
+
+    rows = [SimpleNamespace(name=f"m{i}", remaining_ranks=[1] if i in (3, 5) else []) for i in range(6)]
+    assert [m.name for m in repaired_to_print(rows, 3)] == ["m3", "m5", "m0"]
+    assert repaired_to_print(rows, 6) == rows and repaired_to_print(rows, None) == rows
+
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "adapter", r=2, strength=2.0, seed=5)
+    runner = CliRunner()
+    done = runner.invoke(app, ["repair", str(tiny_models["llama"]), str(adapter), "--out", str(tmp_path / "a"),
+                               "--k", "6", "--top", "1"], env={"COLUMNS": "80"})  # fmt: skip
+    assert done.exit_code == 0, done.output
+    changed = json.loads((tmp_path / "a" / "repair.json").read_text())["matrices"]
+    changed = [m for m in changed if m["removed_frobenius"] > 0]
+    assert len(changed) > 1
+    assert f"… and {len(changed) - 1} more repaired matrices not listed" in " ".join(done.output.split())
+    every = runner.invoke(app, ["repair", str(tiny_models["llama"]), str(adapter), "--out", str(tmp_path / "b"),
+                                "--k", "6", "--all"], env={"COLUMNS": "80"})  # fmt: skip
+    assert every.exit_code == 0 and "not listed" not in every.output

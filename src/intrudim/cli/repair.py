@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from intrudim.cli.analyze import DEFAULT_TOP
 from intrudim.cli.common import PlainHelpCommand, base_and_tuned, command_line, run_guarded, skipped_summary
 from intrudim.cli.output import print_lines, terminal_table
 from intrudim.errors import IntrudimError
@@ -56,6 +57,10 @@ def repair_command(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where base SVDs are computed.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else.")] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading pickle checkpoints.")] = False,
+    top: Annotated[int, typer.Option("--top", metavar="N", help="Print at most N repaired matrices: all of them when "
+                   "there are N or fewer, else those where intruders remain first, and one line counting the rest. "
+                   "Every matrix is in --json and repair.json.")] = DEFAULT_TOP,
+    print_all: Annotated[bool, typer.Option("--all", help="Print every repaired matrix (instead of --top).")] = False,
 ) -> None:
     """Scale the intruders' singular values by λ (v2): W' = W_t + (λ−1)·Σ σ_j u_j v_jᵀ, written exactly
     as a PEFT adapter of rank r+|I| (or merged weights); --sweep measures accuracy and forgetting per λ."""
@@ -66,6 +71,8 @@ def repair_command(
     def work() -> None:
         from intrudim.fileio import ensure_writable_directory
 
+        if top < 0:
+            raise IntrudimError(f"--top must be 0 or more (matrices printed); got {top}. --all prints every matrix.")
         if sweep is not None and sweep.startswith("-"):  # `--sweep --control all`: the option took --control
             raise IntrudimError(
                 f"--sweep takes its λ values right after it, e.g. --sweep {DEFAULT_SWEEP_TEXT} (the paper's); "
@@ -114,7 +121,7 @@ def repair_command(
         if as_json:
             sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
             return
-        _print_repair(stdout, result)
+        _print_repair(stdout, result, top=None if print_all else top)
         print_lines(stdout, [f"report: {out / 'report.html'}", f"json: {out / 'repair.json'}"])
 
     run_guarded(work)
@@ -135,13 +142,26 @@ def _short(name: str) -> str:
     return short_matrix_name(name)
 
 
-def _print_repair(console: Console, result) -> None:
-    """The changed matrices, one row each, readable at 80 columns; then the summary, one fact per line."""
+def repaired_to_print(changed: list[Any], top: int | None) -> list[Any]:
+    """The rows `repair` prints (``--top``): every changed matrix, in the model's order, when there are ``top`` or
+    fewer (or ``top`` is None: ``--all``); otherwise at most ``top``: those where intruders remain first (most
+    first), then the others, each group in the model's order."""
+    if top is None or len(changed) <= top:
+        return list(changed)
+    remaining = sorted((m for m in changed if m.remaining_ranks), key=lambda m: -len(m.remaining_ranks))
+    rest = [m for m in changed if not m.remaining_ranks]
+    return (remaining + rest)[:top]
+
+
+def _print_repair(console: Console, result, top: int | None = DEFAULT_TOP) -> None:
+    """The changed matrices, one row each (at most ``top``, :func:`repaired_to_print`), readable at 80 columns;
+    then the summary, one fact per line."""
     from rich.text import Text
 
     from intrudim.report.repair_report import rank_list
 
-    changed = [m for m in result.matrices if m.removed_frobenius > 0]
+    all_changed = [m for m in result.matrices if m.removed_frobenius > 0]
+    changed = repaired_to_print(all_changed, top)
     if changed:
         control = result.config.control
         scaled = {"none": "intruder ranks scaled", "non-intruder": "non-intruder ranks scaled",
@@ -167,6 +187,13 @@ def _print_repair(console: Console, result) -> None:
             row += [f"{m.removed_frobenius:.3g}", f"{len(m.intruder_ranks)} → {left}"]
             table.add_row(*row, style="red" if m.remaining_ranks else None)
         console.print(table)
+    hidden = len(all_changed) - len(changed)
+    if hidden:
+        left = sum(1 for m in all_changed if m.remaining_ranks) - sum(1 for m in changed if m.remaining_ranks)
+        what = "matrix" if hidden == 1 else "matrices"
+        which = "with no intruder left" if not left else f"{left} of them with intruders left"
+        print_lines(console, [f"… and {hidden} more repaired {what} not listed, {which}; every matrix: --all here, "
+                              f"or --json, or repair.json"], style="dim")  # fmt: skip
     print_lines(console, result.summary_lines())
     print_lines(console, [Text.from_markup(line) for line in skipped_summary(result.skipped)])
 
