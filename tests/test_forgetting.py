@@ -703,7 +703,7 @@ def test_terminal_result_reads_well_at_80_columns_and_leaves_the_licence_to_the_
     assert "━" not in printed and "┃" not in printed  # box.SIMPLE_HEAD
     assert lines[lines.index("text:") + 1].strip() == corpus
     assert all(len(line) <= 80 for line in lines), printed
-    assert any(line.startswith("TUNED forgot: its loss on the text is +0.5 higher") for line in lines), printed
+    assert any(line.startswith("TUNED forgot: its loss on the text is +0.5 nats/token higher") for line in lines), printed
     assert "  (95% CI [+0.4, +0.6])." in lines  # wrapped between phrases, not inside the interval
 
 

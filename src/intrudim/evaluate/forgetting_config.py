@@ -21,6 +21,11 @@ MEASURE_DESCRIPTIONS = {
 }
 
 
+MEASURE_UNITS = {"perplexity": "nats/token", "pseudo_loss": "nats/token", "contrastive": "nats/pair"}
+"""The unit of each measure's loss: a mean over tokens (next-token cross-entropy, MLM pseudo-loss) or over
+sentence pairs (the contrastive loss), in nats."""
+
+
 DEFAULT_BATCH_SIZE = {"perplexity": 4, "pseudo_loss": 64, "contrastive": 64}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from intrudim.errors import IntrudimError
-from intrudim.evaluate.forgetting_config import MEASURE_DESCRIPTIONS
+from intrudim.evaluate.forgetting_config import MEASURE_DESCRIPTIONS, MEASURE_UNITS
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,14 @@ class ForgettingResult:
 
     def verdict(self) -> str:
         what = "pseudo-loss" if self.measure == "pseudo_loss" else "contrastive loss" if self.measure == "contrastive" else "loss"
+        unit = MEASURE_UNITS.get(self.measure, "")
+        delta = f"{self.delta:+.4g} {unit}".rstrip()
         interval = f"95% CI [{self.ci95[0]:+.4g}, {self.ci95[1]:+.4g}]"
         if self.ci95[0] > 0:
-            return f"TUNED forgot: its {what} on the text is {self.delta:+.4g} higher than BASE's ({interval})."
+            return f"TUNED forgot: its {what} on the text is {delta} higher than BASE's ({interval})."
         if self.ci95[1] < 0:
-            return f"TUNED fits the text better than BASE: {what} {self.delta:+.4g} ({interval})."
-        return f"No measurable forgetting: {what} changed by {self.delta:+.4g}, and the {interval} contains 0."
+            return f"TUNED fits the text better than BASE: {what} {delta} ({interval})."
+        return f"No measurable forgetting: {what} changed by {delta}, and the {interval} contains 0."
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intrudim.errors import IntrudimError
+from intrudim.evaluate.forgetting_config import MEASURE_UNITS
 from intrudim.repair.config import check_lambda
 from intrudim.spectral.repair import METHOD_DESCRIPTIONS, METHOD_LABELS
 
@@ -38,11 +39,11 @@ class LossMeasure:
 
 
 LOSS_MEASURES = {
-    "perplexity": LossMeasure("perplexity", "next-token cross-entropy", "nats/token", "perplexity"),
-    "pseudo_loss": LossMeasure("pseudo_loss", "MLM pseudo-loss −PLL/L, Salazar et al. 2020", "nats/token",
-                               "pseudo-perplexity"),
-    "contrastive": LossMeasure("contrastive", "in-batch contrastive loss of adjacent-sentence pairs", "nats/pair",
-                               None),
+    "perplexity": LossMeasure("perplexity", "next-token cross-entropy", MEASURE_UNITS["perplexity"], "perplexity"),
+    "pseudo_loss": LossMeasure("pseudo_loss", "MLM pseudo-loss −PLL/L, Salazar et al. 2020",
+                               MEASURE_UNITS["pseudo_loss"], "pseudo-perplexity"),
+    "contrastive": LossMeasure("contrastive", "in-batch contrastive loss of adjacent-sentence pairs",
+                               MEASURE_UNITS["contrastive"], None),
 }  # fmt: skip
 """The loss each ``forgetting`` measure (chosen from BASE's architecture) reports, in words and units."""
 
