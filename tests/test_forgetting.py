@@ -713,7 +713,7 @@ def test_html_report_says_text_once(tmp_path):
 
     result = _measured({"source": "wiki", "description": "Wikipedia sample", "licence": TEXT_LICENCE})
     fragment = forgetting_section_html(result)
-    assert fragment.count("Text:") == 1 and "Text: Wikipedia sample." in fragment and "CC BY-SA 3.0" in fragment
+    assert fragment.count("Text:") == 1 and "Text: Wikipedia sample. Licence: Wikipedia articles (CC BY-SA 3.0)" in fragment
     paths = write_forgetting_outputs(result, tmp_path)
     page = paths["html"].read_text(encoding="utf-8")
     assert page.count("Text:") == 1 and "share alike" in page

@@ -39,7 +39,7 @@ WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz
 NEWS_FILE = "lee_background.cor"
 GENSIM_INSTALL = "pip install --no-deps gensim==4.4.0"
 TEXT_LICENCE = (
-    "Text: Wikipedia articles (CC BY-SA 3.0) and the Lee et al. news corpus as redistributed in gensim's test "
+    "Wikipedia articles (CC BY-SA 3.0) and the Lee et al. news corpus as redistributed in gensim's test "
     "data (CC BY-SA); reuse must credit the sources and share alike."
 )
 SHUFFLE_SEED = 0

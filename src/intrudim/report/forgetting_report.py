@@ -24,26 +24,12 @@ def _as_json(result: Any) -> dict[str, Any]:
     return result if isinstance(result, dict) else result.to_json()
 
 
-LICENCE_LABEL = "Text: "
-
-
-def _as_shown(data: dict[str, Any]) -> dict[str, Any]:
-    """The result as the HTML shows it. The page writes "Text: <description>." and then the licence; the licence
-    of the embedded samples starts with its own "Text: " label (it stands alone in the JSON), so that label is
-    dropped there and "Text:" is written once. The JSON keeps the licence as it is."""
-    text = data.get("text") or {}
-    licence = text.get("licence")
-    if not (isinstance(licence, str) and licence.startswith(LICENCE_LABEL)):
-        return data
-    return {**data, "text": {**text, "licence": licence[len(LICENCE_LABEL):]}}
-
-
 def forgetting_section_html(result: Any) -> str:
     """The forgetting section (verdict, table, interval, text and licence) as an HTML fragment.
 
     ``result``: a :class:`~intrudim.evaluate.forgetting.ForgettingResult` or its ``to_json()`` dict.
     """
-    data = _as_shown(_as_json(result))
+    data = _as_json(result)
     # The template is the page and the macro; making its module renders the page once, with this result.
     module = _environment().get_template("forgetting.html").make_module(_page_context(data, command=""))
     return str(module.section(data))  # type: ignore[attr-defined]
@@ -65,6 +51,6 @@ def write_forgetting_outputs(result: Any, out_dir: str | Path, *, command: str =
     out_dir = ensure_writable_directory(out_dir)
     data = _as_json(result)
     paths = {"json": write_text_atomic(out_dir / "forgetting.json", json.dumps(data, indent=2) + "\n")}
-    html = _environment().get_template("forgetting.html").render(_page_context(_as_shown(data), command=command))
+    html = _environment().get_template("forgetting.html").render(_page_context(data, command=command))
     paths["html"] = write_text_atomic(out_dir / "forgetting.html", html)
     return paths
