@@ -6,6 +6,7 @@ method × λ, the controls explained, the measure with its unit, the text and th
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,33 @@ def test_sweep_report_names_the_masked_lm_and_contrastive_measures(tmp_path, mea
         assert "perplexity" not in regime
     else:
         assert exp_name in regime
+
+
+@pytest.mark.parametrize("tuned_loss,destructive", [(2.4, False), (2.0 + math.log(80.0), True)])
+def test_the_regime_states_the_perplexity_ratio_and_calls_a_ratio_above_two_destructive(tmp_path, tuned_loss,
+                                                                                       destructive):  # fmt: skip
+    """TUNED perplexity / BASE perplexity on the forgetting text, in the JSON, the terminal and the report; a run
+    above 2 no longer models the text and is called destructive (issue: claims across seeds and regimes)."""
+    from rich.console import Console
+
+    from intrudim.cli.repair import _print_sweep
+
+    result = RepairSweepResult(base="base", tuned="tuned", task=None, text={"source": "news", "description": "news"},
+                               measure="perplexity", k=10, epsilon=0.5, total_intruders=4, matrices_with_intruders=2,
+                               base_loss=2.0, tokens=512, points=[SweepPoint(0.0, "none", None, 2.2, 1.0),
+                                                                  SweepPoint(1.0, "none", None, tuned_loss, 0.0)])  # fmt: skip
+    regime = result.to_json()["regime"]
+    assert regime["perplexity_ratio"] == pytest.approx(math.exp(tuned_loss - 2.0))
+    assert regime["destructive"] is destructive
+    console = Console(width=80, record=True)
+    _print_sweep(console, result)
+    printed = " ".join(console.export_text().split())
+    ratio = f"TUNED perplexity / BASE perplexity = {math.exp(tuned_loss - 2.0):.3g}"
+    assert ratio in printed and ("destructive (above 2" in printed) is destructive
+    html = write_sweep_outputs(result, tmp_path)["html"].read_text()
+    row = html[html.index('id="regime-ratio"'):].split("</tr>")[0]
+    assert ("<b>destructive</b>" in row) is destructive and ("not destructive" in row) is (not destructive)
+    contrastive = RepairSweepResult(base="b", tuned="t", task=None, text={"source": "news"}, measure="contrastive", k=10,
+                                    epsilon=0.5, total_intruders=1, matrices_with_intruders=1, base_loss=0.4,
+                                    points=[SweepPoint(1.0, "none", None, 0.5, 0.0)])  # fmt: skip
+    assert contrastive.regime() is None  # no perplexity for the contrastive loss: no ratio claimed

@@ -244,8 +244,19 @@ def _print_sweep(console: Console, result) -> None:
         lines.append(f"text loss: {loss.name} on the text {result.text['source']}, in {loss.unit} (lower = less "
                      f"forgetting); Δ vs BASE: the forgetting.")  # fmt: skip
         lines.append(f"BASE loss on the text: {loss.describe(result.base_loss)}")
+    if (regime := result.regime()) is not None:
+        lines.append(regime_line(regime))
     lines.append("‖W'−W_t‖: the Frobenius norm removed, over every repaired matrix.")
     print_lines(console, lines)
+
+
+def regime_line(regime: dict[str, Any]) -> str:
+    """E.g. ``regime: TUNED perplexity / BASE perplexity = 80.2 on the text: destructive (above 2: ...)``."""
+    ratio = f"{regime['ratio_name']} = {regime['perplexity_ratio']:.3g} on the text"
+    if regime["destructive"]:
+        return (f"regime: {ratio}: destructive (above {regime['destructive_above']:g}, TUNED no longer models the "
+                f"text; the paper's forgetting is a modest rise at equal task accuracy)")
+    return f"regime: {ratio} (not destructive: {regime['destructive_above']:g} or less)"
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,11 @@ DEFAULT_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 SWEEP_CONTROLS: tuple[str, ...] = ("none", "non-intruder", "shrink")
 
+DESTRUCTIVE_RATIO = 2.0
+"""A TUNED model whose perplexity on the forgetting text is more than this many times BASE's is in a *destructive*
+regime: it no longer models that text, and a repair's share of its forgetting says little about the paper's modest
+forgetting at equal task accuracy (issue "The paper's claims across seeds and regimes")."""
+
 
 @dataclass(frozen=True)
 class LossMeasure:
@@ -136,6 +141,16 @@ class RepairSweepResult:
         ones = [p for p in self.points if p.lam == 1.0]
         return ones[0].task_loss if ones else None
 
+    def regime(self) -> dict[str, Any] | None:
+        """TUNED's perplexity on the forgetting text over BASE's, exp(tuned loss − base loss), and whether it is
+        *destructive* (above :data:`DESTRUCTIVE_RATIO`); None without a text or for a loss with no perplexity."""
+        loss = self.loss
+        if loss is None or loss.exp_name is None or self.base_loss is None or self.tuned_loss is None:
+            return None
+        ratio = math.exp(min(self.tuned_loss - self.base_loss, 700.0))
+        return {"perplexity_ratio": ratio, "ratio_name": f"TUNED {loss.exp_name} / BASE {loss.exp_name}",
+                "destructive": ratio > DESTRUCTIVE_RATIO, "destructive_above": DESTRUCTIVE_RATIO}
+
     @property
     def loss(self) -> LossMeasure | None:
         """What ``forgetting_loss``, ``task_loss``, ``base_loss`` are (name, unit), or None when no text was scored."""
@@ -165,7 +180,7 @@ class RepairSweepResult:
             "k": self.k, "epsilon": self.epsilon, "total_intruders": self.total_intruders,
             "matrices_with_intruders": self.matrices_with_intruders, "base_loss": self.base_loss,
             "tuned_loss": self.tuned_loss, "base_task_loss": self.base_task_loss,
-            "tuned_task_loss": self.tuned_task_loss, "labels": self.labels(),
+            "tuned_task_loss": self.tuned_task_loss, "regime": self.regime(), "labels": self.labels(),
             "points": [p.to_json() for p in self.points], "seconds": round(self.seconds, 3),
             "methods": {m: METHOD_LABELS[m] for m in sorted({p.method for p in self.points})},
             "method_descriptions": {m: METHOD_DESCRIPTIONS[m] for m in dict.fromkeys(p.method for p in self.points)},
