@@ -35,15 +35,15 @@ def _verdict(data: dict[str, Any]) -> tuple[str, bool]:
     if total == 0:
         return (
             f"No intruder dimensions: every top-{k} singular vector of the tuned model stays close (|cos| ≥ {eps}) to "
-            f"a pre-trained singular vector, in all {n} matrices analysed — the pattern the paper finds for full "
-            f"fine-tuning.",
+            f"a pre-trained singular vector, in all {n} matrices analysed. The paper finds this for full "
+            f"fine-tuning and, more often than for low ranks, for LoRA of higher rank.",
             False,
         )
     return (
         f"{total} intruder dimensions in {hit} of {n} matrices (k={k}, ε={eps}): the update added new high-ranking "
         f"directions that the pre-trained weights did not have, the signature the paper links to LoRA and to more "
-        f"forgetting. The paper's remedy is to scale their singular values down (λ = 0.75), which recovers much of "
-        f"the forgetting at little task cost.",
+        f"forgetting. The paper (v2) scales their singular values down (λ = 0.75) and reports that this recovers "
+        f"part of the forgetting; `intrudim repair --sweep` measures what it does for this model.",
         True,
     )
 
