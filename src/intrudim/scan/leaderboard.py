@@ -171,6 +171,7 @@ th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descendin
 td.text, th.text { text-align: left; } tr.error td { color: #a00; } tr.bad td.num-intr { color: #b00; font-weight: bold; }
 code { background: #f4f4f4; padding: 0 0.2em; } .note { color: #555; max-width: 60em; }
 td.error-text { min-width: 28em; max-width: 48em; font-size: 0.9em; }
+.wide { overflow-x: auto; }  /* a wide leaderboard scrolls on its own; the page does not cut it */
 </style></head><body>
 <h1>Intruder dimensions of {{ doc.rows|length }} tuned models of <code>{{ doc.base }}</code></h1>
 <p class="note">k = {{ doc.k }}, &epsilon; = {{ doc.epsilon }}: a top-k left singular vector of a tuned matrix is an
@@ -183,7 +184,7 @@ a name opens that model's own report.</p>
 &sigma;<sub>k</sub>(W<sub>0</sub>) &gt; {{ p.threshold }}): {{ p.predicted }} of {{ p.matrices }} matrices predicted, {{ p.found }} with
 intruders, {{ p.predicted_and_found }} both; precision <b>{{ fmt(p.precision, 2) or "n/a" }}</b>, recall
 <b>{{ fmt(p.recall, 2) or "n/a" }}</b>.</p>
-<table id="leaderboard"><thead><tr>
+<div class="wide"><table id="leaderboard"><thead><tr>
 <th data-type="num">#</th><th class="text" data-type="text">tuned</th><th class="text" data-type="text">kind</th>
 <th data-type="num">intruders</th><th data-type="num">matrices with intruders</th><th data-type="num" title="the intruders' share of ‖W_t‖²_F, mean over matrices">energy %</th>
 <th class="text" data-type="text">worst matrix</th><th data-type="num">eff. rank &Delta;W</th>
@@ -201,7 +202,7 @@ intruders, {{ p.predicted_and_found }} both; precision <b>{{ fmt(p.precision, 2)
 {% if r.error %}<td></td><td></td><td></td>{% else %}<td>{{ r.predicted|length }}</td><td>{{ r.found|length }}</td>
 <td>{{ (r.predicted|select("in", r.found)|list)|length }}</td>{% endif %}
 <td class="text error-text">{{ r.error or "" }}</td></tr>
-{% endfor %}</tbody></table>
+{% endfor %}</tbody></table></div>
 {% if doc.steps %}<h2>Intruders over training steps</h2>
 <p class="note">The scanned inputs are checkpoints of one training run, ordered by step (from each checkpoint's
 trainer_state.json).</p>
