@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_peft_adapter
-from test_hub import build_hub_cache
+from test_hub import hub_base_and_lora
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -77,13 +77,7 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
 def test_analyze_hub_adapter_reads_the_hub_cache_and_writes_a_report(tiny_models, tmp_path) -> None:
     import intrudim
 
-    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "adapter", strength=3.0, seed=7)
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "org/base"  # as an adapter trained on the Hub model records it
-    (adapter / "adapter_config.json").write_text(json.dumps(config))
-    cache = tmp_path / "hub"
-    build_hub_cache(cache, "org/base", tiny_models["llama"])
-    build_hub_cache(cache, "org/lora", adapter)
+    cache, adapter = hub_base_and_lora(tiny_models, tmp_path)
     expected = intrudim.analyze(tiny_models["llama"], adapter, k=6, use_cache=False)
     assert expected.total_intruders > 0
 

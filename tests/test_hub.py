@@ -95,6 +95,22 @@ def build_hub_cache(root: Path, repo_id: str, source_folder: Path, branch: str =
     return commit
 
 
+def hub_base_and_lora(tiny_models: dict[str, Path], root: Path) -> tuple[Path, Path]:
+    """A Hub cache under ``root/hub`` holding the tiny LLaMA as ``org/base`` and a peft adapter of it that records
+    ``org/base`` as its base (as an adapter trained on the Hub model does) as ``org/lora``. Returns (cache, the
+    adapter's local folder)."""
+    from conftest import write_peft_adapter
+
+    adapter = write_peft_adapter(tiny_models["llama"], "llama", root / "adapter", strength=3.0, seed=7)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "org/base"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    cache = root / "hub"
+    build_hub_cache(cache, "org/base", tiny_models["llama"])
+    build_hub_cache(cache, "org/lora", adapter)
+    return cache, adapter
+
+
 # --- fixtures -----------------------------------------------------------------------------------------------
 
 

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_peft_adapter
-from test_hub import build_hub_cache
+from test_hub import hub_base_and_lora
 from typer.testing import CliRunner
 
 import intrudim
@@ -18,13 +17,7 @@ from intrudim.cli import app
 @pytest.fixture
 def hub(tiny_models, tmp_path, monkeypatch) -> dict[str, Path]:
     """BASE (tiny LLaMA) as org/base and a peft adapter recording 'org/base' as its base, as org/lora."""
-    adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "adapter", strength=3.0, seed=7)
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "org/base"  # as an adapter trained on the Hub model records it
-    (adapter / "adapter_config.json").write_text(json.dumps(config))
-    cache = tmp_path / "hub"
-    build_hub_cache(cache, "org/base", tiny_models["llama"])
-    build_hub_cache(cache, "org/lora", adapter)
+    cache, adapter = hub_base_and_lora(tiny_models, tmp_path)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # no local folder named org/…
