@@ -55,5 +55,11 @@ def recorded(out_dir: Path, name: str, tuned: str) -> dict[str, UnitOutcome]:
 
 
 def forget(out_dir: Path, name: str) -> None:
-    """Remove the input's journal (its files are written: they hold every matrix)."""
-    journal_path(out_dir, name).unlink(missing_ok=True)
+    """Remove the input's journal (its files are written: they hold every matrix; or it failed: it is analysed
+    whole again), and its folder if nothing else is in it."""
+    path = journal_path(out_dir, name)
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()  # only when empty
+    except OSError:
+        pass

@@ -331,6 +331,7 @@ class _Collector:
         if errors:
             self.rows[item.index] = error_row(item.tuned, item.name, errors[0])
             self.reports_dropped += 1
+            journal.forget(self.out_dir, item.name)  # a failed input is analysed whole again when resumed
             return []
         report = ReportUnit(
             index=item.index, tuned=item.tuned, tuned_kind=item.tuned_kind or "lora",
