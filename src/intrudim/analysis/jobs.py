@@ -71,7 +71,7 @@ def hashed_lookup(
     file = source.files[tensor]
     read_ns, stat_before = time.time_ns(), file_stat(file) if memo is not None else None
     W0 = read()
-    cached = cache.lookup(W0) if load else cache.lookup(W0, load=False)
+    cached = cache.lookup(W0, load=load)
     if memo is not None and cached.key is not None:
         memo.put(file, tensor, transposed, cached.key, stat_before, read_ns)
     return W0, cached

@@ -189,7 +189,8 @@ def scan(
     engine = {"engine": config.engine, "ray_address": config.ray_address, "ray_cpus": config.ray_cpus}
     document = leaderboard_document(
         ordered, base=base, k=analysis.k, epsilon=analysis.epsilon, threshold=config.pressure_threshold,
-        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "order": order, "batch": batch, "resumed_matrices": len(resumed), "cache": cache,
+        extra={"units": {"base_svd": len(base_units), "matrix": len(matrix_units)}, "order": order, "batch": batch,
+               "resumed_matrices": len(resumed), "cache": cache,
                "base_svd_cache": base_svds, "seconds": round(time.perf_counter() - started, 3), **engine},
     )  # fmt: skip
     paths = write_leaderboard(

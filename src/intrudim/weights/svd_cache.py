@@ -153,7 +153,7 @@ def key_memo_enabled() -> bool:
 
 
 class RecentFactors:
-    """The factors of the base matrix most recently loaded from (or stored in) a cache, kept for the next lookup of
+    """The factors of the base matrix most recently loaded from a cache, kept for the next lookup of
     the same key: a matrix-major scan (:mod:`intrudim.scan`) analyses every adapter's factors for one base matrix
     in a row, and so reads that matrix's factors from disk once instead of once per adapter. Keys are content
     hashes, so the same key is the same matrix. One entry: it holds no more than the unit being analysed already
@@ -163,14 +163,10 @@ class RecentFactors:
         self._lock = threading.Lock()
         self._key: str | None = None
         self._factors: SVDFactors | None = None
-        self.reused = 0  # lookups answered from memory
 
     def get(self, key: str) -> SVDFactors | None:
         with self._lock:
-            if key != self._key:
-                return None
-            self.reused += 1
-            return self._factors
+            return self._factors if key == self._key else None
 
     def put(self, key: str, factors: SVDFactors) -> None:
         with self._lock:
