@@ -330,6 +330,7 @@ def test_cli_sweep_names_the_measure_and_its_unit(lm, tmp_path):
     (["--sweep", "0,1", "--task", "no-such-task"], "no-such-task"),
     (["--sweep", "0,1"], "at least one"),
     (["--control", "all"], "needs --sweep"),
+    (["--top", "-1"], "--top must be 0 or more"),
     (["--sweep", "--control", "all"], "--sweep takes its λ values right after it, e.g. --sweep 0,0.25,0.5,0.75,1"),
     (["--sweep", "0,1", "--task-text", "no/such/file.txt"], "--task-text"),
 ])  # fmt: skip

@@ -60,8 +60,7 @@ def analyze(
 
     def work() -> None:
         base, tuned = base_and_tuned(models)
-        if top < 0:
-            raise IntrudimError(f"--top must be 0 or more (matrices printed); got {top}. --all prints every matrix.")
+        check_top(top)
         if threads is not None:
             from intrudim.threads import limit_threads
 
@@ -103,6 +102,12 @@ def _rank_ranges(ranks: list[int]) -> str:
         else:
             runs.append([r, r])
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def check_top(top: int) -> None:
+    """``--top`` (of `analyze` and `repair`) counts rows to print: 0 or more."""
+    if top < 0:
+        raise IntrudimError(f"--top must be 0 or more (matrices printed); got {top}. --all prints every matrix.")
 
 
 def matrices_to_print(matrices: list[Any], top: int | None) -> list[Any]:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from intrudim.cli.analyze import DEFAULT_TOP
+from intrudim.cli.analyze import DEFAULT_TOP, check_top
 from intrudim.cli.common import PlainHelpCommand, base_and_tuned, command_line, run_guarded, skipped_summary
 from intrudim.cli.output import print_lines, terminal_table
 from intrudim.errors import IntrudimError
@@ -71,8 +71,7 @@ def repair_command(
     def work() -> None:
         from intrudim.fileio import ensure_writable_directory
 
-        if top < 0:
-            raise IntrudimError(f"--top must be 0 or more (matrices printed); got {top}. --all prints every matrix.")
+        check_top(top)
         if sweep is not None and sweep.startswith("-"):  # `--sweep --control all`: the option took --control
             raise IntrudimError(
                 f"--sweep takes its λ values right after it, e.g. --sweep {DEFAULT_SWEEP_TEXT} (the paper's); "
