@@ -492,3 +492,13 @@ def test_the_journal_reads_back_exactly_and_skips_a_line_cut_by_a_kill(tmp_path)
     assert found["k1"].result == result and found["k1"].cache_hit and found["k1"].seconds == 0.5
     journal.forget(tmp_path, "a")
     assert not path.exists() and journal.recorded(tmp_path, "a", "tuned/a") == {}
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"order": "row"}, "order must be one of auto, matrix, adapter; got 'row'"),
+    ({"memory_budget_mb": 0}, "memory_budget_mb must be a positive number of MB; got 0"),
+    ({"memory_budget_mb": True}, "memory_budget_mb must be a positive number of MB; got True"),
+])  # fmt: skip
+def test_bad_order_or_memory_budget_is_one_clear_error(settings, message):
+    with pytest.raises(IntrudimError, match=re.escape(message)):
+        ScanConfig(**settings)
