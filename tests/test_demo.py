@@ -14,11 +14,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from intrudim.experiments.claims import STATEMENTS, decide_claims
+from intrudim.experiments.claims import STATEMENTS, combine_seeds, decide_claims
 from intrudim.experiments.demo import _check_settings
-from intrudim.experiments.demo_config import DEMO_FILE, DemoConfig, DemoSettingsError
+from intrudim.experiments.demo_config import DEMO_FILE, DemoConfig, DemoSettingsError, parse_seeds
 
-QUICK = DemoConfig(quick=True, seed=0)
+QUICK = DemoConfig(quick=True)
 
 
 def _analysis(intruders: int, effective_rank: float, k_sweep: dict[str, int] | None = None) -> dict[str, Any]:
@@ -105,45 +105,116 @@ def test_runs_at_unequal_accuracy_leave_the_comparison_unmeasured_with_the_reaso
     assert "no intruders" in by_id(decide_claims(measurements, QUICK))["repair"]["reason"]
 
 
-def test_a_demo_folder_is_reused_only_with_the_same_settings(tmp_path: Path) -> None:
+def test_a_demo_folder_is_reused_only_with_the_same_mode_and_other_seeds_may_be_added(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     _check_settings(out, QUICK)  # a new folder is fine
     out.mkdir()
     (out / DEMO_FILE).write_text(json.dumps(QUICK.to_json()), encoding="utf-8")
     _check_settings(out, QUICK)  # same settings: reused
-    with pytest.raises(DemoSettingsError, match=r"seed: stored 0, now 3"):
-        _check_settings(out, DemoConfig(quick=True, seed=3))
+    _check_settings(out, DemoConfig(quick=True, seeds=(0, 3)))  # seed 0 reused from seed-0/, seed 3 added
     with pytest.raises(DemoSettingsError, match=r"quick: stored True, now False"):
-        _check_settings(out, DemoConfig(quick=False, seed=0))
+        _check_settings(out, DemoConfig(quick=False))
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(DemoSettingsError, match="holds no demo"):
         _check_settings(other, QUICK)
     assert (other / "notes.txt").read_text(encoding="utf-8") == "mine"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / DEMO_FILE).write_text(json.dumps({"quick": True, "seed": 0, "recipe": {}}), encoding="utf-8")
+    with pytest.raises(DemoSettingsError, match="one-seed demo of an earlier intrudim version"):
+        _check_settings(old, QUICK)
 
 
 def test_bad_settings_are_one_clear_paragraph_on_the_command_line(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     out.mkdir()
-    (out / DEMO_FILE).write_text(json.dumps(DemoConfig(quick=True, seed=1).to_json()), encoding="utf-8")
+    (out / DEMO_FILE).write_text(json.dumps(DemoConfig(quick=False).to_json()), encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2
-    assert "seed: stored 1, now 0" in done.stderr and "Traceback" not in done.stderr
+    assert "quick: stored False, now True" in done.stderr and "Traceback" not in done.stderr
     blocked = tmp_path / "file"
     blocked.write_text("x", encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--out", str(blocked / "sub")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"Cannot write to --out directory '{blocked / 'sub'}'" in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--seeds", "0,x", "--out",
+                           str(tmp_path / "new")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "--seeds: 'x' is not a non-negative integer" in done.stderr, done.stderr
+    assert not (tmp_path / "new").exists()
 
 
-def test_a_negative_seed_is_refused() -> None:
+def test_seeds_default_by_mode_and_bad_seeds_are_refused() -> None:
     from intrudim.errors import IntrudimError
 
-    with pytest.raises(IntrudimError, match="seed"):
-        DemoConfig(seed=-1)
+    assert DemoConfig(quick=True).seeds == (0,) and DemoConfig().seeds == (0, 1, 2)
+    assert DemoConfig(seeds=(2, 0)).seeds == (2, 0) and parse_seeds(" 0, 1,2") == (0, 1, 2)
+    for bad, message in (((-1,), "non-negative"), ((), "empty"), ((1, 1), "repeats"), ((True,), "non-negative")):
+        with pytest.raises(IntrudimError, match=message):
+            DemoConfig(seeds=bad)
+    with pytest.raises(IntrudimError, match="'-1' is not a non-negative integer"):
+        parse_seeds("0,-1")
+
+
+def _seed_claims(held: dict[str, bool | None]) -> list[dict[str, Any]]:
+    """decide_claims of the planted picture with the given claims forced to held/not held/not measured."""
+    claims = decide_claims(planted(), QUICK)
+    for c in claims:
+        if c["id"] in held:
+            c["held"] = held[c["id"]]
+            c["reason"] = "planted" if held[c["id"]] is None else ""
+    return claims
+
+
+def test_claims_over_seeds_are_held_only_in_every_seed_and_fragile_when_seeds_disagree() -> None:
+    per_seed = {0: _seed_claims({"b-only": True, "rank": False, "forgetting": None, "continual": True}),
+                1: _seed_claims({"b-only": False, "rank": False, "forgetting": None, "continual": True}),
+                2: _seed_claims({"b-only": True, "rank": True, "forgetting": None, "continual": None})}  # fmt: skip
+    claims = by_id(combine_seeds(per_seed))
+    assert [c["id"] for c in combine_seeds(per_seed)] == list(STATEMENTS)
+    assert claims["toy"]["verdict"] == "held" and claims["toy"]["result"] == "held (3/3 seeds)"
+    b_only = claims["b-only"]  # 2 of 3: a majority, but the seeds disagree
+    assert (b_only["verdict"], b_only["held"], b_only["held_in"], b_only["measured_in"]) == ("fragile", True, 2, 3)
+    assert b_only["result"] == "fragile (2/3 seeds)"
+    assert [p["held"] for p in b_only["per_seed"]] == [True, False, True]
+    rank = claims["rank"]  # 1 of 3: no majority
+    assert (rank["verdict"], rank["held"], rank["result"]) == ("fragile", False, "fragile (1/3 seeds)")
+    assert claims["forgetting"]["verdict"] == "not measured" and claims["forgetting"]["held"] is None
+    assert claims["forgetting"]["reason"] == "planted"  # the same reason in every seed is said once
+    continual = claims["continual"]  # seed 2 could not measure it: decided by the two that did
+    assert (continual["verdict"], continual["held_in"], continual["measured_in"]) == ("held", 2, 2)
+    assert continual["reason"] == "planted"
+    assert set(claims["toy"]["numbers"]) == {"seed 0", "seed 1", "seed 2"}  # every seed's numbers are kept
+    assert claims["toy"]["recipe"].endswith("seeds 0, 1, 2")
+    one = by_id(combine_seeds({4: _seed_claims({"rank": False})}))
+    assert one["rank"]["result"] == "not held (0/1 seed)" and one["rank"]["recipe"].endswith("seed 4")
+
+
+def test_the_report_of_several_seeds_shows_each_seed_and_the_fragile_claims_in_a_browser(tmp_path: Path) -> None:
+    """A planted three-seed summary rendered and opened in headless Chromium: every claim's row names each seed,
+    a fragile claim has its own badge, and the per-seed figures are drawn."""
+    from browser import check_report, require_browser
+
+    from intrudim.report.demo_report import write_demo_report
+
+    per_seed = {seed: _seed_claims({"b-only": seed != 1}) for seed in (0, 1, 2)}
+    claims = combine_seeds(per_seed)
+    summary = {"demo": QUICK.to_json(), "seeds": [0, 1, 2], "seed_folders": {str(s): f"seed-{s}" for s in (0, 1, 2)},
+               "claims": claims, "held": 9, "fragile": 1, "not_held": 0, "not_measured": 0,
+               "measurements": {str(s): planted() for s in (0, 1, 2)}, "seconds": {"total": 1.0}, "reused": []}  # fmt: skip
+    html = write_demo_report(summary, tmp_path)["html"]
+    text = html.read_text(encoding="utf-8")
+    assert "fragile (2/3 seeds)" in text and "held (3/3 seeds)" in text
+    assert "9 of 10 claims held in every seed, 1 fragile" in text
+    require_browser()
+    page = check_report(html, required_selectors=["#verdict", "#claims", "#claim-b-only .fragile",
+                                                  "#claim-toy .seed-row[data-seed='2']"])  # fmt: skip
+    page.assert_ok()
+    assert len(page.images) >= 7, page
 
 
 @pytest.mark.slow
@@ -164,24 +235,26 @@ def test_the_quick_demo_measures_every_claim_and_its_report_renders_in_a_browser
         assert c["numbers"], c  # measured, never hard-coded
         if c["held"] is None:
             assert c["reason"], c
-    assert summary["measurements"]["runs"]["lora-r1"]["analysis"]["total_intruders"] >= 1
-    assert summary["measurements"]["runs"]["full"]["analysis"]["total_intruders"] <= 1
+    assert summary["seeds"] == [0] and all(c["measured_in"] <= 1 for c in claims)
+    runs = summary["measurements"]["0"]["runs"]
+    assert runs["lora-r1"]["analysis"]["total_intruders"] >= 1
+    assert runs["full"]["analysis"]["total_intruders"] <= 1
 
     from browser import check_report, require_browser
 
     require_browser()
     page = check_report(out / "report.html", required_selectors=["#verdict", "#claims", "#repair-report"])
     page.assert_ok()
-    assert (out / "repair" / "report.html").is_file()  # the link to the repair sweep's own report leads somewhere
+    assert (out / "seed-0" / "repair" / "report.html").is_file()  # the link to the repair sweep's own report leads somewhere
     assert len(page.images) >= 8, page
 
-    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    before = {p: p.stat().st_mtime_ns for p in (out / "seed-0" / "runs").glob("*/result.json")}
     again = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--out", str(out), "--json"],
                            capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["claims"] == claims
-    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == before
-    assert "reused from an earlier demo" in again.stderr and "run lora-r1" in again.stderr, again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in (out / "seed-0" / "runs").glob("*/result.json")} == before
+    assert "reused from an earlier demo" in again.stderr and "run lora-r1 (seed 0)" in again.stderr, again.stderr[-2000:]
 
 
 def test_intruders_over_steps_start_at_the_base_and_count_each_step_once(tmp_path: Path) -> None:

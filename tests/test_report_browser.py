@@ -103,10 +103,17 @@ def _analysis_report(tiny_models, tmp_path, tuned, *extra: str):
 def test_analysis_report_with_intruders(tiny_models, tmp_path):
     adapter = write_peft_adapter(tiny_models["gpt2"], "gpt2", tmp_path / "adapter", r=2, strength=2.0)
     out = _analysis_report(tiny_models, tmp_path, adapter)
-    page = check_report(out / "report.html", required_selectors=ANALYSIS_SELECTORS + ["#per-matrix tr.hot"])
+    page = check_report(out / "report.html", required_selectors=ANALYSIS_SELECTORS + ["#per-matrix tr.hot"],
+                        text_of=["#paper-claims", "#measured-here"])  # fmt: skip
     page.assert_ok()
     assert len(page.images) == len(list((out / "figures").glob("*.png"))) >= 7
     assert "intruder dimensions in" in (out / "report.html").read_text()
+    # the paper's findings are said to be the paper's; what intrudim measured comes with its regime and the command
+    (paper,) = page.texts["#paper-claims"]
+    assert paper.startswith("The paper reports") and "recovers part of that forgetting" in paper, paper
+    (measured,) = page.texts["#measured-here"]
+    assert "not measurements of this model" in measured and "destructive regime" in measured, measured
+    assert "intrudim repair BASE TUNED --sweep" in measured and "--control all" in measured, measured
 
 
 def test_analysis_report_without_intruders(tiny_models, tmp_path):

@@ -21,18 +21,21 @@ def demo_command(
                      "forgetting and repair.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for runs, measurements, summary.json and report.html; "
                    "a second demo with the same --out and settings reuses what is finished.")] = Path("demo_out"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every run and measurement.")] = 0,
+    seeds: Annotated[str | None, typer.Option("--seeds", "--seed", metavar="S[,S...]", help="Seeds: every "
+                     "experiment runs once per seed and each claim is reported as held in n of N seeds ('fragile' "
+                     "when they disagree). Default: 0 with --quick, 0,1,2 without.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json's claims as one JSON document.")] = False,
 ) -> None:
     """Run the paper's experiments on the embedded models (offline) and write one report: report.html and
     summary.json, whose `claims` list says, for each finding of the paper, whether it held here and the numbers."""
     from intrudim.experiments.demo import run_demo
-    from intrudim.experiments.demo_config import DemoConfig
+    from intrudim.experiments.demo_config import DemoConfig, parse_seeds
 
     stdout, stderr = Console(), Console(stderr=True)
 
     def work() -> None:
-        summary = run_demo(DemoConfig(quick=quick, seed=seed), out, progress=True, console=stderr)
+        config = DemoConfig(quick=quick, seeds=parse_seeds(seeds) if seeds is not None else None)
+        summary = run_demo(config, out, progress=True, console=stderr)
         if summary["reused"]:
             stderr.print(f"reused from an earlier demo in {out}: {len(summary['reused'])} finished runs and "
                          f"measurements ({', '.join(summary['reused'])})", highlight=False, soft_wrap=True)  # fmt: skip
@@ -43,12 +46,15 @@ def demo_command(
         table.add_column("#", justify="right")
         table.add_column("claim")
         table.add_column("result", no_wrap=True)
-        styles = {True: "[green]held[/]", False: "[red]not held[/]", None: "[dim]not measured[/]"}
+        styles = {"held": "green", "fragile": "yellow", "not held": "red", "not measured": "dim"}
         for number, claim in enumerate(summary["claims"], start=1):
-            table.add_row(str(number), f"{claim['id']} ({claim['figure']})", styles[claim["held"]])
+            table.add_row(str(number), f"{claim['id']} ({claim['figure']})",
+                          f"[{styles[claim['verdict']]}]{claim['result']}[/]")  # fmt: skip
         stdout.print(table)
-        stdout.print(f"{summary['held']} held, {summary['not_held']} not held, {summary['not_measured']} not measured "
-                     f"in {summary['seconds']['total']:.0f} s.")  # fmt: skip
+        seeds_text = ", ".join(map(str, summary["seeds"]))
+        stdout.print(f"{summary['held']} held, {summary['fragile']} fragile, {summary['not_held']} not held, "
+                     f"{summary['not_measured']} not measured (seed{'s' if len(summary['seeds']) > 1 else ''} "
+                     f"{seeds_text}) in {summary['seconds']['total']:.0f} s.")  # fmt: skip
         stdout.print(f"report: [bold]{summary['report']}[/]  (numbers: {Path(summary['report']).parent / 'summary.json'})",
                      soft_wrap=True)  # a long path stays on one line, whole
 

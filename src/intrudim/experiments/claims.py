@@ -1,8 +1,10 @@
-"""The paper's claims, decided from what a demo measured (issue 14). Pure functions of the measurements.
+"""The paper's claims, decided from what a demo measured (issues 14, 27). Pure functions of the measurements.
 
-Each claim is a dict: ``id``, the paper's ``statement`` and ``figure``, ``held`` (True / False / None when not
-measured), ``numbers`` (the measured values that decide it), ``rule`` (how they decide it), ``reason`` (why it is
-None, or a remark) and ``recipe`` (what was run). Thresholds are named constants below, the same for every demo.
+Per seed (:func:`decide_claims`), each claim is a dict: ``id``, the paper's ``statement`` and ``figure``, ``held``
+(True / False / None when not measured), ``numbers`` (the measured values that decide it), ``rule`` (how they
+decide it), ``reason`` (why it is None, or a remark) and ``recipe`` (what was run). :func:`combine_seeds` then
+decides each claim over the seeds: held in n of N, and ``fragile`` when the seeds disagree. Thresholds are named
+constants below, the same for every demo.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def intruders_claims(runs: dict[str, dict[str, Any]], high: str, recipe: str) ->
     rule = "B-only r=1 has fewer intruders than LoRA r=1, at equal accuracy"
     if equal_accuracy(r1["accuracy"], b_only["accuracy"]):
         out.append(claim("b-only", nb < n1, numbers, rule, recipe,
-                         "one seed: docs/train.md found this ordering fragile across seeds and recipes"))  # fmt: skip
+                         "docs/train.md found this ordering fragile across seeds and recipes"))  # fmt: skip
     else:
         out.append(claim("b-only", None, numbers, rule, recipe, _accuracy_reason(runs, ["lora-r1", "b-only-r1"])))
     return out
@@ -205,11 +207,12 @@ def toy_claim(toy: dict[str, Any], recipe: str) -> dict[str, Any]:
 
 
 def decide_claims(measurements: dict[str, Any], config: Any) -> list[dict[str, Any]]:
-    """All ten claims, in the issue's order, from a demo's measurements."""
+    """All ten claims, in the issue's order, from one seed's measurements (the recipe names no seed: the claims
+    of every seed are combined by :func:`combine_seeds`, which adds them)."""
     recipe = config.recipe
     high = f"lora-r{recipe.high_rank}"
     train_recipe = (f"MiniLM, task {recipe.task}, {recipe.steps} steps × batch 16, {recipe.max_length} tokens, "
-                    f"LoRA α=2r with α·η={recipe.total_lr:g} ({recipe.schedule}), full FT η=1e-4, seed {config.seed}; "
+                    f"LoRA α=2r with α·η={recipe.total_lr:g} ({recipe.schedule}), full FT η=1e-4; "
                     f"k=10, ε=0.5")  # fmt: skip
     claims = intruders_claims(measurements["runs"], high, train_recipe)
     if recipe.forgetting_model == "smollm2":
@@ -229,3 +232,49 @@ def decide_claims(measurements: dict[str, Any], config: Any) -> list[dict[str, A
     claims.append(toy_claim(measurements["toy"], "W Gaussian/√n (n=768 by default), v a random unit vector, k=10, "
                             "ε=0.5; 200 random vectors per n"))  # fmt: skip
     return claims
+
+
+VERDICTS = ("held", "fragile", "not held", "not measured")
+"""A claim's overall verdict over the seeds: held in every measured seed, in some but not all, in none; or in no
+seed measured."""
+
+
+def combine_seeds(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each claim over the seeds: ``verdict`` (:data:`VERDICTS`), ``held_in`` n of ``measured_in`` N seeds,
+    ``held`` True only when it held in a majority of the measured seeds (None when none measured it), every seed's
+    ``numbers`` (keyed "seed S"), ``per_seed`` (seed, held, reason) and ``result``, the verdict in words
+    (:func:`verdict_text`)."""
+    seeds = list(per_seed)
+    if not seeds:
+        return []
+    combined = []
+    for index, first in enumerate(per_seed[seeds[0]]):
+        rows = [per_seed[seed][index] for seed in seeds]
+        held_in = sum(1 for row in rows if row["held"] is True)
+        measured_in = sum(1 for row in rows if row["held"] is not None)
+        if measured_in == 0:
+            verdict, held = "not measured", None
+        else:
+            verdict = "held" if held_in == measured_in else "not held" if held_in == 0 else "fragile"
+            held = 2 * held_in > measured_in
+        reasons = list(dict.fromkeys(row["reason"] for row in rows if row["reason"]))
+        if len(seeds) > 1 and len(reasons) > 1:
+            reasons = [f"seed {seed}: {row['reason']}" for seed, row in zip(seeds, rows, strict=True) if row["reason"]]
+        seeds_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+        combined.append({
+            "id": first["id"], "statement": first["statement"], "figure": first["figure"], "verdict": verdict,
+            "held": held, "held_in": held_in, "measured_in": measured_in, "seeds": seeds,
+            "numbers": {f"seed {seed}": row["numbers"] for seed, row in zip(seeds, rows, strict=True)},
+            "per_seed": [{"seed": seed, "held": row["held"], "reason": row["reason"]}
+                         for seed, row in zip(seeds, rows, strict=True)],
+            "rule": first["rule"], "reason": "; ".join(reasons), "recipe": f"{first['recipe']}; {seeds_text}",
+        })  # fmt: skip
+        combined[-1]["result"] = verdict_text(combined[-1])
+    return combined
+
+
+def verdict_text(claim: dict[str, Any]) -> str:
+    """"held (3/3 seeds)", "fragile (2/3 seeds)", "not held (0/3 seeds)", "not measured"."""
+    if claim["verdict"] == "not measured":
+        return "not measured"
+    return f"{claim['verdict']} ({claim['held_in']}/{claim['measured_in']} seed{'s' if claim['measured_in'] > 1 else ''})"

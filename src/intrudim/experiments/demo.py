@@ -1,18 +1,20 @@
-"""`intrudim demo`: the paper's experiments on the embedded models, offline, in one report (issue 14).
+"""`intrudim demo`: the paper's experiments on the embedded models, offline, in one report (issues 14, 27).
 
-The demo trains, analyses and measures; then it decides each of the paper's claims from what it measured
-(:mod:`intrudim.experiments.claims`) and writes ``summary.json`` (the claims and every number behind them) and a
-self-contained ``report.html``. Nothing is hard-coded: a claim that was not measured is ``held: null`` with the
-reason.
+The demo trains, analyses and measures, once per seed (``--seeds``); then it decides each of the paper's claims
+per seed from what it measured and combines the seeds (:mod:`intrudim.experiments.claims`): a claim is *held*
+when it held in every seed, *fragile* when the seeds disagree (held in a majority or not: n / N is shown), *not
+held* when it held in none. It writes ``summary.json`` (the claims, every seed's numbers) and a self-contained
+``report.html``. Nothing is hard-coded: a claim that was not measured is ``held: null`` with the reason.
 
-Two recipes. ``--quick`` (what ``make demo`` runs) fits in about five minutes on 2 CPU cores: MiniLM only, short
-runs of 32 tokens. The full demo (about half an hour on 2 cores) trains longer, runs the continual experiment
-on four tasks and three methods, and measures forgetting and repair on the embedded causal LM SmolLM2-135M.
+Two recipes. ``--quick`` (what ``make demo`` runs, one seed by default) fits in about five minutes on 2 CPU cores:
+MiniLM only, short runs of 32 tokens. The full demo (three seeds by default, about half an hour per seed on 2
+cores) trains longer, runs the continual experiment on four tasks and three methods, and measures forgetting and
+repair on the embedded causal LM SmolLM2-135M.
 
-Every finished piece is reused: the runs are intrudim run directories (a finished one is kept, a half-finished one
-resumed, as ``train --resume`` does) and every measurement is a JSON file in ``--out``; a second ``demo`` with the
-same ``--out`` and settings only re-renders what is missing and the report. Other settings in the same ``--out``
-are refused, naming the difference.
+Every finished piece is reused: each seed's runs are intrudim run directories in OUT/seed-S/runs (a finished one
+is kept, a half-finished one resumed, as ``train --resume`` does) and every measurement is a JSON file in
+OUT/seed-S/measurements; a second ``demo`` with the same ``--out`` and mode only computes what is missing (a new
+seed, say) and the report. Another mode in the same ``--out`` is refused, naming the difference.
 
 This module checks ``--out``, plans the work and runs the steps (:func:`run_demo`); the steps live by concern:
 ``demo_config`` (recipes, settings), ``demo_state`` (what the steps share, reuse), ``demo_runs`` (training),
@@ -32,6 +34,7 @@ from intrudim.experiments.demo_config import (
     DemoConfig,
     DemoRecipe,
     DemoSettingsError,
+    seed_folder,
 )
 from intrudim.experiments.demo_measures import (
     analyse_run,
@@ -48,16 +51,22 @@ from intrudim.fileio import ensure_writable_directory, write_json_atomic
 
 
 def _check_settings(out: Path, config: DemoConfig) -> None:
-    """A demo in OUT is reused only with the same settings; otherwise the differences are named."""
+    """A demo in OUT is reused only with the same mode and recipe (each seed's folder is reused on its own, so
+    other seeds may be added); otherwise the differences are named."""
     path = out / DEMO_FILE
     if path.is_file():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             raise DemoSettingsError(f"'{path}' is not valid JSON; remove it or choose another --out.") from None
+        if "seeds" not in stored:
+            raise DemoSettingsError(
+                f"--out '{out}' holds a one-seed demo of an earlier intrudim version (its runs sit at the top of the "
+                f"folder, not in seed-S/); nothing was touched. Choose another --out, or remove that folder."
+            )
         wanted = json.loads(json.dumps(config.to_json()))  # tuples as the stored lists
-        differences = [f"{key}: stored {stored.get(key)!r}, now {wanted[key]!r}" for key in wanted
-                       if stored.get(key) != wanted[key] and key != "recipe"]  # fmt: skip
+        differences = [f"{key}: stored {stored.get(key)!r}, now {wanted[key]!r}" for key in ("quick",)
+                       if stored.get(key) != wanted[key]]  # fmt: skip
         if not differences and stored.get("recipe") != wanted["recipe"]:
             differences.append("the recipe of this intrudim version differs from the stored one")
         if differences:
@@ -82,76 +91,98 @@ def continual_units(recipe: DemoRecipe) -> int:
 
 
 def planned_units(config: DemoConfig) -> int:
-    """Progress units of a whole demo: training steps plus a rough step-equivalent for each measurement."""
+    """Progress units of a whole demo: training steps plus a rough step-equivalent for each measurement, per seed."""
     recipe = config.recipe
-    units = sum(c.max_steps for c in minilm_runs(recipe, config.seed).values())
+    units = sum(c.max_steps for c in minilm_runs(recipe, 0).values())
     units += continual_units(recipe)
     units += 4 * MEASUREMENT_UNITS + 2 * MEASUREMENT_UNITS  # analyses, toy, forgetting, repair, continual
     if recipe.forgetting_model == "smollm2":
         units += 2 * recipe.causal_steps
-    return units
+    return units * len(config.seeds or ())
+
+
+def _run_seed(demo: Demo) -> dict[str, Any]:
+    """Every experiment of one seed into OUT/seed-S; its measurements."""
+    recipe, seed, out, bar = demo.recipe, demo.seed, demo.out, demo.progress
+    bar.set_stage(f"seed {seed}: toy model (Sec. 5, App. C)")
+    demo.reuse_or_measure("toy", MEASUREMENT_UNITS, lambda: measure_toy(seed, out / "toy"))
+
+    bar.set_stage(f"seed {seed}: MiniLM runs on {recipe.task}")
+    runs = {name: _train(demo, name, cfg) for name, cfg in minilm_runs(recipe, seed).items()}
+    demo.measurements["runs"] = runs
+    bar.set_stage(f"seed {seed}: analyze the runs (Figs. 1, 4, 5, 6, 11)")
+    for name, run in runs.items():
+        run["analysis"] = demo.reuse_or_measure(f"analysis-{name}", MEASUREMENT_UNITS // 2,
+                                                lambda name=name, run=run: analyse_run(demo, name, run, "minilm"))  # fmt: skip
+    runs["lora-r1"]["tracked"] = tracked_intruders(Path(runs["lora-r1"]["run_dir"]))
+
+    if recipe.forgetting_model == "smollm2":
+        bar.set_stage(f"seed {seed}: SmolLM2 runs (forgetting and repair)")
+        forgetting_runs = {name: _train(demo, name, cfg) for name, cfg in causal_runs(recipe, seed).items()}
+        repair_run, base = forgetting_runs["smollm2-r1"], "smollm2"
+    else:
+        forgetting_runs = {name: runs[name] for name in ("lora-r1", f"lora-r{recipe.high_rank}", "full")}
+        repair_run, base = runs["lora-r1"], "minilm"
+    demo.measurements["forgetting_runs"] = forgetting_runs
+    bar.set_stage(f"seed {seed}: forgetting on {recipe.forgetting_text} (Fig. 9)")
+    demo.reuse_or_measure("forgetting", MEASUREMENT_UNITS,
+                          lambda: measure_forgetting_rows(demo, base, forgetting_runs))  # fmt: skip
+    bar.set_stage(f"seed {seed}: repair at λ={recipe.repair_lambda:g} with both controls (v2)")
+    demo.reuse_or_measure("repair", MEASUREMENT_UNITS, lambda: measure_repair(demo, base, repair_run))
+    bar.set_stage(f"seed {seed}: continual learning (Fig. 8)")
+    demo.reuse_or_measure("continual", MEASUREMENT_UNITS, lambda: measure_continual(demo),
+                          units_inside=continual_units(recipe))  # fmt: skip
+    return demo.measurements
 
 
 def run_demo(
     config: DemoConfig, out: str | Path, *, progress: bool = True, console: Any = None
 ) -> dict[str, Any]:
-    """Run every experiment of the demo into OUT (reusing what a previous demo there finished); return the summary.
+    """Run every experiment of the demo, once per seed, into OUT (reusing what a previous demo there finished);
+    return the summary.
 
-    Writes OUT/summary.json (``claims``: id, statement, figure, held, numbers, recipe) and OUT/report.html.
+    Each seed's runs and measurements go to OUT/seed-S/ (one base-SVD cache, OUT/svd_cache, for all). Writes
+    OUT/summary.json (``claims``: id, statement, figure, verdict, held in n of N seeds, every seed's numbers,
+    rule, recipe) and OUT/report.html.
     """
-    from intrudim.experiments.claims import decide_claims
+    from intrudim.experiments.claims import combine_seeds, decide_claims
     from intrudim.report.demo_report import write_demo_report
 
     out = Path(out)
     _check_settings(out, config)
     out = ensure_writable_directory(out)
     write_json_atomic(out / DEMO_FILE, config.to_json())
-    recipe = config.recipe
+    seeds = tuple(config.seeds or ())
     started = time.perf_counter()
+    measurements: dict[str, Any] = {}
+    seconds: dict[str, Any] = {}
+    reused: list[str] = []
+    per_seed: dict[int, list[dict[str, Any]]] = {}
     with DemoProgress(planned_units(config), enabled=progress, console=console) as bar:
-        demo = Demo(config, out, bar)
-        bar.set_stage("toy model (Sec. 5, App. C)")
-        demo.reuse_or_measure("toy", MEASUREMENT_UNITS, lambda: measure_toy(config.seed, out / "toy"))
-
-        bar.set_stage(f"MiniLM runs on {recipe.task}")
-        runs = {name: _train(demo, name, cfg) for name, cfg in minilm_runs(recipe, config.seed).items()}
-        demo.measurements["runs"] = runs
-        bar.set_stage("analyze the runs (Figs. 1, 4, 5, 6, 11)")
-        for name, run in runs.items():
-            run["analysis"] = demo.reuse_or_measure(f"analysis-{name}", MEASUREMENT_UNITS // 2,
-                                                    lambda name=name, run=run: analyse_run(demo, name, run, "minilm"))  # fmt: skip
-        runs["lora-r1"]["tracked"] = tracked_intruders(Path(runs["lora-r1"]["run_dir"]))
-
-        if recipe.forgetting_model == "smollm2":
-            bar.set_stage("SmolLM2 runs (forgetting and repair)")
-            forgetting_runs = {name: _train(demo, name, cfg) for name, cfg in causal_runs(recipe, config.seed).items()}
-            repair_run, base = forgetting_runs["smollm2-r1"], "smollm2"
-        else:
-            forgetting_runs = {name: runs[name] for name in ("lora-r1", f"lora-r{recipe.high_rank}", "full")}
-            repair_run, base = runs["lora-r1"], "minilm"
-        demo.measurements["forgetting_runs"] = forgetting_runs
-        bar.set_stage(f"forgetting on {recipe.forgetting_text} (Fig. 9)")
-        demo.reuse_or_measure("forgetting", MEASUREMENT_UNITS,
-                              lambda: measure_forgetting_rows(demo, base, forgetting_runs))  # fmt: skip
-        bar.set_stage(f"repair at λ={recipe.repair_lambda:g} with both controls (v2)")
-        demo.reuse_or_measure("repair", MEASUREMENT_UNITS, lambda: measure_repair(demo, base, repair_run))
-        bar.set_stage("continual learning (Fig. 8)")
-        demo.reuse_or_measure("continual", MEASUREMENT_UNITS, lambda: measure_continual(demo),
-                              units_inside=continual_units(recipe))  # fmt: skip
+        for seed in seeds:
+            demo = Demo(config, seed, out, out / seed_folder(seed), bar)
+            measurements[str(seed)] = _run_seed(demo)
+            seconds[str(seed)] = demo.seconds
+            reused.extend(f"{item} (seed {seed})" for item in demo.reused)
+            per_seed[seed] = decide_claims(demo.measurements, config)
         bar.set_stage("claims and report")
-        claims = decide_claims(demo.measurements, config)
+        claims = combine_seeds(per_seed)
         summary = {
             "demo": config.to_json(),
+            "seeds": list(seeds),
+            "seed_folders": {str(seed): seed_folder(seed) for seed in seeds},
             "claims": claims,
-            "held": sum(1 for c in claims if c["held"] is True),
-            "not_held": sum(1 for c in claims if c["held"] is False),
-            "not_measured": sum(1 for c in claims if c["held"] is None),
-            "measurements": demo.measurements,
-            "seconds": {**demo.seconds, "total": round(time.perf_counter() - started, 1)},
-            "reused": demo.reused,
+            **{key: sum(1 for c in claims if c["verdict"] == verdict) for key, verdict in SUMMARY_COUNTS.items()},
+            "measurements": measurements,
+            "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
+            "reused": reused,
         }
         write_json_atomic(out / SUMMARY_FILE, summary)
         paths = write_demo_report(summary, out)
         summary["report"] = str(paths["html"])
         bar.advance(bar.total)
     return summary
+
+
+SUMMARY_COUNTS = {"held": "held", "fragile": "fragile", "not_held": "not held", "not_measured": "not measured"}
+"""summary.json's counts of claims by overall verdict."""

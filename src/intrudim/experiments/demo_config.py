@@ -1,4 +1,4 @@
-"""What a demo trains and measures: the two recipes (quick, full) and the user's choice of mode and seed."""
+"""What a demo trains and measures: the two recipes (quick, full) and the user's choice of mode and seeds."""
 
 from __future__ import annotations
 
@@ -66,20 +66,57 @@ SMOLLM2_RECIPE = dict(
 """The causal-LM recipe of docs/repair.md's science check (steps from the demo recipe)."""
 
 
+QUICK_SEEDS: tuple[int, ...] = (0,)
+"""The quick demo's default: one seed is what fits `make demo`'s budget (≤ 5 minutes on 2 cores)."""
+FULL_SEEDS: tuple[int, ...] = (0, 1, 2)
+"""The full demo's default: every claim is decided per seed and reported as held in n / N seeds."""
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` → (0, 1, 2), with a clear message for anything else."""
+    seeds: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item.isdigit():
+            raise IntrudimError(f"--seeds: '{item}' is not a non-negative integer (e.g. --seeds 0,1,2).")
+        seeds.append(int(item))
+    return tuple(seeds)
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the user chose: the mode and the seed. Everything else follows from the recipe."""
+    """What the user chose: the mode and the seeds. Everything else follows from the recipe.
+
+    ``seeds`` defaults to :data:`QUICK_SEEDS` or :data:`FULL_SEEDS`; every experiment runs once per seed, into
+    OUT/seed-S/, and each claim is decided per seed (:func:`intrudim.experiments.claims.combine_seeds`).
+    """
 
     quick: bool = False
-    seed: int = 0
+    seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise IntrudimError(f"--seed {self.seed!r} must be a non-negative integer.")
+        seeds = self.seeds
+        if seeds is None:
+            seeds = QUICK_SEEDS if self.quick else FULL_SEEDS
+        if isinstance(seeds, int):
+            seeds = (seeds,)
+        seeds = tuple(seeds)
+        for seed in seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise IntrudimError(f"--seeds: {seed!r} must be a non-negative integer (e.g. --seeds 0,1,2).")
+        if not seeds:
+            raise IntrudimError("--seeds is empty; give at least one seed, e.g. --seeds 0 or --seeds 0,1,2.")
+        if len(set(seeds)) != len(seeds):
+            raise IntrudimError(f"--seeds {','.join(map(str, seeds))} repeats a seed; give each seed once.")
+        object.__setattr__(self, "seeds", seeds)
 
     @property
     def recipe(self) -> DemoRecipe:
         return QUICK if self.quick else FULL
 
     def to_json(self) -> dict[str, Any]:
-        return {"quick": self.quick, "seed": self.seed, "recipe": self.recipe.to_json()}
+        return {"quick": self.quick, "seeds": list(self.seeds or ()), "recipe": self.recipe.to_json()}
+
+
+def seed_folder(seed: int) -> str:
+    """The folder of one seed's runs and measurements inside --out."""
+    return f"seed-{seed}"

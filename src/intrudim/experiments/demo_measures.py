@@ -109,7 +109,7 @@ def measure_continual(demo: Demo) -> dict[str, Any]:
     from intrudim.experiments.continual import ContinualConfig, run_continual
 
     recipe = demo.recipe
-    template = replace(_train_config(recipe, demo.config.seed, method="lora"), max_steps=recipe.continual_steps,
+    template = replace(_train_config(recipe, demo.seed, method="lora"), max_steps=recipe.continual_steps,
                        eval_every=recipe.continual_steps, checkpoint_every=None, track_intruders=False)  # fmt: skip
     config = ContinualConfig(tasks=recipe.continual_tasks, ranks=recipe.continual_ranks, train=template)
     labels: dict[str, int] = {}

@@ -1,4 +1,5 @@
-"""What the steps of one demo share: its settings, OUT, the progress, and each measurement made or reused."""
+"""What the steps of one seed of a demo share: its settings, its folder, the progress, and each measurement made or
+reused."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from intrudim.fileio import write_json_atomic
 
 @dataclass
 class Demo:
-    """State shared by the steps of one demo."""
+    """State shared by the steps of one seed of a demo: ``out`` is OUT/seed-S, ``root`` is OUT."""
 
     config: DemoConfig
+    seed: int
+    root: Path
     out: Path
     progress: DemoProgress
     measurements: dict[str, Any] = field(default_factory=dict)
@@ -31,7 +34,8 @@ class Demo:
 
     @property
     def cache_dir(self) -> Path:
-        return self.out / "svd_cache"
+        """One base-SVD cache for every seed (the base does not change with the seed)."""
+        return self.root / "svd_cache"
 
     def reuse_or_measure(
         self, key: str, units: int, measure: Callable[[], dict[str, Any]], *, units_inside: int = 0

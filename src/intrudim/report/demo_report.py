@@ -17,7 +17,7 @@ from intrudim.fileio import write_text_atomic
 from intrudim.report import figures
 from intrudim.report.analysis_report import _environment, _version
 
-HELD_LABELS = {True: "held", False: "not held", None: "not measured"}
+VERDICT_CSS = {"held": "held", "fragile": "fragile", "not held": "not-held", "not measured": "unknown"}
 
 
 def _b64(png: bytes) -> str:
@@ -30,86 +30,171 @@ def _file_figure(path: Path, title: str, caption: str) -> dict[str, str] | None:
     return {"title": title, "caption": caption, "png": _b64(path.read_bytes()), "name": path.stem}
 
 
-def _bar_with_errors(values: dict[str, float], errors: dict[str, tuple[float, float]] | None, title: str,
-                     ylabel: str) -> bytes:  # fmt: skip
+def seed_points_figure(values: dict[str, dict[int, float]], title: str, ylabel: str, *,
+                       errors: dict[str, dict[int, tuple[float, float]]] | None = None, counts: bool = False,
+                       zero_line: bool = False):  # fmt: skip
+    """One group per name: a pale bar at the mean over seeds and one marker per seed (with its interval when
+    ``errors`` has one), each seed its own marker, so that n seeds show as n points, never as one bar."""
     plt = figures.plt
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.8 * len(values) + 2), 3.4))
     names = list(values)
-    heights = [values[n] for n in names]
-    yerr = None
-    if errors:
-        yerr = [[values[n] - errors[n][0] for n in names], [errors[n][1] - values[n] for n in names]]
-    ax.bar(range(len(names)), heights, color=figures.LORA_COLOR, yerr=yerr, capsize=4)
+    seeds = sorted({seed for per_seed in values.values() for seed in per_seed})
+    fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * len(names) + 2.4), 3.5))
+    width = 0.6
+    for i, name in enumerate(names):
+        points = values[name]
+        if points:
+            ax.bar(i, sum(points.values()) / len(points), width=width, color=figures.LORA_COLOR, alpha=0.18,
+                   edgecolor=figures.LORA_COLOR)  # fmt: skip
+        for j, seed in enumerate(seeds):
+            if seed not in points:
+                continue
+            x = i + (j - (len(seeds) - 1) / 2) * min(0.16, width / max(1, len(seeds)))
+            style = figures.series_style(j)
+            yerr = None
+            if errors and seed in errors.get(name, {}):
+                low, high = errors[name][seed]
+                yerr = [[max(0.0, points[seed] - low)], [max(0.0, high - points[seed])]]  # a percentile interval may miss its point
+            ax.errorbar([x], [points[seed]], yerr=yerr, color="#222222", marker=style["marker"], markersize=6,
+                        markerfacecolor="white", capsize=3, linestyle="none", clip_on=False,
+                        label=f"seed {seed}" if i == 0 or not any(seed in values[n] for n in names[:i]) else None)  # fmt: skip
     ax.set_xticks(range(len(names)), names, fontsize=8)
-    ax.axhline(0.0, color="#444", linewidth=0.8)
+    if zero_line:
+        ax.axhline(0.0, color="#444", linewidth=0.8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    return figures._png(fig)
+    if seeds:
+        ax.legend(fontsize=7, loc="best")
+    if counts:
+        empty = not any(v for per_seed in values.values() for v in per_seed.values())
+        figures.count_axis(ax, empty_message="no intruder dimensions in any run or seed" if empty else None)
+    return fig
 
 
-def _line(points: list[dict[str, int]], title: str) -> bytes:
+def _points(values: dict[str, dict[int, float]], title: str, ylabel: str, **options: Any) -> str:
+    return _b64(figures._png(seed_points_figure(values, title, ylabel, **options)))
+
+
+def _steps_figure(series: dict[int, list[dict[str, int]]], title: str) -> bytes:
     plt = figures.plt
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot([p["step"] for p in points], [p["intruders"] for p in points], marker="o", color=figures.LORA_COLOR)
+    for j, (seed, points) in enumerate(series.items()):
+        ax.plot([p["step"] for p in points], [p["intruders"] for p in points], color=figures.LORA_COLOR,
+                label=f"seed {seed}", **figures.series_style(j))  # fmt: skip
     ax.set_xlabel("training step")
     ax.set_ylabel("intruder dimensions (k=10, ε=0.5)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    figures.count_axis(ax)
     return figures._png(fig)
 
 
+def _mean_sweeps(per_seed: list[dict[str, dict[Any, int]]]) -> dict[str, dict[Any, float]]:
+    """run → point → the mean count over the seeds that have it."""
+    merged: dict[str, dict[Any, list[int]]] = {}
+    for sweeps in per_seed:
+        for name, sweep in sweeps.items():
+            for key, count in sweep.items():
+                merged.setdefault(name, {}).setdefault(key, []).append(count)
+    return {name: {key: sum(v) / len(v) for key, v in sweep.items()} for name, sweep in merged.items()}
+
+
 def claim_figures(summary: dict[str, Any], out: Path) -> dict[str, list[dict[str, str]]]:
-    """Figures per claim id, built from the summary's measurements (and the PNGs the demo's steps wrote)."""
-    m = summary["measurements"]
-    runs = m["runs"]
+    """Figures per claim id, built from every seed's measurements (and the PNGs the first seed's steps wrote)."""
+    seeds = [int(seed) for seed in summary["measurements"]]
+    by_seed = {int(seed): m for seed, m in summary["measurements"].items()}
+    first = seeds[0]
+    seeds_text = f"seed {first}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     fig: dict[str, list[dict[str, Any]]] = {c["id"]: [] for c in summary["claims"]}
-    counts = {name: run["analysis"]["total_intruders"] for name, run in runs.items()}
+
+    def per_run(value) -> dict[str, dict[int, float]]:
+        table: dict[str, dict[int, float]] = {}
+        for seed, m in by_seed.items():
+            for name, run in m["runs"].items():
+                found = value(run)
+                if found is not None:
+                    table.setdefault(name, {})[seed] = found
+        return table
+
+    counts = per_run(lambda run: run["analysis"]["total_intruders"])
     fig["intruders-lora-vs-full"].append({
         "title": "Intruder dimensions per run (k=10, ε=0.5, summed over matrices)",
-        "caption": "Each run fine-tunes MiniLM on the same task; see the accuracies in the claims table.",
-        "png": _b64(figures.counts_bar(counts, "Intruders per run", "run")), "name": "intruders_per_run"})  # fmt: skip
-    fig["rank"].append(fig["intruders-lora-vs-full"][-1])  # the same bar answers both claims
-    eps = {name: {float(e): n for e, n in run["analysis"]["epsilon_sweep"].items()} for name, run in runs.items()}
-    fig["epsilon-and-k"].append({"title": "Intruders vs ε (Fig. 5)", "caption": "Fewer vectors count as new as the "
-                                 "threshold on |cos| falls.", "png": _b64(figures.epsilon_sweep_plot(eps, 10)),
+        "caption": f"One marker per seed ({seeds_text}), the pale bar at their mean; every run fine-tunes MiniLM on "
+                   f"the same task (accuracies in the claims table).",
+        "png": _points(counts, "Intruders per run", "intruder dimensions", counts=True),
+        "name": "intruders_per_run"})  # fmt: skip
+    fig["rank"].append(fig["intruders-lora-vs-full"][-1])  # the same figure answers both claims
+    eps = _mean_sweeps([{name: {float(e): n for e, n in run["analysis"]["epsilon_sweep"].items()}
+                         for name, run in m["runs"].items()} for m in by_seed.values()])  # fmt: skip
+    mean_text = "" if len(seeds) == 1 else f" Mean over {seeds_text}; each seed's counts are in summary.json."
+    fig["epsilon-and-k"].append({"title": "Intruders vs ε (Fig. 5)", "caption": "Intruder counts at each threshold ε "
+                                 f"on max |cos| (k=10).{mean_text}", "png": _b64(figures.epsilon_sweep_plot(eps, 10)),
                                  "name": "epsilon_sweep"})  # fmt: skip
-    ks = {name: run["analysis"]["k_sweep"] for name, run in runs.items() if run["analysis"].get("k_sweep")}
+    ks = _mean_sweeps([{name: run["analysis"]["k_sweep"] for name, run in m["runs"].items()
+                        if run["analysis"].get("k_sweep")} for m in by_seed.values()])  # fmt: skip
     if ks:
         fig["epsilon-and-k"].append({"title": "Intruders vs k (Fig. 11)", "caption": "k as a share of each matrix's "
-                                     "singular vectors.", "png": _b64(figures.k_sweep_plot(ks, 0.5)), "name": "k_sweep"})  # fmt: skip
-    ranks = {name: run["analysis"]["effective_rank_mean"] for name, run in runs.items()
-             if run["analysis"].get("effective_rank_mean") is not None}  # fmt: skip
+                                     f"singular vectors (ε=0.5).{mean_text}", "png": _b64(figures.k_sweep_plot(ks, 0.5)),
+                                     "name": "k_sweep"})  # fmt: skip
+    ranks = per_run(lambda run: run["analysis"].get("effective_rank_mean"))
     if ranks:
         fig["effective-rank"].append({"title": "Mean effective rank of ΔW (Fig. 6)", "caption": "Roy & Vetterli's "
-                                      "effective rank, averaged over the matrices of each run.",
-                                      "png": _b64(_bar_with_errors(ranks, None, "Effective rank of ΔW", "effective rank")),
+                                      "effective rank, averaged over the matrices of each run; one marker per seed.",
+                                      "png": _points(ranks, "Effective rank of ΔW", "effective rank"),
                                       "name": "effective_rank"})  # fmt: skip
-    tracked = runs.get("lora-r1", {}).get("tracked")
+    tracked = {seed: m["runs"]["lora-r1"]["tracked"] for seed, m in by_seed.items()
+               if m["runs"].get("lora-r1", {}).get("tracked")}  # fmt: skip
     if tracked:
         fig["training-dynamics"].append({"title": "Intruders of LoRA r=1 over training (Fig. 7)", "caption": "Step 0 "
-                                         "is the base model; then every tracked checkpoint and the final weights.",
-                                         "png": _b64(_line(tracked, "LoRA r=1: intruders over steps")),
-                                         "name": "intruders_over_steps"})  # fmt: skip
+                                         "is the base model; then every tracked checkpoint and the final weights; "
+                                         "one line per seed.", "name": "intruders_over_steps",
+                                         "png": _b64(_steps_figure(tracked, "LoRA r=1: intruders over steps"))})  # fmt: skip
     b_only = {name: counts[name] for name in ("lora-r1", "b-only-r1") if name in counts}
     fig["b-only"].append({"title": "LoRA vs B-only LoRA, r=1 (Fig. 10)", "caption": "B-only: A frozen with all "
-                          "singular values 1, only B trained.", "name": "b_only",
-                          "png": _b64(figures.counts_bar(b_only, "LoRA vs B-only", "run"))})  # fmt: skip
-    rows = m["forgetting"]["rows"]
+                          "singular values 1, only B trained; one marker per seed.", "name": "b_only",
+                          "png": _points(b_only, "LoRA vs B-only", "intruder dimensions", counts=True)})  # fmt: skip
+    forgetting = {seed: m["forgetting"] for seed, m in by_seed.items()}
+    deltas: dict[str, dict[int, float]] = {}
+    intervals: dict[str, dict[int, tuple[float, float]]] = {}
+    for seed, f in forgetting.items():
+        for name, row in f["rows"].items():
+            deltas.setdefault(name, {})[seed] = row["delta"]
+            intervals.setdefault(name, {})[seed] = tuple(row["ci95"])
+    measured = forgetting[first]
     fig["forgetting"].append({
-        "title": f"Forgetting: loss increase on {m['forgetting']['text'].get('source', 'text')} (Fig. 9)",
-        "caption": f"Tuned − base of the {m['forgetting']['measure']} loss, with the paired bootstrap 95% interval.",
-        "png": _b64(_bar_with_errors({n: r["delta"] for n, r in rows.items()},
-                                     {n: tuple(r["ci95"]) for n, r in rows.items()}, "Forgetting", "Δ loss (nats)")),
+        "title": f"Forgetting: loss increase on {measured['text'].get('source', 'text')} (Fig. 9)",
+        "caption": f"Tuned − base of the {measured['measure']} loss per seed, with its paired bootstrap 95% interval.",
+        "png": _points(deltas, "Forgetting", "Δ loss (nats)", errors=intervals, zero_line=True),
         "name": "forgetting"})  # fmt: skip
-    for path, title in ((out / "repair" / "repair_sweep.png", "Repair: loss and accuracy against λ (v2)"),):
-        found = _file_figure(path, title, "Intruders scaled by λ, against the non-intruder and shrink controls.")
-        if found:
-            fig["repair"].append(found)
-    for name, path in m.get("continual", {}).get("paths", {}).items():
+    repair_points: dict[str, dict[int, float]] = {}
+    for c in summary["claims"]:
+        if c["id"] != "repair":
+            continue
+        for key, numbers in c["numbers"].items():
+            seed = int(key.split()[-1])
+            for label, field in (("tuned (λ=1)", "tuned"), ("intruders × λ", "intruders_scaled"),
+                                 ("non-intruders × λ", "non_intruder_control"), ("norm-matched shrink", "shrink_control")):  # fmt: skip
+                point = numbers.get(field)
+                if isinstance(point, dict) and point.get("forgetting_loss") is not None:
+                    repair_points.setdefault(label, {})[seed] = point["forgetting_loss"]
+    if repair_points:
+        lam = summary["demo"]["recipe"]["repair_lambda"]
+        fig["repair"].append({"title": f"Repair at λ={lam:g}: loss on the text, per seed (v2)", "caption": "The loss "
+                              "of the tuned run, of its intruders scaled by λ, and of the two controls (non-intruder "
+                              "directions scaled by λ; the whole update shrunk to the same norm); lower is less "
+                              "forgetting.", "name": "repair_points",
+                              "png": _points(repair_points, "Repair against both controls", "loss (nats/token)")})  # fmt: skip
+    seed_dir = out / summary["seed_folders"][str(first)]
+    first_text = "" if len(seeds) == 1 else f" Seed {first}; every seed's own figure is in seed-S/."
+    found = _file_figure(seed_dir / "repair" / "repair_sweep.png", "Repair: loss and accuracy against λ (v2)",
+                         "Intruders scaled by λ, against the non-intruder and shrink controls." + first_text)  # fmt: skip
+    if found:
+        fig["repair"].append(found)
+    for name, path in by_seed[first].get("continual", {}).get("paths", {}).items():
         if not str(path).endswith(".png"):
             continue
-        path = Path(path) if Path(path).is_file() else out / "continual" / Path(path).name  # --out was moved
+        path = Path(path) if Path(path).is_file() else seed_dir / "continual" / Path(path).name  # --out was moved
         if "accuracy" in name:
             title = "Accuracy of every task after each stage (Fig. 8)"
             caption = ("Grey: before the task is trained; dotted: the task's accuracy right after its own stage; "
@@ -117,11 +202,11 @@ def claim_figures(summary: dict[str, Any], out: Path) -> dict[str, list[dict[str
         else:
             title = "Intruders against the ORIGINAL base after each stage (v2)"
             caption = "LoRA adapters are merged between stages; counts at k=10, ε=0.5 summed over matrices."
-        found = _file_figure(path, title, caption)
+        found = _file_figure(path, title, caption + first_text)
         if found:
             fig["continual"].append(found)
     for name, title in (("toy_sweep", "Toy model W + λvvᵀ (Sec. 5)"), ("random_baseline", "Random baseline (App. C)")):
-        found = _file_figure(out / "toy" / "figures" / f"{name}.png", title, "")
+        found = _file_figure(seed_dir / "toy" / "figures" / f"{name}.png", title, first_text.strip())
         if found:
             fig["toy"].append(found)
     return fig
@@ -148,19 +233,28 @@ def write_demo_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     per_claim = claim_figures(summary, out)
     rows = []
     for number, c in enumerate(claims, start=1):
-        rows.append({**c, "number": number, "label": HELD_LABELS[c["held"]],
-                     "css": {True: "held", False: "not-held", None: "unknown"}[c["held"]],
-                     "numbers_text": _numbers(c["numbers"]), "figures": per_claim.get(c["id"], [])})  # fmt: skip
-    analyses = [{"name": name, "href": f"analysis/{name}/report.html"} for name in summary["measurements"]["runs"]
-                if (out / "analysis" / name / "report.html").is_file()]  # fmt: skip
+        per_seed = [{"seed": p["seed"], "label": "held" if p["held"] else "not measured" if p["held"] is None
+                     else "not held", "numbers": _numbers(c["numbers"][f"seed {p['seed']}"]), "reason": p["reason"]}
+                    for p in c["per_seed"]]  # fmt: skip
+        rows.append({**c, "number": number, "label": c["result"], "css": VERDICT_CSS[c["verdict"]],
+                     "seed_rows": per_seed, "figures": per_claim.get(c["id"], [])})  # fmt: skip
+    seeds = summary["seeds"]
+    folders = {seed: summary["seed_folders"][str(seed)] for seed in seeds}
+    analyses = [{"name": name if len(seeds) == 1 else f"{name} (seed {seed})",
+                 "href": f"{folders[seed]}/analysis/{name}/report.html"}
+                for seed in seeds for name in summary["measurements"][str(seed)]["runs"]
+                if (out / folders[seed] / "analysis" / name / "report.html").is_file()]  # fmt: skip
+    links = {kind: [{"seed": seed, "href": f"{folders[seed]}/{path}"} for seed in seeds
+                    if (out / folders[seed] / path).is_file()]
+             for kind, path in (("toy", "toy/toy.html"), ("repair", "repair/report.html"))}  # fmt: skip
     mode = "quick" if summary["demo"]["quick"] else "full"
-    verdict = (f"{summary['held']} of {len(claims)} claims held, {summary['not_held']} not held, "
-               f"{summary['not_measured']} not measured ({mode} demo, seed {summary['demo']['seed']}, "
-               f"{summary['seconds']['total']:.0f} s).")  # fmt: skip
+    seeds_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    verdict = (f"{summary['held']} of {len(claims)} claims held in every seed, {summary['fragile']} fragile (the "
+               f"seeds disagree), {summary['not_held']} not held, {summary['not_measured']} not measured ({mode} "
+               f"demo, {seeds_text}, {summary['seconds']['total']:.0f} s).")  # fmt: skip
     html = _environment().get_template("demo.html").render(
         version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), verdict=verdict,
         claims=rows, analyses=analyses, mode=mode, recipe=json.dumps(summary["demo"]["recipe"], indent=1),
-        toy_report="toy/toy.html" if (out / "toy" / "toy.html").is_file() else None,
-        repair_report="repair/report.html" if (out / "repair" / "report.html").is_file() else None,
+        toy_reports=links["toy"], repair_reports=links["repair"], several_seeds=len(seeds) > 1, seeds_text=seeds_text,
     )  # fmt: skip
     return {"html": write_text_atomic(out / "report.html", html)}
