@@ -94,8 +94,12 @@ def _ray_options(ray: bool, ray_address: str | None, cpus_per_run: int, gpus_per
     return RaySweepOptions(address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
 
 
-def _sweep(*, out: Path, ranks: str, method: str, ray: bool, ray_address: str | None, ray_cpus_per_run: int,
-           ray_gpus_per_run: float, **options: object) -> None:  # fmt: skip
+def _sweep(*, out: Path, ranks: str, method: str, lrs: str | None, full_lrs: str, forgetting_text: str,
+           forgetting_tokens: int, ray: bool, ray_address: str | None, ray_cpus_per_run: int, ray_gpus_per_run: float,
+           **options: object) -> None:  # fmt: skip
+    from dataclasses import replace
+
+    from intrudim.train.lr_map import MAP_FORGETTING, lr_rank_map, parse_lrs
     from intrudim.train.sweep import parse_ranks, rank_sweep
 
     try:
@@ -103,12 +107,22 @@ def _sweep(*, out: Path, ranks: str, method: str, ray: bool, ray_address: str | 
             raise IntrudimError(f"--method {method!r}: a sweep's rank runs use lora or lora-b-only; add 'full' to --ranks.")
         config = recipe_config(method=method, **options)
         engine = _ray_options(ray, ray_address, ray_cpus_per_run, ray_gpus_per_run)
-        result = rank_sweep(config, out, parse_ranks(ranks), resume=bool(options["resume"]),
-                            overwrite=bool(options["overwrite"]), progress=not options["quiet"],
-                            figures=bool(options["figures"]), cache_dir=options["cache_dir"],  # type: ignore[arg-type]
-                            ray=engine, device=str(options["device"]))  # fmt: skip
+        common = dict(resume=bool(options["resume"]), overwrite=bool(options["overwrite"]),
+                      progress=not options["quiet"], figures=bool(options["figures"]),
+                      cache_dir=options["cache_dir"], ray=engine, device=str(options["device"]))  # fmt: skip
+        if lrs is not None:
+            measured = None
+            if forgetting_text.strip().lower() != "none":
+                measured = replace(MAP_FORGETTING, text=forgetting_text, max_tokens=forgetting_tokens)
+            grid = lr_rank_map(config, out, parse_lrs(lrs), parse_ranks(ranks),
+                               full_lrs=parse_lrs(full_lrs, "--full-lrs"), forgetting=measured, **common)  # type: ignore[arg-type]  # fmt: skip
+        else:
+            result = rank_sweep(config, out, parse_ranks(ranks), **common)  # type: ignore[arg-type]
     except IntrudimError as error:
         raise _fail(error) from None
+    if lrs is not None:
+        _print_map(grid, Console(stderr=True))
+        return
     table = terminal_table(f"rank sweep: {options['task']}")
     for column in ("run", "steps", "accuracy", "reached target", "intruders"):
         table.add_column(column)
@@ -119,6 +133,30 @@ def _sweep(*, out: Path, ranks: str, method: str, ray: bool, ray_address: str | 
     if result.prediction is not None:
         _print_prediction(result.prediction, Console(stderr=True))
     Console(stderr=True).print(f"Sweep directory: {result.out_dir}", highlight=False)
+
+
+def _print_map(grid, console: Console) -> None:  # noqa: ANN001 - an LrMapResult
+    """One row per run of the map, then where intruders begin and the recipe the rule picks."""
+    from intrudim.train.lr_map import choose_lr
+
+    about = grid.forgetting
+    unit = "" if about is None else f" ({about['measure']} loss on {about['text'].get('source', 'text')})"
+    table = terminal_table("learning rate × rank map")
+    for column in ("run", "α·η / η", "steps", "accuracy", "intruders", f"forgetting{unit}"):
+        table.add_column(column)
+    for cell in grid.cells:
+        forgetting = "-" if cell.forgetting is None else f"{cell.forgetting:+.3f}"
+        if cell.forgetting_ci95 is not None:
+            forgetting += f" [{cell.forgetting_ci95[0]:+.3f}, {cell.forgetting_ci95[1]:+.3f}]"
+        table.add_row("full" if cell.is_full else f"r={cell.rank}", f"{cell.lr:g}", str(cell.steps),
+                      "-" if cell.accuracy is None else f"{cell.accuracy:.3f}", str(cell.intruders), forgetting)  # fmt: skip
+    console.print(table)
+    first = grid.first_intruder_lr()
+    console.print("First α·η with an intruder: " + ", ".join(
+        f"r={rank} {'none in the map' if lr is None else f'{lr:g}'}" for rank, lr in first.items()), highlight=False)  # fmt: skip
+    chosen, rule = choose_lr(grid)
+    console.print(f"Recipe rule ({rule}): {'none reaches it' if chosen is None else f'α·η = {chosen:g}'}", highlight=False)
+    console.print(f"Map directory: {grid.out_dir} (map.json, figures/lr_rank_map.png)", highlight=False)
 
 
 def _fmt(value: object) -> str:
@@ -181,6 +219,17 @@ sweep_command = recipe_command("sweep_command", [
             "1,2,4,8,16,64,full"),
     option("method", Annotated[str, typer.Option("--method", help="LoRA variant of the rank runs: lora or lora-b-only.")],
             "lora"),
+    option("lrs", Annotated[str | None, typer.Option("--lrs", metavar="A,B,...", help="A learning-rate × rank map: "
+                                                      "the rank sweep once per LoRA α·η in this list (e.g. --lrs "
+                                                      "1e-3,3e-3,1e-2), each run's forgetting measured, map.json "
+                                                      "and figures/lr_rank_map.png.")], None),
+    option("full_lrs", Annotated[str, typer.Option("--full-lrs", metavar="A,B,...", help="With --lrs: full "
+                                                    "fine-tuning's own η values (it has no α).")], "1e-4"),
+    option("forgetting_text", Annotated[str, typer.Option("--forgetting-text", help="With --lrs: the text of each "
+                                                           "run's forgetting (wiki, news, a file or folder; 'none' to "
+                                                           "skip).")], "news"),
+    option("forgetting_tokens", Annotated[int, typer.Option("--forgetting-tokens", help="With --lrs: tokens of that "
+                                                             "text.")], 4096),
     option("ray", Annotated[bool, typer.Option("--ray", help="Run the runs as tasks on a local Ray runtime (pip install "
                                                                "'intrudim[ray]').")], False),
     option("ray_address", Annotated[str | None, typer.Option("--ray-address", metavar="HOST:PORT",

@@ -164,3 +164,56 @@ def write_run_figures(records: list[dict[str, Any]], figures_dir: Path) -> list[
         pressure_over_steps(records, figures_dir / "pressure_over_steps.png"),
     ]
     return [path for path in written if path is not None]
+
+
+def lr_map_figure(result: Any) -> Any:
+    """The learning-rate × rank map (:class:`intrudim.train.lr_map.LrMapResult`): three panels (intruders, held-out
+    accuracy, forgetting), rows the LoRA α·η, columns the ranks; full fine-tuning's runs are extra columns, one per
+    η, each drawn as one tall cell (its η is not on the α·η axis). Every cell states its value."""
+    import numpy as np
+
+    plt = _pyplot()
+    lrs, ranks = list(result.lrs), result.lora_ranks()
+    fulls = [c for c in result.cells if c.is_full]
+    columns = [f"r={r}" for r in ranks] + [f"full\nη={c.lr:g}" for c in fulls]
+    panels = [("intruders", "intruder dimensions", "Reds", "{:.0f}"),
+              ("accuracy", "held-out accuracy", "Greens", "{:.2f}"),
+              ("forgetting", "forgetting (Δ loss)", "Purples", "{:+.2f}")]  # fmt: skip
+    if result.forgetting is None:
+        panels = panels[:2]
+    figure, axes = plt.subplots(1, len(panels), figsize=(1.0 + 0.95 * len(columns) * len(panels) + 1.2 * len(panels),
+                                                          1.4 + 0.55 * len(lrs)), squeeze=False)  # fmt: skip
+    for axis, (field, title, cmap, fmt) in zip(axes[0], panels, strict=True):
+        grid = np.full((len(lrs), len(columns)), np.nan)
+        for i, lr in enumerate(lrs):
+            for j, rank in enumerate(ranks):
+                cell = result.cell(rank, lr)
+                value = None if cell is None else getattr(cell, field)
+                grid[i, j] = np.nan if value is None else value
+        full_values = [getattr(c, field) for c in fulls]
+        for j, value in enumerate(full_values, start=len(ranks)):
+            grid[:, j] = np.nan if value is None else value
+        finite = grid[np.isfinite(grid)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        image = axis.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=low, vmax=high if high > low else low + 1)
+        for i in range(len(lrs)):
+            for j in range(len(ranks)):
+                value = grid[i, j]
+                dark = np.isfinite(value) and high > low and (value - low) / (high - low) > 0.6  # white on dark cells
+                axis.text(j, i, "–" if not np.isfinite(value) else fmt.format(value), ha="center", va="center",
+                          fontsize=8, color="white" if dark else "black")  # fmt: skip
+        for j, value in enumerate(full_values, start=len(ranks)):
+            axis.axvspan(j - 0.5, j + 0.5, facecolor="none", edgecolor="#333333", linewidth=1.2)
+            axis.text(j, (len(lrs) - 1) / 2, "–" if value is None else fmt.format(value), ha="center", va="center",
+                      fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7})  # fmt: skip
+        axis.set_xticks(range(len(columns)), columns, fontsize=8)
+        axis.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], fontsize=8)
+        axis.set_xlabel("LoRA rank (α = 2r) · full fine-tuning")
+        axis.set_ylabel("LoRA α·η")
+        axis.set_title(title, fontsize=10)
+        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.03)
+    measured = "" if result.forgetting is None else f"; forgetting: {result.forgetting['measure']} loss on " \
+        f"{result.forgetting['text'].get('source', 'text')}, tuned − base"
+    figure.suptitle(f"Learning rate × rank: intruders (k=10, ε=0.5), accuracy{measured}", fontsize=10)
+    figure.tight_layout()
+    return figure

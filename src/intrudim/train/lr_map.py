@@ -1,0 +1,232 @@
+"""The learning-rate × rank map (issue 27, beyond the paper): where do intruders begin?
+
+One rank sweep (:func:`intrudim.train.sweep.rank_sweep`) per LoRA total learning rate α·η, into OUT/lr-<α·η>/,
+and full fine-tuning at each of its own learning rates η into OUT/full-lr-<η>/; then, for every run, the forgetting
+on a pre-training-like text (the same definition as ``intrudim forgetting``: tuned − base loss with its paired
+bootstrap interval, one prepared probe, BASE scored once). Each cell of the map is one run: its intruders, its
+held-out task accuracy and its forgetting. ``map.json`` holds every cell, the α·η at which each rank first shows
+an intruder, and the recipe that :func:`choose_lr` picks by its written rule; ``figures/lr_rank_map.png`` draws the
+three measures side by side.
+
+LoRA's learning rate is its total α·η (App. A keeps it fixed across ranks, α = 2r); full fine-tuning has no α, so
+its η is a list of its own (``full_lrs``). A finished map in OUT is reused cell by cell with ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from intrudim.errors import IntrudimError
+from intrudim.evaluate.forgetting_config import ForgettingConfig
+from intrudim.fileio import atomic_path, ensure_writable_directory, write_json_atomic
+from intrudim.train.config import TrainConfig
+from intrudim.train.ray_sweep import RaySweepOptions
+from intrudim.train.sweep import rank_sweep
+
+MAP_FILE = "map.json"
+FULL_LRS: tuple[float, ...] = (1e-4,)
+"""Full fine-tuning's η when none is given: the engine's default on the embedded MiniLM (docs/train.md)."""
+MAP_FORGETTING = ForgettingConfig(text="news", max_tokens=4096)
+"""Each run's forgetting in the map: 4,096 tokens of the embedded news text (`intrudim forgetting`'s definition)."""
+REACHED = 0.9
+"""A run "reached the task" when its held-out accuracy is at least this (or its target, when the recipe has one)."""
+
+
+def parse_lrs(text: str, option: str = "--lrs") -> tuple[float, ...]:
+    """``"1e-3,6e-3"`` → (0.001, 0.006), with a clear message for anything else."""
+    values: list[float] = []
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise IntrudimError(f"{option}: '{item}' is not a positive learning rate (e.g. {option} 1e-3,3e-3,1e-2).")
+        values.append(value)
+    return tuple(sorted(dict.fromkeys(values)))
+
+
+def lr_folder(lr: float, *, full: bool = False) -> str:
+    return f"{'full-' if full else ''}lr-{lr:g}"
+
+
+@dataclass(frozen=True)
+class MapCell:
+    """One run of the map: LoRA at (rank, α·η) or full fine-tuning at η (``rank`` "full", ``lr`` its η)."""
+
+    rank: int | str
+    lr: float
+    run_dir: str
+    steps: int
+    accuracy: float | None
+    intruders: int | None
+    forgetting: float | None = None  # tuned − base loss on the text (nats per token or per sentence pair)
+    forgetting_ci95: tuple[float, float] | None = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.rank == "full"
+
+
+@dataclass(frozen=True)
+class LrMapResult:
+    out_dir: Path
+    lrs: tuple[float, ...]
+    ranks: tuple[int | str, ...]
+    full_lrs: tuple[float, ...]
+    cells: tuple[MapCell, ...]
+    forgetting: dict[str, Any] | None  # measure, text, base loss: how the forgetting column was measured
+    reached: float
+
+    def cell(self, rank: int | str, lr: float) -> MapCell | None:
+        return next((c for c in self.cells if c.rank == rank and math.isclose(c.lr, lr)), None)
+
+    def lora_ranks(self) -> list[int]:
+        return [int(r) for r in self.ranks if r != "full"]
+
+    def first_intruder_lr(self) -> dict[str, float | None]:
+        """rank → the smallest α·η of the map at which that rank's run has an intruder (None: at none)."""
+        first: dict[str, float | None] = {}
+        for rank in self.lora_ranks():
+            hits = [lr for lr in self.lrs if (c := self.cell(rank, lr)) is not None and (c.intruders or 0) > 0]
+            first[str(rank)] = min(hits) if hits else None
+        return first
+
+    def to_json(self) -> dict[str, Any]:
+        chosen, rule = choose_lr(self)
+        return {
+            "lrs": list(self.lrs), "ranks": list(self.ranks), "full_lrs": list(self.full_lrs), "reached": self.reached,
+            "cells": [asdict(c) for c in self.cells], "forgetting": self.forgetting,
+            "first_intruder_lr": self.first_intruder_lr(), "chosen_lr": chosen, "rule": rule,
+        }  # fmt: skip
+
+
+def choose_lr(result: LrMapResult, rank: int = 1) -> tuple[float | None, str]:
+    """The recipe rule of issue 27, written down before any claim is decided: the smallest α·η of the map at which
+    LoRA r=``rank`` reaches the task (held-out accuracy ≥ the threshold) within the step budget. None when it
+    reaches it at no α·η of the map."""
+    rule = (f"the smallest α·η of the map at which LoRA r={rank} reaches held-out accuracy ≥ {result.reached:g} "
+            f"within the step budget")  # fmt: skip
+    for lr in result.lrs:
+        cell = result.cell(rank, lr)
+        if cell is not None and cell.accuracy is not None and cell.accuracy >= result.reached:
+            return lr, rule
+    return None, rule
+
+
+def _prepare_probe(model: str, config: ForgettingConfig) -> Any:
+    """The forgetting probe, prepared before any training so that a model or text it cannot score fails at once."""
+    from intrudim.evaluate.forgetting import ForgettingProbe
+
+    return ForgettingProbe.prepare(model, config.text, config)
+
+
+def _measure_forgetting(probe: Any, cells: list[MapCell]) -> tuple[list[MapCell], dict[str, Any]]:
+    base_scores = probe.scores(probe.load_base_model())
+    measured = []
+    for cell in cells:
+        if cell.forgetting is None:
+            tuned, _ = probe.load_tuned_model(Path(cell.run_dir) / "final")
+            result = probe.summarize(base_scores, probe.scores(tuned))
+            cell = replace(cell, forgetting=float(result.delta), forgetting_ci95=(float(result.ci95[0]), float(result.ci95[1])))
+        measured.append(cell)
+    about = {"measure": probe.measure, "text": probe.text.to_json(), "max_tokens": probe.config.max_tokens,
+             "base_loss": float(base_scores.losses.mean())}  # fmt: skip
+    return measured, about
+
+
+def _stored_forgetting(out: Path) -> dict[str, tuple[float, tuple[float, float] | None]]:
+    """run dir → the forgetting a previous map in OUT measured (reused with ``resume``)."""
+    path = out / MAP_FILE
+    if not path.is_file():
+        return {}
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    except ValueError:
+        return {}
+    return {c["run_dir"]: (c["forgetting"], tuple(c["forgetting_ci95"]) if c.get("forgetting_ci95") else None)
+            for c in cells if c.get("forgetting") is not None}  # fmt: skip
+
+
+def lr_rank_map(
+    base_config: TrainConfig,
+    out_dir: str | Path,
+    lrs: tuple[float, ...],
+    ranks: tuple[int | str, ...],
+    *,
+    full_lrs: tuple[float, ...] = FULL_LRS,
+    forgetting: ForgettingConfig | None = MAP_FORGETTING,
+    reached: float | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    cache_dir: str | Path | None = None,
+    ray: RaySweepOptions | None = None,
+    device: str = "auto",
+) -> LrMapResult:
+    """Train every (rank, α·η) cell (and full fine-tuning at each of ``full_lrs``) into OUT, measure each run's
+    forgetting as ``forgetting`` says (its text, tokens, windows; None: not measured), write OUT/map.json and
+    OUT/figures/lr_rank_map.png.
+
+    ``reached``: the accuracy a run must reach to count as having learned the task (default: the recipe's
+    ``target_accuracy``, else :data:`REACHED`). Every other argument is :func:`~intrudim.train.sweep.rank_sweep`'s.
+    """
+    if not lrs:
+        raise IntrudimError("--lrs is empty; give e.g. --lrs 1e-3,3e-3,1e-2.")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise IntrudimError(
+                f"Map directory '{out}' already exists and is not empty. Nothing was changed. Choose another --out, "
+                f"pass --resume to finish the map in it, or --overwrite to replace it."
+            )
+        if not (out / MAP_FILE).exists():
+            raise IntrudimError(f"--overwrite refused: '{out}' is not an intrudim map (no {MAP_FILE}); choose another --out.")
+        import shutil
+
+        shutil.rmtree(out)
+    ensure_writable_directory(out)
+    lora_ranks = tuple(r for r in ranks if r != "full")
+    threshold = reached if reached is not None else (base_config.target_accuracy or REACHED)
+    stored = _stored_forgetting(out) if resume else {}
+    if forgetting is not None and device == "cuda":
+        forgetting = replace(forgetting, device="cuda")
+    probe = None if forgetting is None else _prepare_probe(base_config.model, forgetting)
+    options = dict(progress=progress, figures=figures, cache_dir=cache_dir, ray=ray, device=device)
+    cells: list[MapCell] = []
+
+    def collect(result: Any, lr: float) -> None:
+        for rank, run in zip(ranks_of(result), result.runs.values(), strict=True):
+            forgetting, ci = stored.get(str(run.run_dir), (None, None))
+            cells.append(MapCell(rank=rank, lr=lr, run_dir=str(run.run_dir), steps=run.steps,
+                                 accuracy=run.final_accuracy, intruders=run.final_intruders, forgetting=forgetting,
+                                 forgetting_ci95=ci))  # fmt: skip
+
+    def ranks_of(result: Any) -> list[int | str]:
+        return ["full" if name == "full" else int(name.split("-", 1)[1]) for name in result.runs]
+
+    if lora_ranks:
+        for lr in lrs:
+            config = replace(base_config, total_lr=lr, lr=None)
+            collect(rank_sweep(config, out / lr_folder(lr), lora_ranks, resume=True, **options), lr)  # type: ignore[arg-type]
+    if "full" in ranks:
+        for lr in full_lrs:
+            config = replace(base_config, lr=lr)
+            collect(rank_sweep(config, out / lr_folder(lr, full=True), ("full",), resume=True, **options), lr)  # type: ignore[arg-type]
+    about = None
+    if probe is not None:
+        cells, about = _measure_forgetting(probe, cells)
+    result = LrMapResult(out, tuple(lrs), tuple(ranks), tuple(full_lrs) if "full" in ranks else (), tuple(cells),
+                         about, threshold)  # fmt: skip
+    write_json_atomic(out / MAP_FILE, {"config": base_config.to_json(), **result.to_json()})
+    if figures:
+        from intrudim.train.figures import lr_map_figure
+
+        with atomic_path(out / "figures" / "lr_rank_map.png") as tmp:
+            lr_map_figure(result).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return result
