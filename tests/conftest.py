@@ -170,29 +170,15 @@ def train_saved_weights_(peft_model: torch.nn.Module, seed: int) -> None:
                 param.add_(3.0 * param.std() * torch.randn(param.shape, generator=generator))
 
 
-def _train_job(config, run_dir: Path, cache_dir: Path, threads: int):
-    """One training run in a worker process, at a fixed torch thread count (see :func:`train_in_parallel`)."""
-    torch.set_num_threads(threads)
-    from intrudim.train import train
-
-    return train(config, run_dir, progress=False, cache_dir=cache_dir, figures=False)
-
-
 def train_in_parallel(jobs: dict, cache_dir: Path, *, threads: int = 2, workers: int = 3) -> dict:
     """``{key: (TrainConfig, run_dir)}`` → ``{key: TrainResult}``: the runs of a science module trained at once in
-    ``workers`` spawned processes, each with ``threads`` torch threads.
+    ``workers`` spawned processes, each with ``threads`` torch threads (intrudim.train.side_by_side, which the demo
+    uses too).
 
     A run's result depends on its thread count (the order of float reductions), not on what else runs beside it:
     two SmolLM2 runs trained side by side wrote adapters bit for bit those of the same runs trained one after the
     other, in ~2/3 of the time (one 2-thread run keeps 2 cores ~70% busy: tokenising, loading, small kernels).
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from intrudim.train.side_by_side import train_side_by_side
 
-    if not jobs:
-        return {}
-    context = multiprocessing.get_context("spawn")  # no fork of a process that has loaded torch and its threads
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        futures = {key: pool.submit(_train_job, config, run_dir, cache_dir, threads)
-                   for key, (config, run_dir) in jobs.items()}  # fmt: skip
-        return {key: future.result() for key, future in futures.items()}
+    return train_side_by_side(jobs, cache_dir, workers=max(2, workers), threads=threads, figures=False)

@@ -18,7 +18,7 @@ PACKAGE = ROOT / "src" / "intrudim"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("errors",)),
-    ("utilities", ("version", "fileio", "threads", "plain_progress")),
+    ("utilities", ("version", "fileio", "threads", "plain_progress", "side_by_side")),
     ("pure math", ("spectral",)),
     ("reading weights", ("weights",)),
     ("models and data", ("models", "tasks", "ray_runtime")),

@@ -20,7 +20,8 @@ at 2 threads (the same adapters bit for bit as one after the other), r = 8 is tr
 repair sweep measures only the intruder repair (its controls are tested in tests/test_repair_sweep.py and
 asserted nothing here), which keeps `make test` under 30 minutes. The r = 1 vs r = 8 comparison had wide margins at both seeds
 when the recipe was chosen (docs/repair.md: 6 and 4 intruders against 0; forgetting +16.8 and +11.5 against +0.3
-and +0.6); both seeds of r = 1 still have to show intruders and forgetting, and their repair.
+and +0.6). CI runs seed 0 only (issue 27: one seed of each science test in CI; the multi-seed picture is
+`intrudim demo --seeds`); seed 1 held the same orderings when the recipe was chosen (`SEEDS = (0, 1)` runs both).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from intrudim.train import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.science]
 
-SEEDS = (0, 1)  # r = 1 and its repair
+SEEDS = (0,)  # r = 1 and its repair: CI keeps one seed of each science test (issue 27); seeds are the demo's
 COMPARED_SEED = 0  # r = 1 against r = 8
 RECIPE = dict(
     model="smollm2", task="sentiment", method="lora", total_lr=2e-2, other_lr=1e-5, schedule="linear", max_steps=100,

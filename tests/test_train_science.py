@@ -14,9 +14,10 @@ at 1.0, all block linears, biases and LayerNorms trained). Every method gets the
 ``sentiment``, ~1.2 epochs) and must reach the target accuracy at the held-out evaluation at its end: the
 comparison is at equal accuracy.
 
-One run's count is noisy (docs/train.md has per-seed numbers), so LoRA and B-only LoRA run with two seeds and
-the orderings are asserted per seed where they are robust and on the sum over seeds where one seed is too
-noisy. Full fine-tuning had 0 intruders in every run and checkpoint measured, so it runs with one seed to keep
+One run's count is noisy (docs/train.md has per-seed numbers). The orderings were chosen on two seeds (asserted
+per seed where they are robust and on the sum over seeds where one seed is too noisy); CI now runs seed 0 only
+(issue 27: one seed of each science test in CI, the multi-seed verdicts are `intrudim demo --seeds`), and
+`SEEDS = (0, 1)` brings the second seed back. Full fine-tuning had 0 intruders in every run and checkpoint measured, so it runs with one seed to keep
 the test at about 6.5 minutes on 2 cores (~75 s a run) when the runs train one by one; they now train side by
 side in worker processes at 2 threads each (conftest.train_in_parallel), with the same results.
 
@@ -49,7 +50,7 @@ from intrudim.train.result import TrainResult
 
 pytestmark = [pytest.mark.slow, pytest.mark.science]
 
-SEEDS = (0, 1)
+SEEDS = (0,)  # CI keeps one seed of each science test (issue 27); `SEEDS = (0, 1)` runs the docstring's two
 COMPRESSED_TOTAL_LR = 6e-3  # 2.5× Appendix A's α·η = 2.4e-3; see the module docstring
 RECIPE = dict(
     task="sentiment", target_accuracy=0.95, max_steps=300, eval_every=300, checkpoint_every=None,

@@ -48,7 +48,7 @@ from intrudim.experiments.continual_config import RESULT_FILE, ContinualConfig, 
 from intrudim.experiments.continual_context import _Context, _load_task, _run_label
 from intrudim.experiments.continual_outputs import _prepare_out, _write_outputs
 from intrudim.experiments.continual_results import ContinualResult, MethodResult
-from intrudim.experiments.continual_stages import _run_method
+from intrudim.experiments.continual_stages import _method_job, _run_method
 from intrudim.weights.svd_cache import default_cache_dir
 
 
@@ -77,6 +77,7 @@ def run_continual(
     cache_dir: str | Path | None = None,
     on_step: OnStep | None = None,
     keep_weights: bool = True,
+    workers: int = 1,
 ) -> ContinualResult:
     """Train ``config.tasks`` in order for every entry of ``config.ranks`` and measure the stages (Fig. 8).
 
@@ -87,7 +88,9 @@ def run_continual(
     max_steps)`` is called after every training step of every stage (labels as in :func:`continual_plan`; a
     stage finished earlier reports once, at its last step). ``progress``: status lines and each stage's
     training bar on stderr. ``keep_weights=False`` deletes a stage's merged weights (and the run's best/)
-    once the next stage is finished: the last stage's weights are always kept.
+    once the next stage is finished: the last stage's weights are always kept. ``workers`` > 1: the methods
+    (ranks) train side by side in that many worker processes (:mod:`intrudim.side_by_side`; the same numbers as
+    one after the other; their status lines are not printed, ``on_step`` still reports every step).
     """
     from rich.console import Console
 
@@ -108,8 +111,18 @@ def run_continual(
         on_step=on_step, keep_weights=keep_weights, console=Console(stderr=True) if progress else None,
     )  # fmt: skip
     methods: dict[str, MethodResult] = {}
-    for rank in config.ranks:
-        methods[method_label(rank)] = _run_method(ctx, rank, resume)
+    if workers > 1 and len(config.ranks) > 1:
+        from dataclasses import replace
+
+        from intrudim.side_by_side import run_side_by_side
+
+        quiet = replace(ctx, on_step=None, console=None, progress=False)  # what a worker process receives
+        done = run_side_by_side({rank: (_method_job, (quiet, rank, resume)) for rank in config.ranks}, workers=workers,
+                                on_event=lambda rank, event: on_step(*event) if on_step is not None else None)  # fmt: skip
+        methods = {method_label(rank): done[rank] for rank in config.ranks}
+    else:
+        for rank in config.ranks:
+            methods[method_label(rank)] = _run_method(ctx, rank, resume)
     result = ContinualResult(config=config, out_dir=out, base_model=str(base_model), objective=objective,
                              methods=methods, seconds=time.perf_counter() - started)  # fmt: skip
     _write_outputs(result)

@@ -119,3 +119,9 @@ def _run_method(ctx: _Context, rank: int | str, resume: bool) -> MethodResult:
         result.stages.append(record)
         start = stage_dir / "merged"
     return result
+
+
+def _method_job(ctx: _Context, rank: int | str, resume: bool, *, report) -> MethodResult:  # noqa: ANN001
+    """:func:`_run_method` in a worker process (:mod:`intrudim.side_by_side`): each step goes back as an event."""
+    ctx.on_step = lambda label, step, max_steps: report((label, step, max_steps))
+    return _run_method(ctx, rank, resume)

@@ -45,7 +45,7 @@ from intrudim.experiments.demo_measures import (
     tracked_intruders,
 )
 from intrudim.experiments.demo_progress import DemoProgress
-from intrudim.experiments.demo_runs import _train, causal_runs, minilm_runs
+from intrudim.experiments.demo_runs import causal_runs, minilm_runs, train_runs
 from intrudim.experiments.demo_state import Demo
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
 
@@ -108,7 +108,7 @@ def _run_seed(demo: Demo) -> dict[str, Any]:
     demo.reuse_or_measure("toy", MEASUREMENT_UNITS, lambda: measure_toy(seed, out / "toy"))
 
     bar.set_stage(f"seed {seed}: MiniLM runs on {recipe.task}")
-    runs = {name: _train(demo, name, cfg) for name, cfg in minilm_runs(recipe, seed).items()}
+    runs = train_runs(demo, minilm_runs(recipe, seed))
     demo.measurements["runs"] = runs
     bar.set_stage(f"seed {seed}: analyze the runs (Figs. 1, 4, 5, 6, 11)")
     for name, run in runs.items():
@@ -118,7 +118,7 @@ def _run_seed(demo: Demo) -> dict[str, Any]:
 
     if recipe.forgetting_model == "smollm2":
         bar.set_stage(f"seed {seed}: SmolLM2 runs (forgetting and repair)")
-        forgetting_runs = {name: _train(demo, name, cfg) for name, cfg in causal_runs(recipe, seed).items()}
+        forgetting_runs = train_runs(demo, causal_runs(recipe, seed))
         repair_run, base = forgetting_runs["smollm2-r1"], "smollm2"
     else:
         forgetting_runs = {name: runs[name] for name in ("lora-r1", f"lora-r{recipe.high_rank}", "full")}
@@ -136,14 +136,15 @@ def _run_seed(demo: Demo) -> dict[str, Any]:
 
 
 def run_demo(
-    config: DemoConfig, out: str | Path, *, progress: bool = True, console: Any = None
+    config: DemoConfig, out: str | Path, *, progress: bool = True, console: Any = None, workers: int = 2
 ) -> dict[str, Any]:
     """Run every experiment of the demo, once per seed, into OUT (reusing what a previous demo there finished);
     return the summary.
 
     Each seed's runs and measurements go to OUT/seed-S/ (one base-SVD cache, OUT/svd_cache, for all). Writes
     OUT/summary.json (``claims``: id, statement, figure, verdict, held in n of N seeds, every seed's numbers,
-    rule, recipe) and OUT/report.html.
+    rule, recipe) and OUT/report.html. ``workers``: runs trained side by side (1: one after the other; the same
+    numbers either way, :mod:`intrudim.train.side_by_side`).
     """
     from intrudim.experiments.claims import combine_seeds, decide_claims
     from intrudim.report.demo_report import write_demo_report
@@ -160,7 +161,7 @@ def run_demo(
     per_seed: dict[int, list[dict[str, Any]]] = {}
     with DemoProgress(planned_units(config), enabled=progress, console=console) as bar:
         for seed in seeds:
-            demo = Demo(config, seed, out, out / seed_folder(seed), bar)
+            demo = Demo(config, seed, out, out / seed_folder(seed), bar, workers=workers)
             measurements[str(seed)] = _run_seed(demo)
             seconds[str(seed)] = demo.seconds
             reused.extend(f"{item} (seed {seed})" for item in demo.reused)

@@ -120,5 +120,5 @@ def measure_continual(demo: Demo) -> dict[str, Any]:
 
     out = demo.out / "continual"
     result = run_continual(config, out, resume=out.exists(), progress=False, cache_dir=demo.cache_dir,
-                           on_step=on_step)  # fmt: skip
+                           on_step=on_step, workers=demo.workers)  # fmt: skip
     return result.to_json()

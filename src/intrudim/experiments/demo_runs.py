@@ -1,8 +1,10 @@
-"""The demo's training runs (MiniLM on one task; SmolLM2 for the full demo), trained or reused in OUT/runs."""
+"""The demo's training runs (MiniLM on one task; SmolLM2 for the full demo), trained side by side or reused in
+OUT/seed-S/runs."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from intrudim.experiments.demo_config import SMOLLM2_RECIPE, DemoRecipe
@@ -45,29 +47,41 @@ def causal_runs(recipe: DemoRecipe, seed: int) -> dict[str, Any]:
     }
 
 
-def _train(demo: Demo, name: str, config: Any) -> dict[str, Any]:
-    """Train (or reuse) one run under OUT/runs/NAME; its summary for the claims."""
-    from intrudim.train import train
-    from intrudim.train.sweep import _completed
-
-    run_dir = demo.out / "runs" / name
-    steps = config.max_steps
-    done = _completed(run_dir)
-    if done is not None:
-        demo.progress.advance(steps, f"{name} (reused)")
-        demo.reused.append(f"run {name}")
-        result = done
-    else:
-        state = {"last": 0}
-
-        def on_step(step: int) -> None:
-            demo.progress.advance(step - state["last"], f"{name} step {step}/{steps}")
-            state["last"] = step
-
-        started = time.perf_counter()
-        result = train(config, run_dir, resume=run_dir.exists(), progress=False, cache_dir=demo.cache_dir,
-                       on_step=on_step)  # fmt: skip
-        demo.progress.advance(steps - state["last"], name)
-        demo.seconds[f"train {name}"] = round(time.perf_counter() - started, 2)
+def _summary(run_dir: Path, config: Any, result: Any) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "config": config.to_json(), "steps": result.steps,
             "accuracy": result.final_accuracy, "intruders": result.final_intruders}  # fmt: skip
+
+
+def train_runs(demo: Demo, configs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) each run under OUT/seed-S/runs/NAME, ``demo.workers`` side by side
+    (:func:`intrudim.train.side_by_side.train_side_by_side`: the same weights as one after the other); their
+    summaries for the claims, in the order of ``configs``."""
+    from intrudim.train.side_by_side import train_side_by_side
+    from intrudim.train.sweep import _completed
+
+    summaries: dict[str, dict[str, Any]] = {}
+    todo: dict[str, tuple[Any, Path]] = {}
+    for name, config in configs.items():
+        run_dir = demo.out / "runs" / name
+        done = _completed(run_dir)
+        if done is not None:
+            demo.progress.advance(config.max_steps, f"{name} (reused)")
+            demo.reused.append(f"run {name}")
+            summaries[name] = _summary(run_dir, config, done)
+        else:
+            todo[name] = (config, run_dir)
+    last: dict[str, int] = {}
+
+    def on_step(name: str, step: int) -> None:
+        demo.progress.advance(step - last.get(name, 0), f"{name} step {step}/{todo[name][0].max_steps}")
+        last[name] = step
+
+    started = time.perf_counter()
+    results = train_side_by_side(todo, demo.cache_dir, workers=demo.workers, on_step=on_step)
+    for name, (config, run_dir) in todo.items():
+        demo.progress.advance(config.max_steps - last.get(name, 0), name)
+        demo.seconds[f"train {name}"] = round(results[name].seconds, 2)
+        summaries[name] = _summary(run_dir, config, results[name])
+    if todo:
+        demo.seconds[f"train {' + '.join(todo)} (wall-clock)"] = round(time.perf_counter() - started, 2)
+    return {name: summaries[name] for name in configs}

@@ -24,6 +24,7 @@ class Demo:
     root: Path
     out: Path
     progress: DemoProgress
+    workers: int = 2  # training runs (and continual's methods) side by side
     measurements: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)  # runs and measurements a previous demo in OUT had finished
