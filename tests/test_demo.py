@@ -269,3 +269,22 @@ def test_intruders_over_steps_start_at_the_base_and_count_each_step_once(tmp_pat
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     assert tracked_intruders(tmp_path) == [{"step": 0, "intruders": 0}, {"step": 50, "intruders": 2},
                                            {"step": 100, "intruders": 4}]  # fmt: skip
+
+
+def test_forgetting_and_repair_claims_state_their_regime() -> None:
+    """A perplexity rise above 2× is called destructive (issue 27); MiniLM's contrastive loss has no perplexity."""
+    import math
+
+    from intrudim.experiments.claims import forgetting_regime
+
+    measurements = planted()
+    assert by_id(decide_claims(measurements, QUICK))["forgetting"]["numbers"]["regime"] is None  # contrastive
+    measurements["forgetting"]["measure"] = "perplexity"
+    measurements["forgetting"]["rows"]["lora-r1"]["delta"] = 16.75  # the SmolLM2 recipe of docs/repair.md
+    measurements["repair"]["regime"] = {"perplexity_ratio": 80.0, "destructive": True, "destructive_above": 2.0}
+    claims = by_id(decide_claims(measurements, QUICK))
+    regime = claims["forgetting"]["numbers"]["regime"]
+    assert regime["perplexity_ratio"]["lora-r1"] == pytest.approx(math.exp(16.75))
+    assert regime["destructive"] == {"lora-r1": True, "lora-r8": False, "full": False}
+    assert claims["repair"]["numbers"]["regime"]["destructive"] is True
+    assert forgetting_regime({"measure": "pseudo_loss", "rows": {"a": {"delta": math.log(1.5)}}})["destructive"] == {"a": False}

@@ -9,7 +9,10 @@ constants below, the same for every demo.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from intrudim.repair.sweep_result import DESTRUCTIVE_RATIO
 
 EQUAL_ACCURACY = 0.05
 """Two runs are "at equal accuracy" when their held-out accuracies differ by at most this (Sec. 3)."""
@@ -140,12 +143,29 @@ def intruders_claims(runs: dict[str, dict[str, Any]], high: str, recipe: str) ->
     return out
 
 
+PERPLEXITY_MEASURES = ("perplexity", "pseudo_loss")
+"""Measures whose exp(loss) is a (pseudo-)perplexity, so that a run's regime is a perplexity ratio; above
+``DESTRUCTIVE_RATIO`` (repair's: 2) a run no longer models the text, and its forgetting is a collapse, not the
+paper's modest rise at equal task accuracy (issue 27)."""
+
+
+def forgetting_regime(forgetting: dict[str, Any]) -> dict[str, Any] | None:
+    """Each run's perplexity on the text over BASE's, exp(Δ loss), and whether it is destructive; None for a
+    measure with no perplexity (MiniLM's contrastive loss)."""
+    if forgetting.get("measure") not in PERPLEXITY_MEASURES:
+        return None
+    ratios = {name: math.exp(min(row["delta"], 700.0)) for name, row in forgetting["rows"].items()}
+    return {"perplexity_ratio": ratios, "destructive": {name: r > DESTRUCTIVE_RATIO for name, r in ratios.items()},
+            "destructive_above": DESTRUCTIVE_RATIO}  # fmt: skip
+
+
 def forgetting_claim(forgetting: dict[str, Any], low: str, recipe: str) -> dict[str, Any]:
     """Claim 7: the low-rank run's loss on pre-training-like text rises more than every other run's."""
     rows = forgetting["rows"]
     numbers = {name: {"delta": row["delta"], "ci95": row["ci95"], "accuracy": row["accuracy"],
                       "intruders": row["intruders"]} for name, row in rows.items()}  # fmt: skip
     numbers["measure"] = forgetting["measure"]
+    numbers["regime"] = forgetting_regime(forgetting)
     others = [name for name in rows if name != low]
     rule = f"{low}'s loss increase (tuned − base) is above every other run's, and its 95% CI excludes 0"
     accuracies = [rows[name]["accuracy"] for name in rows]
@@ -180,7 +200,8 @@ def repair_claim(repair: dict[str, Any], lam: float, recipe: str) -> dict[str, A
     tuned = points.get((1.0, "none"))
     repaired, other, shrink = (points.get((lam, m)) for m in ("none", "non-intruder", "shrink"))
     numbers = {"intruders": repair["total_intruders"], "base_loss": repair["base_loss"], "lambda": lam,
-               "tuned": tuned, "intruders_scaled": repaired, "non_intruder_control": other, "shrink_control": shrink}  # fmt: skip
+               "tuned": tuned, "intruders_scaled": repaired, "non_intruder_control": other, "shrink_control": shrink,
+               "regime": repair.get("regime")}  # fmt: skip
     if repair["total_intruders"] == 0:
         return claim("repair", None, numbers, "", recipe, "the repaired run has no intruders to scale")
     if None in (tuned, repaired, other, shrink):
