@@ -496,9 +496,38 @@ def test_the_journal_reads_back_exactly_and_skips_a_line_cut_by_a_kill(tmp_path)
 
 @pytest.mark.parametrize("settings,message", [
     ({"order": "row"}, "order must be one of auto, matrix, adapter; got 'row'"),
+    ({"figures": "some"}, "figures must be one of auto, all, none; got 'some'"),
     ({"memory_budget_mb": 0}, "memory_budget_mb must be a positive number of MB; got 0"),
     ({"memory_budget_mb": True}, "memory_budget_mb must be a positive number of MB; got True"),
 ])  # fmt: skip
 def test_bad_order_or_memory_budget_is_one_clear_error(settings, message):
     with pytest.raises(IntrudimError, match=re.escape(message)):
         ScanConfig(**settings)
+
+
+def test_a_scan_without_figures_writes_the_same_analyses_and_says_how_to_draw_them(scan_inputs, scanned, tmp_path):
+    """--figures none (auto above 16 inputs): the same analysis.json, CSV and rows, no figure drawn, and each input's
+    report says why and gives the command that draws them; opened in a browser."""
+    out = tmp_path / "out"
+    result = scan(scan_inputs["base"], scan_inputs["tuned"], out, ScanConfig(figures="none"), cache_dir=scanned["cache"])
+    drawn = scanned["out"]
+    for row in result.rows:
+        if row.get("error"):
+            continue
+        name = Path(row["analysis"]).parent.name
+        ours = json.loads((out / "runs" / name / "analysis.json").read_text())
+        theirs = json.loads((drawn / "runs" / name / "analysis.json").read_text())
+        assert comparable(ours) == comparable(theirs)
+        assert (out / "runs" / name / "analysis.csv").read_text() == (drawn / "runs" / name / "analysis.csv").read_text()
+        assert not (out / "runs" / name / "figures").exists() and any((drawn / "runs" / name / "figures").glob("*.png"))
+    html = out / "runs" / Path(result.rows[0]["analysis"]).parent.name / "report.html"
+    text = html.read_text()
+    assert "No figures: this scan of 5 inputs drew none" in text and "<img" not in text
+    assert f"intrudim analyze {scan_inputs['base']} {scan_inputs['tuned'][0]} --out DIR" in text
+    assert ScanConfig().draws_figures(16) and not ScanConfig().draws_figures(17)
+    assert ScanConfig(figures="all").draws_figures(1000) and not ScanConfig(figures="none").draws_figures(1)
+    from browser import check_report, require_browser
+
+    require_browser()
+    page = check_report(html, required_selectors=["#verdict", "#figures-note", "#per-matrix"])
+    page.assert_ok()

@@ -105,6 +105,15 @@ def scan_command(
             "inputs on. The same numbers either way.",
         ),
     ] = "auto",
+    figures: Annotated[
+        str,
+        typer.Option(
+            "--figures",
+            metavar="auto|all|none",
+            help="Figures in each input's report.html: all, none (tables, JSON and CSV only), or auto: all up to "
+            "16 inputs, none above (nine figures cost ~8 s per input; `analyze --out` draws one input's).",
+        ),
+    ] = "auto",
     memory_budget: Annotated[
         int | None,
         typer.Option(
@@ -137,7 +146,7 @@ def scan_command(
         config = ScanConfig(
             analysis=AnalyzeConfig(k=k, epsilon=epsilon, modules=modules, device=device, allow_pickle=allow_pickle),
             engine="ray" if (ray or ray_address is not None) else "local", ray_address=ray_address,
-            ray_cpus=workers, resume=resume, order=order, memory_budget_mb=memory_budget,
+            ray_cpus=workers, resume=resume, order=order, memory_budget_mb=memory_budget, figures=figures,
         )  # fmt: skip
         if workers is not None and not ray:
             raise IntrudimError("--workers sizes the local Ray runtime: use it with --ray.")

@@ -272,8 +272,11 @@ def build_figures(result) -> list[dict[str, Any]]:
     return out
 
 
-def write_analysis_outputs(result, out_dir: str | Path, *, command: str = "") -> dict[str, Path]:
-    """Write analysis.json, analysis.csv, figures/*.png and report.html into ``out_dir``; return their paths."""
+def write_analysis_outputs(result, out_dir: str | Path, *, command: str = "", figures_note: str | None = None) -> dict[str, Path]:
+    """Write analysis.json, analysis.csv, figures/*.png and report.html into ``out_dir``; return their paths.
+
+    ``figures_note``: draw no figures (the report says this note instead; a scan of many inputs, whose figures
+    would cost more than its analyses)."""
     out_dir = ensure_writable_directory(out_dir)
     data = result.to_json()
     paths: dict[str, Path] = {}
@@ -284,7 +287,7 @@ def write_analysis_outputs(result, out_dir: str | Path, *, command: str = "") ->
             entry["similarity"] = m.similarity
     paths["json"] = write_text_atomic(out_dir / "analysis.json", json.dumps(full, indent=2) + "\n")
     paths["csv"] = write_text_atomic(out_dir / "analysis.csv", result.to_csv())
-    figs = build_figures(result)
+    figs = build_figures(result) if figures_note is None else []
     for fig in figs:
         if fig["png"] is None:  # an empty state, said in words in the report; no stale PNG of an earlier run
             (out_dir / "figures" / f"{fig['name']}.png").unlink(missing_ok=True)
@@ -303,6 +306,7 @@ def write_analysis_outputs(result, out_dir: str | Path, *, command: str = "") ->
         title=f"Intruder dimensions: {Path(str(result.tuned)).name or result.tuned}",
         version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), data=data, figures=figs,
         verdict=verdict, verdict_bad=bad, n_out=n_out, random_baseline=baseline, baseline_comparison=comparison,
+        figures_note=figures_note,
         command=command or f"intrudim analyze {result.base} {result.tuned} --k {result.k} --epsilon {result.epsilon}",
     )  # fmt: skip
     paths["html"] = write_text_atomic(out_dir / "report.html", html)

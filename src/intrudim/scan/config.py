@@ -13,6 +13,13 @@ PRESSURE_THRESHOLD = DEFAULT_PRESSURE_THRESHOLD
 """A matrix is *predicted* intruder-prone when σ₁(ΔW)/σ_k(W₀) > 0.85 (beyond the paper; Sec. 5's toy model,
 refitted over training runs: :data:`intrudim.spectral.prediction.DEFAULT_PRESSURE_THRESHOLD`)."""
 
+SCAN_FIGURES = ("auto", "all", "none")
+"""Which inputs' reports get figures: ``auto`` every input's up to :data:`FIGURES_AUTO_MAX` inputs, none above."""
+FIGURES_AUTO_MAX = 16
+"""``figures="auto"`` draws each input's figures only in scans of at most this many inputs: nine figures cost
+~8 s per input on 2 cores, 89 % of a warm scan of small adapters (docs/scan.md, "Figures"); a scan of hundreds of
+adapters is read in its leaderboard, and `analyze --out` draws one input's figures."""
+
 SCAN_ORDERS = ("auto", "matrix", "adapter")
 """``auto``: matrix-major from two inputs on (:attr:`ScanConfig.order`)."""
 
@@ -50,6 +57,9 @@ class ScanConfig:
         memory_budget_mb: Matrix-major scans the inputs in batches whose results (held until each input's last
             matrix is done) fit this many MB; every base factor is read once per batch. Default None: a quarter of
             the memory available when the scan starts.
+        figures: ``"all"``: every input's report.html has the figures `analyze --out` draws; ``"none"``: tables,
+            verdict, JSON and CSV only (the report gives the command that draws them); ``"auto"`` (default): all
+            up to :data:`FIGURES_AUTO_MAX` inputs, none above.
     """
 
     analysis: AnalyzeConfig = field(default_factory=AnalyzeConfig)
@@ -62,6 +72,11 @@ class ScanConfig:
     resume: bool = False
     order: str = "auto"
     memory_budget_mb: int | None = None
+    figures: str = "auto"
+
+    def draws_figures(self, inputs: int) -> bool:
+        """Whether each input's report gets figures in a scan of ``inputs`` inputs."""
+        return self.figures == "all" or (self.figures == "auto" and inputs <= FIGURES_AUTO_MAX)
 
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):
@@ -84,6 +99,8 @@ class ScanConfig:
             )
         if self.memory_budget_mb is not None and (isinstance(self.memory_budget_mb, bool) or self.memory_budget_mb < 1):
             raise InvalidConfigError(f"memory_budget_mb must be a positive number of MB; got {self.memory_budget_mb!r}.")
+        if self.figures not in SCAN_FIGURES:
+            raise InvalidConfigError(f"figures must be one of {', '.join(SCAN_FIGURES)}; got {self.figures!r}.")
         if self.order not in SCAN_ORDERS:
             raise InvalidConfigError(f"order must be one of {', '.join(SCAN_ORDERS)}; got {self.order!r}.")
         if self.max_retries < 0:

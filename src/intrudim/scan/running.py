@@ -24,7 +24,7 @@ from intrudim.fileio import ensure_writable_directory, write_json_atomic
 from intrudim.models.opening import open_base_weights
 from intrudim.models.references import resolve_reference
 from intrudim.scan import journal
-from intrudim.scan.config import ScanConfig
+from intrudim.scan.config import FIGURES_AUTO_MAX, ScanConfig
 from intrudim.scan.inputs import expand_inputs, run_names
 from intrudim.scan.leaderboard import error_row, leaderboard_document, row_from_analysis, write_leaderboard
 from intrudim.scan.steps import step_of
@@ -133,7 +133,8 @@ def scan(
     order = scan_order(config.order, len(planned))
     batch = batch_size(planned, analysis, config.memory_budget_mb) if order == "matrix" else 1
     matrix_units = ordered_units(planned, base_units, order, batch)
-    collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command, keep_analyses)
+    figures_note = None if config.draws_figures(len(inputs)) else figures_skipped(len(inputs), base)
+    collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command, keep_analyses, figures_note)
     # --resume: matrices an interrupted scan finished (its journal) are not analysed again
     earlier = {item.index: journal.recorded(out_dir, item.name, item.tuned) for item in planned} if config.resume else {}
     resumed = [unit for unit in matrix_units if unit.job.base_key in earlier.get(unit.index, {})]
@@ -288,17 +289,24 @@ def _finished_analysis(run_dir: Path, spec: str) -> dict[str, Any] | None:
     return data if data.get("tuned") == spec else None
 
 
+def figures_skipped(inputs: int, base: str) -> str:
+    """What an input's report says instead of its figures in a scan that draws none (``ScanConfig.figures``)."""
+    return (f"No figures: this scan of {inputs} inputs drew none (scan --figures auto draws them up to "
+            f"{FIGURES_AUTO_MAX} inputs; --figures all always). The tables below are complete; `intrudim analyze "
+            f"{base} TUNED --out DIR` draws this input's figures.")
+
+
 class _Collector:
     """Gathers matrix outcomes per input. When an input's last matrix is in, it hands back that input's report
     unit (which writes the files `analyze --out` writes); the report's outcome makes the row. An input with a
     failed unit gets the error in its row."""
 
     def __init__(self, planned: list[PlannedInput], out_dir: Path, threshold: float, rows: dict[int, dict[str, Any]],
-                 command: str, keep_analyses: bool = False) -> None:  # fmt: skip
+                 command: str, keep_analyses: bool = False, figures_note: str | None = None) -> None:  # fmt: skip
         self.planned = {item.index: item for item in planned}
         self.outcomes: dict[int, dict[str, UnitOutcome]] = {item.index: {} for item in planned}
         self.out_dir, self.threshold, self.rows, self.command = out_dir, threshold, rows, command
-        self.keep_analyses = keep_analyses
+        self.keep_analyses, self.figures_note = keep_analyses, figures_note
         self.analyses: dict[int, AnalysisResult] = {}
         self.reports_dropped = 0  # inputs with a failed matrix unit: no report unit runs for them
 
@@ -339,5 +347,6 @@ class _Collector:
             skipped=tuple((entry["name"], entry["reason"]) for entry in item.skipped),
             out_dir=str(self.out_dir / "runs" / item.name),
             command=f"{self.command}  # input {item.index + 1}: {item.tuned}" if self.command else "",
+            figures_note=None if self.figures_note is None else self.figures_note.replace("TUNED", item.tuned),
         )  # fmt: skip
         return [(report, ordered)]

@@ -78,6 +78,7 @@ class ReportUnit:
     skipped: tuple[tuple[str, str], ...]  # (name, reason) of the matrices left out, as `analyze` reports them
     out_dir: str
     command: str = ""
+    figures_note: str | None = None  # None: draw the figures; else the report says this instead
 
 
 @dataclass
@@ -270,7 +271,7 @@ def write_input_analysis(
             skipped=[{"name": name, "reason": reason} for name, reason in unit.skipped],
             seconds=sum(o.seconds for o in outcomes), cache_hits=hits, cache_misses=len(outcomes) - hits,
         )  # fmt: skip
-        write_analysis_outputs(result, unit.out_dir, command=unit.command)
+        write_analysis_outputs(result, unit.out_dir, command=unit.command, figures_note=unit.figures_note)
         return UnitOutcome(analysis=result, seconds=time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: this input's row says so
         return UnitOutcome(
