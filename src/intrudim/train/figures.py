@@ -181,9 +181,9 @@ def lr_map_figure(result: Any) -> Any:
               ("forgetting", "forgetting (Δ loss)", "Purples", "{:+.2f}")]  # fmt: skip
     if result.forgetting is None:
         panels = panels[:2]
-    figure, axes = plt.subplots(1, len(panels), figsize=(1.0 + 0.95 * len(columns) * len(panels) + 1.2 * len(panels),
-                                                          1.4 + 0.55 * len(lrs)), squeeze=False)  # fmt: skip
-    for axis, (field, title, cmap, fmt) in zip(axes[0], panels, strict=True):
+    figure, axes = plt.subplots(len(panels), 1, figsize=(2.6 + 0.85 * len(columns), len(panels) * (1.3 + 0.42 * len(lrs))),
+                                squeeze=False)  # fmt: skip
+    for axis, (field, title, cmap, fmt) in zip(axes[:, 0], panels, strict=True):
         grid = np.full((len(lrs), len(columns)), np.nan)
         for i, lr in enumerate(lrs):
             for j, rank in enumerate(ranks):
