@@ -52,6 +52,11 @@ def test_the_map_trains_every_cell_measures_its_forgetting_and_resumes(tiny_llam
                         resume=True, progress=False, figures=False, cache_dir=tmp_path / "cache")  # fmt: skip
     assert again.cells == result.cells
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/result.json")} == before  # nothing retrained
+    other_text = ForgettingConfig(text="wiki", max_tokens=512, seq_len=32)  # another text: measured again, not reused
+    again = lr_rank_map(config, out, (1e-3, 5e-2), (1, 2, "full"), full_lrs=(1e-4,), forgetting=other_text,
+                        resume=True, progress=False, figures=False, cache_dir=tmp_path / "cache")  # fmt: skip
+    wiki = measure_forgetting(str(tiny_llama), Path(cell.run_dir) / "final", other_text)
+    assert again.cell(2, 5e-2).forgetting == pytest.approx(wiki.delta, abs=1e-6) != cell.forgetting
     with pytest.raises(IntrudimError, match="already exists and is not empty"):
         lr_rank_map(config, out, (1e-3,), (1,), progress=False)
 

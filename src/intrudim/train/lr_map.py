@@ -135,19 +135,28 @@ def _measure_forgetting(probe: Any, cells: list[MapCell]) -> tuple[list[MapCell]
             cell = replace(cell, forgetting=float(result.delta), forgetting_ci95=(float(result.ci95[0]), float(result.ci95[1])))
         measured.append(cell)
     about = {"measure": probe.measure, "text": probe.text.to_json(), "max_tokens": probe.config.max_tokens,
+             "settings": _forgetting_settings(probe.config),
              "base_loss": float(base_scores.losses.mean())}  # fmt: skip
     return measured, about
 
 
-def _stored_forgetting(out: Path) -> dict[str, tuple[float, tuple[float, float] | None]]:
-    """run dir → the forgetting a previous map in OUT measured (reused with ``resume``)."""
+def _forgetting_settings(config: ForgettingConfig) -> dict[str, Any]:
+    return {"text": str(config.text), "max_tokens": config.max_tokens, "seq_len": config.seq_len}
+
+
+def _stored_forgetting(out: Path, config: ForgettingConfig | None) -> dict[str, tuple[float, tuple[float, float] | None]]:
+    """run dir → the forgetting a previous map in OUT measured with the same text, tokens and windows (reused
+    with ``resume``; measured again otherwise)."""
     path = out / MAP_FILE
-    if not path.is_file():
+    if config is None or not path.is_file():
         return {}
     try:
-        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+        stored = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return {}
+    if (stored.get("forgetting") or {}).get("settings") != _forgetting_settings(config):
+        return {}
+    cells = stored.get("cells", [])
     return {c["run_dir"]: (c["forgetting"], tuple(c["forgetting_ci95"]) if c.get("forgetting_ci95") else None)
             for c in cells if c.get("forgetting") is not None}  # fmt: skip
 
@@ -193,7 +202,7 @@ def lr_rank_map(
     ensure_writable_directory(out)
     lora_ranks = tuple(r for r in ranks if r != "full")
     threshold = reached if reached is not None else (base_config.target_accuracy or REACHED)
-    stored = _stored_forgetting(out) if resume else {}
+    stored = _stored_forgetting(out, forgetting) if resume else {}
     if forgetting is not None and device == "cuda":
         forgetting = replace(forgetting, device="cuda")
     probe = None if forgetting is None else _prepare_probe(base_config.model, forgetting)
