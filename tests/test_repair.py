@@ -359,3 +359,64 @@ def test_repair_prints_at_most_top_matrices_those_with_intruders_left_first(tiny
     every = runner.invoke(app, ["repair", str(tiny_models["llama"]), str(adapter), "--out", str(tmp_path / "b"),
                                 "--k", "6", "--all"], env={"COLUMNS": "80"})  # fmt: skip
     assert every.exit_code == 0 and "not listed" not in every.output
+
+
+def _causal_llama_and_plain_adapter(root: Path, *, bare: bool = False) -> tuple[Path, Path]:
+    """A tiny LlamaForCausalLM saved as a base, and an adapter a user writes with a plain LoraConfig (no task_type)
+    on the model they loaded with AutoModelForCausalLM (or its bare body, ``bare``), B planted large."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = root / "base"
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)).save_pretrained(str(base))  # fmt: skip
+    model = LlamaForCausalLM.from_pretrained(str(base))
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "up_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model.model if bare else model, config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(3.0 * torch.randn(param.shape, generator=generator))
+    adapter = root / "adapter"
+    peft_model.save_pretrained(str(adapter))
+    return base, adapter
+
+
+def test_merged_repair_of_a_plain_lora_config_adapter_on_a_causal_lm_merges_it(tmp_path):
+    """The newcomer's case: no task_type, keys of LlamaForCausalLM (model.layers.N). `repair --merged` must merge the
+    repaired adapter into BASE's own class: the written weights are peft's merge of the repaired adapter, not BASE
+    (it once loaded a bare LlamaModel, matched no key and wrote BASE unchanged), and what is left is what analyze finds."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    import intrudim
+
+    base, adapter = _causal_llama_and_plain_adapter(tmp_path)
+    assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] is None
+    result = repair(base, adapter, lam=0.5, k=6, out=tmp_path / "m", merged=True, use_cache=False)
+    assert result.total_intruders > 0
+    written = LlamaForCausalLM.from_pretrained(str(tmp_path / "m" / "model")).state_dict()
+    original = LlamaForCausalLM.from_pretrained(str(base)).state_dict()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(written[name], original[name])  # the adapter was merged, not dropped
+    repair(base, adapter, lam=0.5, k=6, out=tmp_path / "a", use_cache=False)  # the repaired adapter itself
+    expected = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(str(base)), str(tmp_path / "a" / "adapter"))
+    expected = expected.merge_and_unload().state_dict()
+    for key in (name, "model.layers.1.mlp.up_proj.weight"):
+        assert torch.allclose(written[key], expected[key], atol=1e-5), key
+    analysed = intrudim.analyze(base, tmp_path / "m" / "model", k=6, use_cache=False)
+    assert result.remaining_intruders == analysed.total_intruders
+
+
+def test_an_adapter_that_fits_no_module_is_one_clear_error_not_a_silent_no_op(tmp_path):
+    """task_type CAUSAL_LM, but saved from the bare body (keys layers.N, no model.): peft would load nothing and
+    merge nothing; intrudim says which tensor matches no module."""
+    from intrudim.models.tuned import AdapterMismatchError
+
+    base, adapter = _causal_llama_and_plain_adapter(tmp_path, bare=True)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "task_type": "CAUSAL_LM"}))
+    with pytest.raises(AdapterMismatchError, match=r"does not fit LlamaForCausalLM: \d+ of its \d+ LoRA tensors"):
+        repair(base, adapter, lam=0.5, k=6, out=tmp_path / "m", merged=True, use_cache=False)

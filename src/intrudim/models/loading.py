@@ -158,11 +158,15 @@ def load_bare_model(model_path: Path) -> nn.Module:
 def load_for_peft_task(model_path: Path, task_type: str | None, *, num_labels: int | None = None) -> nn.Module:
     """Load a local HF folder with the class a PEFT adapter's ``task_type`` was trained on, so that peft can load and
     merge the adapter into it: ``CAUSAL_LM`` → ``AutoModelForCausalLM``, ``SEQ_CLS`` → ``AutoModelForSequenceClassification``
-    (with ``num_labels`` when given: the rows of the adapter's saved head), anything else → ``AutoModel``."""
+    (with ``num_labels`` when given: the rows of the adapter's saved head), ``"ARCHITECTURE"`` → the class BASE's
+    config names, anything else → ``AutoModel``."""
     import transformers
 
     auto = {"CAUSAL_LM": transformers.AutoModelForCausalLM, "SEQ_CLS": transformers.AutoModelForSequenceClassification}
     loader = auto.get(str(task_type), transformers.AutoModel)
+    if task_type == "ARCHITECTURE":  # the class BASE's config.json names (e.g. LlamaForCausalLM), when transformers has it
+        names = list(getattr(load_transformers_config(model_path), "architectures", None) or [])
+        loader = getattr(transformers, names[0], transformers.AutoModel) if names else transformers.AutoModel
     kwargs = {}
     if task_type == "SEQ_CLS" and num_labels is not None:
         kwargs["num_labels"] = num_labels

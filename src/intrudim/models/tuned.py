@@ -258,9 +258,49 @@ def apply_tuned_weights_(model: nn.Module, tuned: str | Path, *, allow_pickle: b
 
 def merge_adapter_with_peft(model: nn.Module, adapter_dir: Path) -> nn.Module:
     """``model`` with the PEFT adapter in ``adapter_dir`` loaded and merged by peft itself (``merge_and_unload``:
-    LoRA, biases, modules_to_save and saved heads); ``model`` must have the class the adapter was trained on."""
-    from peft import PeftModel
+    LoRA, biases, modules_to_save and saved heads); ``model`` must have the class the adapter was trained on.
 
+    peft only warns when an adapter's tensors find no module in ``model`` (the adapter was saved from another class:
+    ``LlamaForCausalLM`` names its layers ``model.layers.N``, a bare ``LlamaModel`` ``layers.N``) and then merges
+    nothing; here that is an :class:`AdapterMismatchError` naming an unmatched tensor, never a silent no-op."""
+    import logging
+
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+
+    saved = _saved_lora_keys(adapter_dir)
     with warnings.catch_warnings():  # peft 0.21 calls transformers' deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        warnings.filterwarnings("ignore", message=".*(missing adapter keys|did not match any targeted module).*")
+        peft_logger = logging.getLogger("peft")
+        level = peft_logger.level
+        peft_logger.setLevel(logging.ERROR)  # its key-mismatch warnings: checked below, said in one sentence
+        try:
+            peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+        finally:
+            peft_logger.setLevel(level)
+        if saved:
+            loaded = set(get_peft_model_state_dict(peft_model).keys())
+            missing = sorted(saved - loaded)
+            if missing:
+                raise AdapterMismatchError(
+                    f"The adapter '{adapter_dir}' does not fit {type(model).__name__}: {len(missing)} of its "
+                    f"{len(saved)} LoRA tensors match no module of it (e.g. '{missing[0]}'), so merging would change "
+                    f"nothing. The adapter was saved from another class of this model."
+                )
+        return peft_model.merge_and_unload()
+
+
+class AdapterMismatchError(IntrudimError):
+    """An adapter's LoRA tensors match no module of the model it is loaded into."""
+
+
+def _saved_lora_keys(adapter_dir: Path) -> set[str]:
+    """The LoRA tensor names of an adapter's safetensors file (empty when it has none we can read without pickle)."""
+    from safetensors import safe_open
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        return set()
+    with safe_open(str(path), framework="pt") as handle:
+        return {key for key in handle.keys() if ".lora_A." in key or ".lora_B." in key}

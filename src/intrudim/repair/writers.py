@@ -238,16 +238,31 @@ def write_like(source: WeightSource, replacements: dict[str, torch.Tensor], dest
 def merge_with_peft(base: WeightSource, adapter_dir: Path, dest: Path) -> None:
     """Merge an adapter into BASE with peft itself (biases, norms and saved heads included), sharded like BASE."""
     from intrudim.models.loading import load_for_peft_task
-    from intrudim.models.tuned import merge_adapter_with_peft
+    from intrudim.models.tuned import AdapterMismatchError, merge_adapter_with_peft
 
     task = (read_adapter_config(adapter_dir) or {}).get("task_type")
-    model = load_for_peft_task(base.path, task, num_labels=_head_outputs(adapter_dir) if task == "SEQ_CLS" else None)
-    merged = merge_adapter_with_peft(model, adapter_dir)
+    merged = None
+    for loader_task in _classes_to_try(task):  # an adapter saved without task_type: BASE's own class, then a bare body
+        model = load_for_peft_task(base.path, loader_task,
+                                   num_labels=_head_outputs(adapter_dir) if task == "SEQ_CLS" else None)  # fmt: skip
+        try:
+            merged = merge_adapter_with_peft(model, adapter_dir)
+            break
+        except AdapterMismatchError:
+            if loader_task == _classes_to_try(task)[-1]:
+                raise
+    assert merged is not None
     shard_bytes = max(file.stat().st_size for file in set(base.files.values()))
     merged.save_pretrained(str(dest), max_shard_size=max(shard_bytes, 1 << 20), safe_serialization=True)
     for item in base.path.iterdir():
         if item.is_file() and item.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
             shutil.copy2(item, dest / item.name)
+
+
+def _classes_to_try(task: str | None) -> tuple[str | None, ...]:
+    """The classes to load BASE as for peft's merge: the adapter's ``task_type``'s; without one (a plain
+    ``LoraConfig``), the class BASE's config names (what a user loads before ``get_peft_model``), then a bare body."""
+    return (task,) if task else ("ARCHITECTURE", None)
 
 
 def _head_outputs(adapter_dir: Path) -> int | None:
