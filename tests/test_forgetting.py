@@ -551,6 +551,15 @@ def test_cli_json_and_outputs(models, tmp_path):
 
     fragment = forgetting_section_html(data)
     assert fragment.startswith("<section") and "<html" not in fragment and "TUNED − BASE" in fragment
+    table = subprocess.run(  # the terminal table names the measure and its unit: a loss, not "perplexity"
+        [_intrudim(), "forgetting", str(models["causal"]), str(models["causal"]), "--text", str(models["text"]),
+         "--max-tokens", "128", "--seq-len", "16"], capture_output=True, text=True, env={**_env(), "COLUMNS": "120"},
+        timeout=300,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    shown = " ".join((table.stdout + table.stderr).split())
+    assert "Forgetting: next-token cross-entropy on the text (nats/token; lower is better)" in shown, shown
+    assert "loss (nats/token)" in shown and "Forgetting (perplexity)" not in shown, shown
 
 
 def test_bad_input_through_the_installed_script(models, tmp_path):

@@ -102,10 +102,18 @@ def test_adapter_alone_uses_its_recorded_base(tiny_models, tmp_path) -> None:
 
 
 def test_adapter_given_as_base_says_the_order(tiny_models, tmp_path) -> None:
+    """Every verb that takes BASE TUNED: an adapter given first is named as an adapter, with the right order, and
+    the message names no other verb's command."""
     adapter = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "adapter", seed=3)
-    result = CliRunner().invoke(app, ["analyze", str(adapter), str(tiny_models["llama"])])
-    assert result.exit_code == 2
-    assert "is a PEFT adapter" in result.output and "BASE ADAPTER" in result.output
+    base = str(tiny_models["llama"])
+    for verb, extra in (("analyze", []), ("forgetting", ["--max-tokens", "64"]), ("repair", ["--out", str(tmp_path / "r")]),
+                        ("scan", ["--out", str(tmp_path / "s")])):  # fmt: skip
+        result = CliRunner().invoke(app, [verb, str(adapter), base, *extra])
+        assert result.exit_code == 2, (verb, result.output)
+        text = " ".join(result.output.split())
+        assert f"'{adapter}' is a PEFT adapter (it holds adapter_config.json), not a model" in text, (verb, text)
+        assert "Give the base model first and the adapter second (BASE ADAPTER)" in text, (verb, text)
+        assert "intrudim analyze" not in text and "Traceback" not in text, (verb, text)
 
 
 def _trainer_output(tmp_path: Path, base_dir: Path, steps: list[int]) -> Path:
@@ -203,3 +211,13 @@ def test_repair_of_a_peft_model_in_memory_equals_the_written_repair(tiny_models,
     assert intrudim.analyze(model, adapter_name="repaired", k=6, use_cache=False).total_intruders <= written.total_intruders
     with pytest.raises(IntrudimError, match="already has an adapter named 'repaired'"):
         intrudim.repair(model, lam=0.5, k=6, use_cache=False)
+
+
+def test_a_mistyped_local_path_is_said_to_be_missing_before_it_is_read_as_a_hub_id(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(app, ["analyze", "smollm2", "adapters/r9"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in text, text
+    assert f"No file or folder 'adapters/r9' exists in {tmp_path} (check the path); read as a Hub repo id, the Hub " \
+           f"repo 'adapters/r9'" in text, text

@@ -32,7 +32,8 @@ def run_guarded(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except IntrudimError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # at a terminal, wrapped between words at its width; in a file or pipe, one line (grep- and log-friendly)
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=not stderr.is_terminal)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]: nothing half-written was left behind (outputs are written atomically).")

@@ -86,10 +86,13 @@ def forgetting_command(
 def _print_result(data: dict[str, Any]) -> None:
     """The measurement as the terminal shows it: the table, then one fact per line, wrapped between phrases. The
     text's licence is not repeated on every run: it is in forgetting.json and forgetting.html."""
+    from intrudim.repair.sweep_result import loss_measure
+
     measure = data["measure"]
-    table = terminal_table(f"Forgetting ({measure.replace('_', '-')})")
+    loss = loss_measure(measure)
+    table = terminal_table(f"Forgetting: {loss.name} on the text ({loss.unit}; lower is better)")
     table.add_column("model", justify="left")
-    table.add_column("loss", justify="right")
+    table.add_column(f"loss ({loss.unit})", justify="right")
     lm = data["base"]["perplexity"] is not None
     if lm:
         table.add_column("pseudo-perplexity" if measure == "pseudo_loss" else "perplexity", justify="right")

@@ -62,7 +62,7 @@ def translate_hub_error(exc: BaseException, repo_id: str, revision: str | None) 
                 f"or HF_ENDPOINT setting) and try again; on a machine without access to the Hub, fetch it "
                 f"elsewhere with `{fetch}`, copy that cache here and set HF_HUB_OFFLINE=1."
             )
-        return HubError(_not_cached_message(where, fetch, offline_variable, imported_offline))
+        return HubError(_no_such_path(repo_id, _not_cached_message(where, fetch, offline_variable, imported_offline)))
     if isinstance(exc, hub_errors.GatedRepoError):
         return HubError(
             f"The Hub repo {where} is gated: its authors ask you to accept their conditions first. Open "
@@ -109,7 +109,7 @@ def translate_hub_error(exc: BaseException, repo_id: str, revision: str | None) 
             f"or, if the repo is already in the local cache ({cache}), set HF_HUB_OFFLINE=1 to use it."
         )
     if isinstance(exc, _offline_error()):
-        return HubError(_not_cached_message(where, fetch, offline_variable, True))
+        return HubError(_no_such_path(repo_id, _not_cached_message(where, fetch, offline_variable, True)))
     if _is_network_error(exc):
         return HubError(
             f"intrudim could not reach the Hugging Face Hub to get {where} ({_short(exc)}). Check the "
@@ -132,6 +132,18 @@ def _where(repo_id: str, revision: str | None, commit: str | None = None) -> str
     """``'org/name' (revision 'v1')`` or ``'org/name' (default branch)``, with the commit when known."""
     at = f"revision '{revision}'" if revision else "default branch"
     return f"'{repo_id}' ({at}{f', commit {commit[:12]}' if commit else ''})"
+
+
+def _no_such_path(repo_id: str, message: str) -> str:
+    """``message`` about a repo missing from the cache, led by the other reading when no such path exists here: a
+    reference like ``adapters/r9`` is a relative path as much as a Hub id (``org/name``), and is most often a
+    mistyped path."""
+    import os
+
+    if os.path.exists(repo_id):
+        return message
+    return (f"No file or folder '{repo_id}' exists in {os.getcwd()} (check the path); read as a Hub repo id, "
+            f"{message[0].lower()}{message[1:]}")
 
 
 def _not_cached_message(where: str, fetch: str, offline_variable: str | None, imported_offline: bool) -> str:

@@ -8,7 +8,13 @@ from typing import Any
 
 from intrudim.errors import IntrudimError
 from intrudim.models.memory import module_weights, peft_adapter_in_memory
-from intrudim.models.references import ModelReference, is_peft_model, resolve_base, resolve_reference
+from intrudim.models.references import (
+    ADAPTER_ORDER,
+    ModelReference,
+    is_peft_model,
+    resolve_base,
+    resolve_reference,
+)
 from intrudim.weights.peft_adapter import LoraAdapter
 from intrudim.weights.sources import WeightSource, open_weights
 
@@ -20,9 +26,7 @@ def open_base_weights(base: ModelReference, *, allow_pickle: bool = False) -> We
     assert base.path is not None
     if base.is_adapter:
         raise IntrudimError(
-            f"BASE '{base.given}' is a PEFT adapter (it holds adapter_config.json), not a model. Give the base model "
-            f"first and the adapter second: intrudim analyze BASE ADAPTER (or the adapter alone: its recorded base "
-            f"is used)."
+            f"BASE '{base.given}' is a PEFT adapter (it holds adapter_config.json), not a model. {ADAPTER_ORDER}"
         )
     return open_weights(base.path, allow_pickle=allow_pickle)
 

@@ -283,6 +283,13 @@ def resolve_base(
         ) from None
 
 
+ADAPTER_ORDER = (
+    "Give the base model first and the adapter second (BASE ADAPTER); analyze, repair and forgetting also take the "
+    "adapter alone and use the base it records."
+)
+"""What an error says when an adapter stands where a model belongs (arguments swapped)."""
+
+
 def resolve_model_folder(spec: Any, *, role: Role = "model", progress: bool = True, what: str | None = None) -> Path:
     """A model to load with transformers: its local folder (an embedded name, a folder, a run's final model, a
     Trainer checkpoint, a Hub snapshot), which must hold a config.json. ``what`` names the argument in errors
@@ -290,6 +297,9 @@ def resolve_model_folder(spec: Any, *, role: Role = "model", progress: bool = Tr
     path = resolve_local_path(spec, role=role, progress=progress)
     if not (path / MODEL_CONFIG).is_file():
         label = what or _role_word(role)
+        if (path / "adapter_config.json").is_file():
+            raise IntrudimError(f"{label} '{spec}' is a PEFT adapter (it holds adapter_config.json), not a model. "
+                                f"{ADAPTER_ORDER}")  # fmt: skip
         raise IntrudimError(
             f"{label} '{spec}' is not a model folder with a config.json"
             + (f" (it resolved to '{path}')" if str(path) != str(spec) else "")
