@@ -182,7 +182,13 @@ def test_scan_of_a_trainer_output_dir_orders_checkpoints_by_step(tiny_models, tm
     assert (tmp_path / "scan" / "intruders_over_steps.png").stat().st_size > 1000
     html = (tmp_path / "scan" / "leaderboard.html").read_text()
     assert 'id="steps-figure"' in html and "Intruders over training steps" in html
+    assert "3 of the 3 scanned inputs are <code>checkpoint-N</code>" in html and "The other inputs" not in html
     assert "step" in (tmp_path / "scan" / "leaderboard.csv").read_text().splitlines()[0]
+    other = write_peft_adapter(tiny_models["llama"], "llama", tmp_path / "other" / "adapter", seed=9)
+    mixed = scan(str(tiny_models["llama"]), [str(out), str(other)], tmp_path / "mixed",
+                 ScanConfig(analysis=AnalyzeConfig(k=6), figures="none"), cache_dir=tmp_path / "cache")  # fmt: skip
+    html = (tmp_path / "mixed" / "leaderboard.html").read_text()  # what the note says is what the scan held
+    assert len(mixed.document["rows"]) == 4 and "3 of the 4 scanned inputs" in html and "The other inputs" in html
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -208,8 +208,10 @@ def effective_rank_figure(matrices: Sequence[Any]) -> Figure:
     """Effective rank of ΔW per layer, one line per matrix type (Fig. 6); coinciding types share one line."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     all_series = effective_rank_series(matrices)
-    for i, series in enumerate(all_series):
-        ax.plot(series.x, series.y, label=series.label, clip_on=False, **series_style(i))
+    import textwrap
+
+    for i, series in enumerate(all_series):  # a merged series' label ("a = b = c (identical)") wrapped, not overflowing
+        ax.plot(series.x, series.y, label=textwrap.fill(series.label, 34), clip_on=False, **series_style(i))
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layer indices, not 0.2, 0.4, …
     # From 0, so that ranks read against each other and against r; headroom keeps the top line off the frame.
@@ -217,7 +219,8 @@ def effective_rank_figure(matrices: Sequence[Any]) -> Figure:
     ax.set_ylabel("effective rank of ΔW")
     ax.set_title("Effective rank of the update (Fig. 6)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    # below the axes, where no point can be hidden under it (inside, it sat where the lowest points fall)
+    ax.legend(fontsize=7, ncol=min(3, max(1, len(all_series))), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     return fig
 
 

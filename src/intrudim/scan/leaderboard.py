@@ -204,8 +204,9 @@ intruders, {{ p.predicted_and_found }} both; precision <b>{{ fmt(p.precision, 2)
 <td class="text error-text">{{ r.error or "" }}</td></tr>
 {% endfor %}</tbody></table></div>
 {% if doc.steps %}<h2>Intruders over training steps</h2>
-<p class="note">The scanned inputs are checkpoints of one training run, ordered by step (from each checkpoint's
-trainer_state.json).</p>
+<p class="note" id="steps-note">{{ doc.steps|length }} of the {{ doc.rows|length }} scanned inputs are <code>checkpoint-N</code>
+folders, ordered here by training step: a checkpoint's trainer_state.json <code>global_step</code> where it has one,
+else the N of its folder name.{% if doc.steps|length < doc.rows|length %} The other inputs are not in this table.{% endif %}</p>
 {% if steps_png %}<img id="steps-figure" alt="Intruder dimensions over training steps" src="data:image/png;base64,{{ steps_png }}">{% endif %}
 <table id="steps"><thead><tr><th>step</th><th class="text">checkpoint</th><th>intruders</th>
 <th>matrices with intruders</th><th title="the intruders' share of ‖W_t‖²_F, mean over matrices">energy %</th></tr></thead><tbody>
