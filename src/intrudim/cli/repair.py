@@ -31,7 +31,7 @@ def repair_command(
                    "OUT/report.html here (--sweep: repair_sweep.json/.csv/.png and report.html).")],
     lam: Annotated[float, typer.Option("--lambda", help="Scale for the intruders' singular values: 0 removes "
                    "them, 1 keeps them.")] = DEFAULT_LAMBDA,
-    sweep: Annotated[str | None, typer.Option("--sweep", metavar="[λ,...]",
+    sweep: Annotated[str | None, typer.Option("--sweep", metavar="λ,λ,...",
                      help="Comma-separated λ values (the paper's: "
                      f"{DEFAULT_SWEEP_TEXT}): measure --task accuracy, the loss on --task-text and --text forgetting "
                      "for each, per method; writes no adapter.")] = None,
@@ -240,7 +240,7 @@ def _print_sweep(console: Console, result) -> None:
                      f"(lower is better).")  # fmt: skip
         lines.append(f"BASE loss on the task text: {loss.describe(result.base_task_loss)}")
     if loss is not None and has["forgetting_loss"]:
-        lines.append(f"text loss: {loss.name} on the text {result.text['source']}, in {loss.unit} (lower = less "
+        lines.append(f"text loss: {loss.name} on the text '{result.text['source']}', in {loss.unit} (lower = less "
                      f"forgetting); Δ vs BASE: the forgetting.")  # fmt: skip
         lines.append(f"BASE loss on the text: {loss.describe(result.base_loss)}")
     if (regime := result.regime()) is not None:

@@ -158,15 +158,15 @@ class RepairSweepResult:
 
     def labels(self) -> dict[str, str]:
         """Column → what it is, with its unit and direction (the JSON's ``labels``, the table's, the figure's)."""
-        out = {"removed_frobenius": "‖W' − W_t‖_F over every repaired matrix (root of the summed squares)"}
+        out = {"removed_frobenius": "the Frobenius norm ‖W' − W_t‖ over every repaired matrix (root of the summed squares)"}
         loss = self.loss
         if self.task is not None:
             out["accuracy"] = f"held-out accuracy on task '{self.task}' (fraction correct; higher is better)"
         if loss is not None and self.task_text is not None:
-            out["task_loss"] = (f"{loss.name} on the task text {self.task_text['source']} ({loss.unit}; lower is "
+            out["task_loss"] = (f"{loss.name} on the task text '{self.task_text['source']}' ({loss.unit}; lower is "
                                 f"better)")  # fmt: skip
         if loss is not None and self.text is not None:
-            out["forgetting_loss"] = (f"{loss.name} on the text {self.text['source']} ({loss.unit}; lower = less "
+            out["forgetting_loss"] = (f"{loss.name} on the text '{self.text['source']}' ({loss.unit}; lower = less "
                                       f"forgetting)")  # fmt: skip
         return out
 

@@ -16,7 +16,7 @@ def sweep_panels(result: Any) -> list[tuple[str, str, str]]:
     panels = []
     if result.text is not None:
         panels.append(("forgetting_loss", f"{name} ({unit})\nlower = less forgetting",
-                       f"Forgetting: loss on the text {Path(str(result.text['source'])).name}"))  # fmt: skip
+                       f"Forgetting: loss on the text '{Path(str(result.text['source'])).name}'"))  # fmt: skip
     if result.task_text is not None:
         panels.append(("task_loss", f"{name} ({unit})\nlower is better",
                        f"Task cost: loss on the task text {Path(str(result.task_text['source'])).name}"))  # fmt: skip

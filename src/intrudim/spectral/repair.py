@@ -171,9 +171,9 @@ METHOD_LABELS = {"none": "intruders", "non-intruder": "non-intruder control", "s
 
 
 METHOD_DESCRIPTIONS = {
-    "none": "the intruders' singular values scaled by λ: W' = W_t + (λ − 1)·Σ_{j∈I} σ_j u_j v_jᵀ (the v2 intervention)",
+    "none": "the intruders' singular values scaled by λ: W' = W_t + (λ − 1)·Σ σⱼ uⱼ vⱼᵀ over the intruders j (the v2 intervention)",
     "non-intruder": "control: as many of the top non-intruder singular directions of W_t scaled by λ (mostly the "
     "base's own top directions), to see whether the effect is specific to intruders",
     "shrink": "control: W₀ + c·ΔW with c per matrix chosen to remove the same Frobenius norm as the intruder "
-    "repair (c = 0 when that is more than ‖ΔW‖_F), to see whether removing any equal part of the update does as much",
+    "repair (c = 0 when that is more than the Frobenius norm of ΔW), to see whether removing any equal part of the update does as much",
 }
