@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The paper in one command on the embedded MiniLM (offline, ~5 minutes on 2 cores): runs, claims, one report.
+# The paper in one command on the embedded MiniLM (offline, ~3.5 minutes on 2 idle cores): runs, claims, one report.
 # A second `make demo` reuses the finished runs in demo_out and only re-renders the report.
 demo: install
 	$(BIN)/intrudim demo --quick --out demo_out
