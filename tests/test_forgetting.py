@@ -560,6 +560,8 @@ def test_cli_json_and_outputs(models, tmp_path):
     shown = " ".join((table.stdout + table.stderr).split())
     assert "Forgetting: next-token cross-entropy on the text (nats/token; lower is better)" in shown, shown
     assert "loss (nats/token)" in shown and "Forgetting (perplexity)" not in shown, shown
+    assert "128 tokens scored in 8 windows of 16 tokens" in shown and "over 8 windows of 16 tokens" in shown, shown
+    assert "only 8 windows of 16 tokens: the 95% interval of a bootstrap over so few is rough" in shown, shown
 
 
 def test_bad_input_through_the_installed_script(models, tmp_path):

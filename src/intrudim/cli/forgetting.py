@@ -115,15 +115,26 @@ def _print_result(data: dict[str, Any]) -> None:
     table.add_row(*row, style="bold red" if low > 0 else None)
     console = Console()
     console.print(table)
+    units = "sentence pairs" if measure == "contrastive" else f"windows of {data.get('seq_len')} tokens"
+    if measure != "contrastive" and data.get("seq_len") is None:
+        units = "windows"
     lines: list[str | Text] = [
         data["verdict"],
-        f"95% CI: paired bootstrap over {data['sequences']} sequences ({data['bootstrap']['resamples']} resamples)",
+        f"95% CI: paired bootstrap over {data['sequences']} {units} ({data['bootstrap']['resamples']} resamples)",
         f"text: {data['text']['source']}",
-        f"{data['tokens']} tokens scored",
+        f"{data['tokens']} tokens scored in {data['sequences']} {units}",
         f"measure: {data['measure_description']}",
     ]
-    lines += [Text.assemble(("note", "yellow"), f": {note}") for note in data.get("notes", [])]
+    notes = list(data.get("notes", []))
+    if data["sequences"] < FEW_SEQUENCES:
+        notes.append(f"only {data['sequences']} {units}: the 95% interval of a bootstrap over so few is rough; give "
+                     f"more text (--max-tokens) for a firmer one")  # fmt: skip
+    lines += [Text.assemble(("note", "yellow"), f": {note}") for note in notes]
     print_lines(console, lines)
+
+
+FEW_SEQUENCES = 10
+"""Below this many windows (or sentence pairs) the terminal says the bootstrap interval is rough."""
 
 
 def register(app: typer.Typer) -> None:
