@@ -255,8 +255,8 @@ def test_cli_json_rows_and_bad_input(scan_inputs, tmp_path):
         line for line in result.stderr.splitlines() if line.startswith("scan: ")
     ]  # no terminal: plain lines
     total = 14 + 2 * 14 + 2  # one base SVD unit per base matrix (shared by both), the matrices, two reports
-    assert lines[0].startswith(f"scan: 0/{total} units") and lines[-1].startswith(
-        f"scan: {total}/{total} units"
+    assert lines[0].startswith(f"scan: 0/{total} steps (base SVDs, matrices, reports)") and lines[-1].startswith(
+        f"scan: {total}/{total} steps (base SVDs, matrices, reports)"
     )
     again = runner.invoke(
         app, ["scan", scan_inputs["base"], str(adapters / "r2_strong"), "--out", str(tmp_path / "o")]

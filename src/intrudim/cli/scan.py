@@ -193,7 +193,10 @@ def print_leaderboard(console: Console, document: dict[str, Any], paths: dict[st
     p = document["prediction"]
     lines: list[str | Text] = [
         f"base: {document['base']}",
+        "#: input order; intr.: intruder dimensions, summed over matrices",
         ENERGY_NOTE,
+        "worst: the matrix with the most intruders (its count in the report); eff.rank: effective rank of ΔW, mean "
+        "over matrices",
         "pred./found: matrices predicted intruder-prone / with intruders (both)",
     ]
     for i, row in enumerate(rows, 1):

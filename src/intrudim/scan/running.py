@@ -140,7 +140,7 @@ def scan(
     resumed = [unit for unit in matrix_units if unit.job.base_key in earlier.get(unit.index, {})]
     matrix_units = [unit for unit in matrix_units if unit.job.base_key not in earlier.get(unit.index, {})]
     total = len(base_units) + len(matrix_units) + len(planned)  # + one report unit per input
-    reporter = make_reporter(progress, total, "scan", what="units")
+    reporter = make_reporter(progress, total, "scan", what="steps (base SVDs, matrices, reports)")
     finished = 0
     rows_at_start = len(rows)  # inputs resumed whole, or that failed planning
     base_svds = {"hits": 0, "misses": 0}  # base SVD units: found in the cache, or computed
@@ -160,9 +160,11 @@ def scan(
                 what = f"{names[unit.index]}: report"
             done = finished + collector.reports_dropped  # an input with a failed matrix has no report unit
             inputs_done = len(rows) - rows_at_start
-            if inputs_done and done != total:  # the rate a user plans by: inputs finished per hour, so far
-                rate = 3600 * inputs_done / max(time.perf_counter() - started, 1e-9)
-                what = f"{what} ({inputs_done}/{len(planned)} inputs, {rate:,.0f}/hour)"
+            if inputs_done and done != total:  # the rate a user plans by: inputs finished per hour (or minute)
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                rate = (f"{3600 * inputs_done / elapsed:,.0f}/hour" if inputs_done / elapsed < 1 / 60
+                        else f"{60 * inputs_done / elapsed:,.0f}/minute")  # fmt: skip
+                what = f"{what} ({inputs_done}/{len(planned)} inputs done, {rate})"
             reporter(done, total, "done" if done == total else what)
         return ready
 
