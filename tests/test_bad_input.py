@@ -147,7 +147,7 @@ def test_epsilon_out_of_range(tiny_models, tmp_path, epsilon):
 
 
 def test_bad_config_values():
-    for kwargs in ({"k": 0}, {"k": -3}, {"method": "fast"}, {"cache_dtype": "float16"}, {"modules": "("},
+    for kwargs in ({"k": 0}, {"k": -3}, {"method": "fast"}, {"cache_dtype": "float8"}, {"modules": "("},
                    {"device": "tpu"}, {"epsilons": (0.5, 2.0)}):  # fmt: skip
         with pytest.raises(InvalidConfigError):
             AnalyzeConfig(**kwargs)

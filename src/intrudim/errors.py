@@ -36,3 +36,7 @@ class NonFiniteWeightsError(IntrudimError):
 
 class HubError(IntrudimError):
     """A Hugging Face Hub repository cannot be used: not cached while offline, not found, gated or private."""
+
+
+class CacheDtypeError(IntrudimError):
+    """A base SVD cache entry was written at another precision than the run asks for (half precision involved)."""

@@ -10,7 +10,9 @@ from intrudim.errors import InvalidConfigError
 from intrudim.spectral.intruders import EPSILON_SWEEP, K_SWEEP_FRACTIONS
 from intrudim.weights.selection import MatrixSelection
 
-CACHE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CACHE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""The precisions the base SVD cache stores U₀ (and Vh) in; σ is always float64. float16/bfloat16: half the bytes
+of float32, each decision their rounding could change re-decided in float64 (:mod:`intrudim.spectral.rounding`)."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,13 @@ class AnalyzeConfig:
             cached base SVD, never merged; ``"dense"``: merge and take a dense top-k SVD (the slow reference). A
             dense tuned model always takes the dense top-k.
         device: ``"cpu"`` (default) or ``"cuda[:N]"``: where the base SVDs are computed.
-        cache_dtype: Precision of the factors stored in the base SVD cache: ``"float32"`` (default, half the disk)
-            or ``"float64"`` (the same counts, ranks and sweeps as no cache; max |cos| and σ to float64 rounding).
+        cache_dtype: Precision of the factors stored in the base SVD cache: ``"float32"`` (default, half the disk
+            of float64), ``"float64"`` (the same counts, ranks and sweeps as no cache; max |cos| and σ to float64
+            rounding), or ``"float16"``/``"bfloat16"`` (half the disk of float32; the same counts, ranks and sweeps
+            as no cache: every decision within the half factors' certified error of a threshold, or whose rank
+            order they could change, is re-decided with a float64 SVD of that base matrix, and the result counts
+            the matrices re-decided; max |cos| and σ to the half precision's rounding). A cache directory holds one
+            half precision or full-precision factors, not a mix.
         allow_pickle: Allow loading ``.bin``/``.pt`` pickle checkpoints (default False: they can run code).
     """
 
@@ -81,7 +88,11 @@ class AnalyzeConfig:
         if self.method not in ("auto", "structured", "dense"):
             raise InvalidConfigError(f"method must be 'auto', 'structured' or 'dense'; got {self.method!r}.")
         if self.cache_dtype not in CACHE_DTYPES:
-            raise InvalidConfigError(f"cache_dtype must be 'float32' or 'float64'; got {self.cache_dtype!r}.")
+            raise InvalidConfigError(
+                f"cache_dtype must be one of {', '.join(repr(name) for name in CACHE_DTYPES)}; got "
+                f"{self.cache_dtype!r}. float32 is the default; float16 and bfloat16 store half the bytes and "
+                f"re-decide in float64 what their rounding could change."
+            )
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise InvalidConfigError(f"device must be 'cpu' or 'cuda[:N]'; got {self.device!r}.")
         if self.modules is not None:

@@ -12,6 +12,7 @@ from intrudim.analysis.config import AnalyzeConfig
 from intrudim.analysis.matrix import _unchanged, analyze_dense_matrix, analyze_lora_matrix
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob
 from intrudim.analysis.results import MatrixResult
+from intrudim.analysis.rounded import analyze_rounded_dense, analyze_rounded_lora
 from intrudim.weights.peft_adapter import LoraFactors
 from intrudim.weights.sources import WeightSource
 from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, file_stat
@@ -85,9 +86,30 @@ def _mapped_base(inputs: AnalysisInputs, job: MatrixJob) -> torch.Tensor:
 
 def analyze_read(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult:
     """Analyse a read matrix: its base SVD (from the cache, or computed and stored on a miss), then the structured
-    LoRA path or the dense one."""
+    LoRA path or the dense one.
+
+    Factors a half-precision cache stored decide only what their certified error cannot change
+    (:mod:`intrudim.analysis.rounded`); a matrix with any other decision is analysed again with the float64 SVD
+    that --no-cache computes, and its result says ``redecided``."""
+    base_svd = cache.resolve(read.W0, read.cached)
+    if base_svd.rounding is None:
+        return _analyze_with(read, base_svd, config)
+    if read.factors is not None:
+        f = read.factors
+        result = analyze_rounded_lora(read.job, read.W0, base_svd, f.A, f.B, f.scale, config)
+    else:
+        assert read.Wt is not None
+        if torch.equal(read.W0, read.Wt):
+            return _unchanged(read.job, base_svd, config)  # no decision depends on the base factors
+        result = analyze_rounded_dense(read.job, read.W0, base_svd, read.Wt, config)
+    if result is None:
+        result = _analyze_with(read, cache.exact_factors(read.W0), config)
+        result.redecided = True
+    return result
+
+
+def _analyze_with(read: ReadJob, base_svd, config: AnalyzeConfig) -> MatrixResult:
     job, W0 = read.job, read.W0
-    base_svd = cache.resolve(W0, read.cached)
     if read.factors is not None:
         factors = read.factors
         return analyze_lora_matrix(job, W0, base_svd, factors.A, factors.B, factors.scale, config)

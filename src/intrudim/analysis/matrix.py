@@ -123,6 +123,23 @@ def analyze_lora_matrix(
     )  # fmt: skip
 
 
+def dense_spectrum(
+    Wt: torch.Tensor, U0: torch.Tensor, config: AnalyzeConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Top-k left vectors and σ of a dense W_t (Lanczos; every vector for the k-sweep), their max |cos| against U₀,
+    and every vector's for the k-sweep (else None). The tuned vectors do not depend on the base factors."""
+    Wt_64 = Wt.to(torch.float64)
+    if config.k_sweep:
+        full = thin_svd(Wt_64)
+        top_U, top_S = full.U[:, : config.k], full.S[: config.k]
+        max_cos_all = max_abs_cosine(full.U, U0)
+    else:
+        top = top_k_svd(Wt_64, config.k)
+        top_U, top_S = top.U, top.S
+        max_cos_all = None
+    return top_U, top_S, max_abs_cosine(top_U, U0), max_cos_all
+
+
 def analyze_dense_matrix(
     job: MatrixJob,
     W0: torch.Tensor,
@@ -132,20 +149,14 @@ def analyze_dense_matrix(
     *,
     delta_sigma: torch.Tensor | None = None,
     lora_rank: int | None = None,
+    spectrum: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
 ) -> MatrixResult:
-    """Dense path: top-k SVD of W_t (Lanczos), compared with all base left singular vectors."""
+    """Dense path: top-k SVD of W_t (Lanczos), compared with all base left singular vectors. ``spectrum``: what
+    :func:`dense_spectrum` returned for W_t and ``base_svd.U``, when it was computed already."""
     n_sim = min(config.similarity_size, base_svd.rank_dim)
     U0 = base_svd.U
     W0_64, Wt_64 = W0.to(torch.float64), Wt.to(torch.float64)
-    if config.k_sweep:
-        full = thin_svd(Wt_64)
-        top_U, top_S = full.U[:, : config.k], full.S[: config.k]
-        max_cos_all = max_abs_cosine(full.U, U0)
-    else:
-        top = top_k_svd(Wt_64, config.k)
-        top_U, top_S = top.U, top.S
-        max_cos_all = None
-    max_cos = max_abs_cosine(top_U, U0)
+    top_U, top_S, max_cos, max_cos_all = spectrum if spectrum is not None else dense_spectrum(Wt_64, U0, config)
     similarity = (top_U.T @ U0[:, :n_sim].to(torch.float64)).abs()
     if delta_sigma is None and config.effective_rank:
         delta_sigma = singular_values(Wt_64 - W0_64)

@@ -11,6 +11,8 @@ from typing import Any
 
 from intrudim.analysis.config import AnalyzeConfig
 
+HALF_CACHE = ("float16", "bfloat16")
+
 
 @dataclass
 class MatrixResult:
@@ -36,6 +38,7 @@ class MatrixResult:
     update_sigma1: float | None = None  # σ₁(ΔW)
     intruder_pressure: float | None = None  # σ₁(ΔW) / σ_k(W₀) (beyond the paper; Sec. 5's toy model)
     update_alignment: float | None = None  # ‖U₀[:, :k]ᵀ u₁(ΔW)‖: 0 = the update's top direction is new
+    redecided: bool = False  # half-precision cache: a decision lay within the rounding's bound, re-decided in float64
     similarity: list[list[float]] | None = field(default=None, repr=False)  # (k, n_base) |cos|
 
     @classmethod
@@ -80,6 +83,12 @@ class AnalysisResult:
     @property
     def total_intruders(self) -> int:
         return sum(m.intruders for m in self.matrices)
+
+    @property
+    def matrices_redecided(self) -> int:
+        """Matrices whose half-precision cached factors left a decision within their error bound, re-decided with a
+        float64 SVD of the base matrix (always 0 for a float32 or float64 cache, or without one)."""
+        return sum(1 for m in self.matrices if m.redecided)
 
     def epsilon_sweep(self) -> dict[float, int]:
         totals = {float(eps): 0 for eps in self.config.epsilons}
@@ -131,6 +140,7 @@ class AnalysisResult:
             "skipped": self.skipped,
             "seconds": round(self.seconds, 4),
             "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+            "matrices_redecided": self.matrices_redecided,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()},
             "definitions": {
                 "intruder": "tuned left singular vector j among the top k with max_i |cos(u_j, u_i^base)| < epsilon, "
@@ -173,13 +183,14 @@ class AnalysisResult:
         with_intruders = sum(1 for m in self.matrices if m.intruders)
         shares = [m.intruder_energy_share for m in self.matrices]
         energy = 100 * sum(shares) / n if n else 0.0
+        redecided = f", {self.matrices_redecided} re-decided in float64" if self.config.cache_dtype in HALF_CACHE else ""
         return [
             f"{self.total_intruders} intruder dimensions (k={self.k}, ε={self.epsilon}) in {with_intruders} of "
             f"{n} matrices",
             f"energy: intruders carry {energy:.3g} % of ‖W_t‖²_F (mean over matrices)",
             f"tuned ({self.tuned_kind}): {self.tuned}",
             f"base: {self.base}",
-            f"{self.seconds:.2f} s; base SVD cache: {self.cache_hits} hits, {self.cache_misses} computed",
+            f"{self.seconds:.2f} s; base SVD cache: {self.cache_hits} hits, {self.cache_misses} computed{redecided}",
         ]
 
 

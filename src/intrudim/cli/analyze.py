@@ -42,7 +42,7 @@ def analyze(
     device: Annotated[str, typer.Option(metavar="cpu|cuda[:N]", help="Where base SVDs are computed.")] = "cpu",
     cache: Annotated[Path | None, typer.Option("--cache", "--cache-dir", metavar="DIR", help="Base SVD cache directory (default: $INTRUDIM_CACHE or ~/.cache/intrudim/svd).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the base SVD cache.")] = False,
-    cache_dtype: Annotated[str, typer.Option(metavar="float32|float64", help="Precision of cached base factors: float32 (half the disk) or float64 (the same counts as --no-cache; values to rounding).")] = "float32",
+    cache_dtype: Annotated[str, typer.Option(metavar="float32|float64|float16|bfloat16", help="Precision of cached base factors (σ stays float64): float32 (default; half the disk of float64), float64 (the same counts as --no-cache; values to rounding), or float16/bfloat16 (half the disk of float32; the same counts, ranks and sweeps as --no-cache: every decision within the half factors' certified error of a threshold is re-decided with a float64 SVD of that matrix, and the JSON counts them as matrices_redecided; slower when warm, see docs/performance.md). One directory holds one half precision or full-precision factors.")] = "float32",
     k_sweep: Annotated[bool, typer.Option("--k-sweep", help="Also count intruders for k = 20%…100% of each matrix's singular vectors (Fig. 11).")] = False,
     include_embeddings: Annotated[bool, typer.Option("--include-embeddings", help="Also analyse embedding tables (left out by default).")] = False,
     include_heads: Annotated[bool, typer.Option("--include-heads", help="Also analyse heads: LM head, classifier, pooler (left out by default).")] = False,

@@ -50,7 +50,9 @@ class RepairConfig:
         include_embeddings: Also repair embedding tables (default False), as ``analyze --include-embeddings``.
         include_heads: Also repair heads (default False), as ``analyze --include-heads``.
         device: ``"cpu"`` (default) or ``"cuda[:N]"``: where the base SVDs are computed.
-        cache_dtype: Precision of the base SVD cache's factors, ``"float32"`` (default) or ``"float64"``.
+        cache_dtype: Precision of the base SVD cache's factors, ``"float32"`` (default) or ``"float64"``. Not
+            ``"float16"``/``"bfloat16"``: a repair writes weights from the tuned singular vectors, which half-precision
+            base factors would round (``analyze`` and ``scan`` take them).
         allow_pickle: Allow loading ``.bin``/``.pt`` pickle checkpoints (default False: they can run code).
     """
 
@@ -73,6 +75,13 @@ class RepairConfig:
                 f"got {self.control!r}."
             )
         _ = self.analyze_config  # validates k, ε, modules, device, cache dtype with analyze's messages
+        if self.cache_dtype in ("float16", "bfloat16"):
+            raise InvalidConfigError(
+                f"repair needs float32 or float64 base factors; got cache_dtype={self.cache_dtype!r}. A repair writes "
+                f"weights from the tuned singular vectors, which half-precision factors would round (analyze and scan "
+                f"read half-precision caches). Use cache_dtype='float32' (the default) with a cache directory of "
+                f"float32 factors."
+            )
 
     @property
     def analyze_config(self) -> AnalyzeConfig:

@@ -7,9 +7,13 @@ Convention (DESIGN.md): W has shape (out, in) as in ``nn.Linear``; W = U Σ Vᵀ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from intrudim.spectral.rounding import FactorRounding
 
 # Below this many rows/columns a dense LAPACK SVD beats ARPACK's iteration overhead.
 DENSE_SVD_MAX_DIM = 160
@@ -21,11 +25,15 @@ class SVDFactors:
 
     ``Vh`` is None for a wide or square base SVD computed without its right vectors (:func:`base_svd` with
     ``right_vectors=False``, what the cache stores for such matrices): U then spans the whole output space, and the
-    right vectors are Σ⁻¹UᵀW, which the users of such factors form from W itself where they need them."""
+    right vectors are Σ⁻¹UᵀW, which the users of such factors form from W itself where they need them.
+
+    ``rounding``: set for factors a half-precision cache stored (U, Vh in float16 or bfloat16): how far each is
+    from the float64 factor it was rounded from (:mod:`intrudim.spectral.rounding`); None for float32/float64."""
 
     U: torch.Tensor
     S: torch.Tensor
     Vh: torch.Tensor | None
+    rounding: FactorRounding | None = None
 
     @property
     def rank_dim(self) -> int:

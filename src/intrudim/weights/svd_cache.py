@@ -13,6 +13,12 @@ file hashes: a remembered key is used only while the file's device, inode, size,
 recorded, and only if the file was last changed at least :data:`RACY_SECONDS` before that matrix was read (a
 file changed again within the same clock tick as the read could still look unchanged). Anything else is hashed
 again. ``INTRUDIM_KEY_MEMO=0`` turns the memo off.
+
+A half-precision cache (float16 or bfloat16, issue 28) stores LAPACK's float64 factors (those ``--no-cache``
+computes) rounded, U and, for a tall matrix, Vh, with a certificate of how far each is from the float64 factor
+(:func:`~intrudim.spectral.rounding.certify_factors`, in the entry's metadata); the run that writes an entry
+analyses with the float64 factors it just computed. A directory holds one half dtype or full-precision entries:
+reading an entry of another precision where a half dtype is involved is a :class:`~intrudim.errors.CacheDtypeError`.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from intrudim.errors import CacheDtypeError
 from intrudim.fileio import atomic_path, write_json_atomic
+from intrudim.spectral.rounding import HALF_DTYPES, FactorRounding, certify_factors
 from intrudim.spectral.svd import SVDFactors, base_svd, thin_svd
 
 CACHE_FORMAT = "1"
@@ -205,9 +213,9 @@ class BaseSVDCache:
     def _compute(self, W: torch.Tensor, *, exact: bool = False) -> SVDFactors:
         """The base SVD. Factors stored in float32 (the default) come from the symmetric eigensolver on the smaller
         Gram matrix, checked in float64 to float32 precision, or from LAPACK's SVD where that check fails
-        (:func:`~intrudim.spectral.svd.base_svd`); a float64 cache and ``exact`` (no cache: nothing rounded) take
-        LAPACK's SVD, exact to float64 rounding. The Gram route leaves out a wide or square matrix's right vectors
-        (Vh None): the warm path does not need them (:class:`~intrudim.spectral.structured.GramCore`)."""
+        (:func:`~intrudim.spectral.svd.base_svd`); a float64 or half-precision cache and ``exact`` (no cache: nothing
+        rounded) take LAPACK's SVD, exact to float64 rounding (a half cache rounds what --no-cache computes). The Gram route leaves out a wide or
+        square matrix's right vectors (Vh None): the warm path does not need them (:class:`~intrudim.spectral.structured.GramCore`)."""
         svd = thin_svd if exact or self.dtype != torch.float32 else partial(base_svd, right_vectors=False)
         if self.device != "cpu":
             factors = svd(W.to(self.device))
@@ -232,21 +240,51 @@ class BaseSVDCache:
         return CacheLookup(key=key, factors=self._load(key))
 
     def _load(self, key: str) -> SVDFactors | None:
-        if self.recent is not None and (kept := self.recent.get(key)) is not None:
+        if self.recent is not None and (kept := self.recent.get(key)) is not None and kept.U.dtype == self.dtype:
             return kept
         path = self.path_for(key)
         if not path.exists():
             return None
         try:
             stored = load_file(str(path))
-            # U and Vh stay in the stored dtype (no float64 copy of large bases); S is float64. An entry of a wide or
-            # square matrix written by the Gram route has no Vh (entries written before it have one: both are used).
-            factors = SVDFactors(U=stored["U"], S=stored["S"].to(torch.float64), Vh=stored.get("Vh"))
+            U, S, Vh = stored["U"], stored["S"].to(torch.float64), stored.get("Vh")
+            metadata = {}
+            if U.dtype in HALF_DTYPES.values():
+                with safe_open(str(path), framework="pt") as entry:
+                    metadata = entry.metadata() or {}
         except (SafetensorError, KeyError, OSError):
             return None  # a damaged entry (e.g. disk full when written elsewhere): recompute and replace it
+        self._check_dtype(path, U.dtype)
+        # U and Vh stay in the stored dtype (no float64 copy of large bases); S is float64. An entry of a wide or
+        # square matrix written by the Gram route has no Vh (entries written before it have one: both are used).
+        rounding = None
+        if U.dtype in HALF_DTYPES.values():
+            name = next(n for n, d in HALF_DTYPES.items() if d == U.dtype)
+            V_shape = None if Vh is None else (int(Vh.shape[1]), int(Vh.shape[0]))
+            rounding = FactorRounding.from_metadata(metadata.get("rounding"), name, tuple(U.shape), V_shape)
+        factors = SVDFactors(U=U, S=S, Vh=Vh, rounding=rounding)
         if self.recent is not None:
             self.recent.put(key, factors)
         return factors
+
+    def _check_dtype(self, path: Path, stored: torch.dtype) -> None:
+        """One precision per directory where a half dtype is involved (float32 and float64 entries mix, as before)."""
+        half = tuple(HALF_DTYPES.values())
+        if stored == self.dtype or (stored not in half and self.dtype not in half):
+            return
+        have, want = str(stored).removeprefix("torch."), str(self.dtype).removeprefix("torch.")
+        raise CacheDtypeError(
+            f"The base SVD cache entry {path} holds {have} factors, but this run asked for --cache-dtype {want} "
+            f"(cache_dtype={want!r}). A cache directory holds the factors of one half precision (float16 or "
+            f"bfloat16) or full-precision ones (float32/float64), never a mix, so that every decision is bounded by "
+            f"the precision it was made with. Run with --cache-dtype {have} on this directory, or give {want} its "
+            f"own directory with --cache DIR (or use --no-cache)."
+        )
+
+    def exact_factors(self, W: torch.Tensor) -> SVDFactors:
+        """The float64 SVD of ``W`` that --no-cache takes (on this cache's device), for re-deciding what
+        half-precision factors left within their error bound; not stored, not counted."""
+        return self._compute(W, exact=True)
 
     def get(self, W: torch.Tensor) -> SVDFactors:
         """Thin SVD of ``W`` from the cache when present: S in float64, U and Vh in the cache dtype (Vh None for a
@@ -267,16 +305,35 @@ class BaseSVDCache:
             self.hits += 1
             return factors
         self.misses += 1
-        factors = self._compute(W)
+        return self._store(found.key, W, self._compute(W))
+
+    def put(self, W: torch.Tensor, factors: SVDFactors) -> SVDFactors:
+        """Store ``factors``, the SVD of ``W`` computed elsewhere (as :meth:`_compute` would: LAPACK's float64 SVD for
+        a float64 or half-precision cache), under W's key; returns what a hit will return. For benchmarks that fill
+        several caches from one SVD; counts nothing."""
+        assert self.directory is not None
+        return self._store(matrix_hash(W), W, factors)
+
+    def _store(self, key: str, W: torch.Tensor, factors: SVDFactors) -> SVDFactors:
+        half = self.dtype in HALF_DTYPES.values()
+        keep_vh = factors.Vh is not None and (not half or W.shape[0] > W.shape[1])  # half: Vh of tall matrices only
         stored = {
             "U": factors.U.to(self.dtype, memory_format=torch.contiguous_format).contiguous(),  # one pass
             "S": factors.S.to(torch.float64).contiguous(),
         }
-        if factors.Vh is not None:
+        if keep_vh:
+            assert factors.Vh is not None
             stored["Vh"] = factors.Vh.to(self.dtype, memory_format=torch.contiguous_format).contiguous()
+        metadata = {"format": CACHE_FORMAT, "shape": str(tuple(W.shape))}
+        if half:
+            name = next(n for n, d in HALF_DTYPES.items() if d == self.dtype)
+            rounding = certify_factors(name, factors.U, stored["U"], factors.Vh if keep_vh else None, stored.get("Vh"))
+            metadata["rounding"] = rounding.to_metadata()
         try:
-            with atomic_path(self.path_for(found.key)) as tmp:
-                save_file(stored, str(tmp), metadata={"format": CACHE_FORMAT, "shape": str(tuple(W.shape))})
+            with atomic_path(self.path_for(key)) as tmp:
+                save_file(stored, str(tmp), metadata=metadata)
         except OSError:
             pass  # an unwritable cache slows later runs but never fails this one
+        if half:
+            return factors  # this run decides with the float64 factors it computed: nothing is rounded yet
         return SVDFactors(U=stored["U"], S=stored["S"], Vh=stored.get("Vh"))
