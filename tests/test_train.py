@@ -655,7 +655,8 @@ def test_train_and_sweep_share_one_recipe_option_set(tiny_bert: Path, tmp_path: 
     group = typer.main.get_command(app)
     options = {name: {p.name: p.default for p in group.commands[name].params} for name in ("train", "sweep")}  # type: ignore[attr-defined]
     own = {"train": {"method", "rank"},
-           "sweep": {"method", "ranks", "ray", "ray_address", "ray_cpus_per_run", "ray_gpus_per_run"}}  # fmt: skip
+           "sweep": {"method", "ranks", "ray", "ray_address", "ray_cpus_per_run", "ray_gpus_per_run",
+                     "lrs", "full_lrs", "forgetting_text", "forgetting_tokens"}}  # the map's own (--lrs)  # fmt: skip
     assert {k: v for k, v in options["train"].items() if k not in own["train"]} == {
         k: v for k, v in options["sweep"].items() if k not in own["sweep"]}  # fmt: skip
     assert options["sweep"]["checkpoint_every"] == options["train"]["checkpoint_every"] == 100

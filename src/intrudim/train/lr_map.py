@@ -22,10 +22,10 @@ from typing import Any
 
 from intrudim.errors import IntrudimError
 from intrudim.evaluate.forgetting_config import ForgettingConfig
-from intrudim.fileio import atomic_path, ensure_writable_directory, write_json_atomic
+from intrudim.fileio import atomic_path, write_json_atomic
 from intrudim.train.config import TrainConfig
 from intrudim.train.ray_sweep import RaySweepOptions
-from intrudim.train.sweep import rank_sweep
+from intrudim.train.sweep import prepare_output, rank_sweep
 
 MAP_FILE = "map.json"
 FULL_LRS: tuple[float, ...] = (1e-4,)
@@ -187,19 +187,7 @@ def lr_rank_map(
     """
     if not lrs:
         raise IntrudimError("--lrs is empty; give e.g. --lrs 1e-3,3e-3,1e-2.")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise IntrudimError(
-                f"Map directory '{out}' already exists and is not empty. Nothing was changed. Choose another --out, "
-                f"pass --resume to finish the map in it, or --overwrite to replace it."
-            )
-        if not (out / MAP_FILE).exists():
-            raise IntrudimError(f"--overwrite refused: '{out}' is not an intrudim map (no {MAP_FILE}); choose another --out.")
-        import shutil
-
-        shutil.rmtree(out)
-    ensure_writable_directory(out)
+    out = prepare_output(Path(out_dir), "map", MAP_FILE, resume=resume, overwrite=overwrite)
     lora_ranks = tuple(r for r in ranks if r != "full")
     threshold = reached if reached is not None else (base_config.target_accuracy or REACHED)
     stored = _stored_forgetting(out, forgetting) if resume else {}

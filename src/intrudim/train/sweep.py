@@ -100,6 +100,21 @@ def _sweep_figure(result: SweepResult, destination: Path) -> None:
     plt.close(figure)
 
 
+def prepare_output(out: Path, kind: str, marker: str, *, resume: bool, overwrite: bool) -> Path:
+    """OUT of a sweep or a map, ready to write: a non-empty one is refused unless ``resume`` (kept) or ``overwrite``
+    (replaced, only when it holds ``marker``: one of ours)."""
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise IntrudimError(
+                f"{kind.capitalize()} directory '{out}' already exists and is not empty. Nothing was changed. Choose "
+                f"another --out, pass --resume to finish the {kind} in it, or --overwrite to replace it."
+            )
+        if not (out / marker).exists():
+            raise IntrudimError(f"--overwrite refused: '{out}' is not an intrudim {kind} (no {marker}); choose another --out.")
+        shutil.rmtree(out)
+    return ensure_writable_directory(out)
+
+
 def rank_sweep(
     base_config: TrainConfig,
     out_dir: str | Path,
@@ -124,17 +139,7 @@ def rank_sweep(
     """
     if ray is None or device not in TRAINING_DEVICES:  # on Ray, a GPU is the worker's: checked there
         check_training_device(device)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise IntrudimError(
-                f"Sweep directory '{out}' already exists and is not empty. Nothing was changed. Choose another --out, "
-                f"pass --resume to finish the sweep in it, or --overwrite to replace it."
-            )
-        if not (out / SWEEP_FILE).exists():
-            raise IntrudimError(f"--overwrite refused: '{out}' is not an intrudim sweep (no {SWEEP_FILE}); choose another --out.")
-        shutil.rmtree(out)
-    ensure_writable_directory(out)
+    out = prepare_output(Path(out_dir), "sweep", SWEEP_FILE, resume=resume, overwrite=overwrite)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()  # the cache every verb shares
     engine = {"engine": "local"} if ray is None else describe_options(ray)
     runs: dict[str, TrainResult] = {}
