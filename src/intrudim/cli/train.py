@@ -137,10 +137,12 @@ def _sweep(*, out: Path, ranks: str, method: str, lrs: str | None, full_lrs: str
 
 def _print_map(grid, console: Console) -> None:  # noqa: ANN001 - an LrMapResult
     """One row per run of the map, then where intruders begin and the recipe the rule picks."""
+    from intrudim.evaluate.forgetting_config import MEASURE_NAMES, MEASURE_UNITS
     from intrudim.train.lr_map import choose_lr
 
     about = grid.forgetting
-    unit = "" if about is None else f" ({about['measure']} loss on {about['text'].get('source', 'text')})"
+    unit = "" if about is None else (f" ({MEASURE_NAMES.get(about['measure'], about['measure'])} on "
+                                     f"'{about['text'].get('source', 'text')}', {MEASURE_UNITS.get(about['measure'], 'nats')})")  # fmt: skip
     table = terminal_table("learning rate × rank map")
     for column in ("run", "α·η / η", "steps", "accuracy", "intruders", f"forgetting{unit}"):
         table.add_column(column)

@@ -21,6 +21,10 @@ MEASURE_DESCRIPTIONS = {
 }
 
 
+MEASURE_NAMES = {"perplexity": "next-token cross-entropy", "pseudo_loss": "MLM pseudo-loss",
+                 "contrastive": "contrastive loss"}
+"""Each measure's loss in a few words, for labels (the full definitions: ``MEASURE_DESCRIPTIONS``)."""
+
 MEASURE_UNITS = {"perplexity": "nats/token", "pseudo_loss": "nats/token", "contrastive": "nats/pair"}
 """The unit of each measure's loss: a mean over tokens (next-token cross-entropy, MLM pseudo-loss) or over
 sentence pairs (the contrastive loss), in nats."""

@@ -178,7 +178,7 @@ def lr_map_figure(result: Any) -> Any:
     columns = [f"r={r}" for r in ranks] + [f"full\nη={c.lr:g}" for c in fulls]
     panels = [("intruders", "intruder dimensions", "Reds", "{:.0f}"),
               ("accuracy", "held-out accuracy", "Greens", "{:.2f}"),
-              ("forgetting", "forgetting (Δ loss)", "Purples", "{:+.2f}")]  # fmt: skip
+              ("forgetting", "forgetting (Δ loss, tuned − base)", "Purples", "{:+.2f}")]  # fmt: skip
     if result.forgetting is None:
         panels = panels[:2]
     figure, axes = plt.subplots(len(panels), 1, figsize=(2.6 + 0.85 * len(columns), len(panels) * (1.3 + 0.42 * len(lrs))),
@@ -212,8 +212,13 @@ def lr_map_figure(result: Any) -> Any:
         axis.set_ylabel("LoRA α·η")
         axis.set_title(title, fontsize=10)
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.03)
-    measured = "" if result.forgetting is None else f"; forgetting: {result.forgetting['measure']} loss on " \
-        f"{result.forgetting['text'].get('source', 'text')}, tuned − base"
+    measured = ""
+    if result.forgetting is not None:
+        from intrudim.evaluate.forgetting_config import MEASURE_NAMES, MEASURE_UNITS
+
+        measure = result.forgetting["measure"]
+        measured = (f"; forgetting: {MEASURE_NAMES.get(measure, measure)} on '{result.forgetting['text'].get('source', 'text')}', "
+                    f"tuned − base ({MEASURE_UNITS.get(measure, 'nats')})")  # fmt: skip
     figure.suptitle(f"Learning rate × rank: intruders (k=10, ε=0.5), accuracy{measured}", fontsize=10)
     figure.tight_layout()
     return figure
