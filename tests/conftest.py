@@ -181,4 +181,4 @@ def train_in_parallel(jobs: dict, cache_dir: Path, *, threads: int = 2, workers:
     """
     from intrudim.train.side_by_side import train_side_by_side
 
-    return train_side_by_side(jobs, cache_dir, workers=max(2, workers), threads=threads, figures=False)
+    return train_side_by_side(jobs, cache_dir, workers=workers, threads=threads, figures=False)

@@ -9,7 +9,8 @@ bit (tests/test_side_by_side.py trains the same runs both ways).
 Each job is a picklable top-level function called as ``function(*args, report=report)`` in a spawned process
 (never a fork of a process that holds torch's threads); ``report(event)`` sends any picklable event back, and
 :func:`run_side_by_side` hands it to ``on_event(key, event)`` here, in this process, as it arrives. An error in
-a job is raised here, after the other jobs stop. With ``workers`` 1 the jobs run here, one after the other.
+a job is raised here, after the other jobs stop. With ``workers`` 1 (or one job) the jobs run here, one after the
+other, at ``threads`` too.
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ def run_side_by_side(
 ) -> dict[Hashable, Any]:
     """``{key: (function, args)}`` → ``{key: function(*args, report=...)}``, at most ``workers`` at a time, each
     worker with ``threads`` torch threads (default: this process's count)."""
-    notify = on_event or (lambda key, event: None)
-    if workers <= 1 or len(jobs) <= 1:
-        return {key: function(*args, report=lambda event, key=key: notify(key, event)) for key, (function, args) in jobs.items()}
     import torch
 
-    threads = threads or torch.get_num_threads()
+    notify = on_event or (lambda key, event: None)
+    own = torch.get_num_threads()
+    threads = threads or own
+    if workers <= 1 or len(jobs) <= 1:  # here, one after the other, at the same thread count a worker would have
+        torch.set_num_threads(threads)
+        try:
+            return {key: function(*args, report=lambda event, key=key: notify(key, event))
+                    for key, (function, args) in jobs.items()}  # fmt: skip
+        finally:
+            torch.set_num_threads(own)
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         events = manager.Queue()

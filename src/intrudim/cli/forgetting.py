@@ -115,9 +115,8 @@ def _print_result(data: dict[str, Any]) -> None:
     table.add_row(*row, style="bold red" if low > 0 else None)
     console = Console()
     console.print(table)
-    units = "sentence pairs" if measure == "contrastive" else f"windows of {data.get('seq_len')} tokens"
-    if measure != "contrastive" and data.get("seq_len") is None:
-        units = "windows"
+    seq_len = data.get("seq_len")
+    units = "sentence pairs" if measure == "contrastive" else f"windows of {seq_len} tokens" if seq_len else "windows"
     lines: list[str | Text] = [
         data["verdict"],
         f"95% CI: paired bootstrap over {data['sequences']} {units} ({data['bootstrap']['resamples']} resamples)",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from intrudim.repair.sweep_result import DESTRUCTIVE_RATIO
+from intrudim.repair.sweep_result import DESTRUCTIVE_RATIO, LOSS_MEASURES
 
 EQUAL_ACCURACY = 0.05
 """Two runs are "at equal accuracy" when their held-out accuracies differ by at most this (Sec. 3)."""
@@ -143,16 +143,12 @@ def intruders_claims(runs: dict[str, dict[str, Any]], high: str, recipe: str) ->
     return out
 
 
-PERPLEXITY_MEASURES = ("perplexity", "pseudo_loss")
-"""Measures whose exp(loss) is a (pseudo-)perplexity, so that a run's regime is a perplexity ratio; above
-``DESTRUCTIVE_RATIO`` (repair's: 2) a run no longer models the text, and its forgetting is a collapse, not the
-paper's modest rise at equal task accuracy (issue 27)."""
-
-
 def forgetting_regime(forgetting: dict[str, Any]) -> dict[str, Any] | None:
-    """Each run's perplexity on the text over BASE's, exp(Δ loss), and whether it is destructive; None for a
-    measure with no perplexity (MiniLM's contrastive loss)."""
-    if forgetting.get("measure") not in PERPLEXITY_MEASURES:
+    """Each run's perplexity on the text over BASE's, exp(Δ loss), and whether it is destructive (above repair's
+    ``DESTRUCTIVE_RATIO``, 2: the run no longer models the text, its forgetting a collapse rather than the paper's
+    modest rise at equal accuracy; issue 27); None for a measure with no perplexity (MiniLM's contrastive loss)."""
+    measure = LOSS_MEASURES.get(forgetting.get("measure", ""))
+    if measure is None or measure.exp_name is None:
         return None
     ratios = {name: math.exp(min(row["delta"], 700.0)) for name, row in forgetting["rows"].items()}
     return {"perplexity_ratio": ratios, "destructive": {name: r > DESTRUCTIVE_RATIO for name, r in ratios.items()},

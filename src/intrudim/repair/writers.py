@@ -241,17 +241,21 @@ def merge_with_peft(base: WeightSource, adapter_dir: Path, dest: Path) -> None:
     from intrudim.models.tuned import AdapterMismatchError, merge_adapter_with_peft
 
     task = (read_adapter_config(adapter_dir) or {}).get("task_type")
+    num_labels = _head_outputs(adapter_dir) if task == "SEQ_CLS" else None
+
+    def merged_as(loader_task: str | None):  # noqa: ANN202 - a transformers model
+        return merge_adapter_with_peft(load_for_peft_task(base.path, loader_task, num_labels=num_labels), adapter_dir)
+
+    *first, last = _classes_to_try(task)  # an adapter saved without task_type: BASE's own class, then a bare body
     merged = None
-    for loader_task in _classes_to_try(task):  # an adapter saved without task_type: BASE's own class, then a bare body
-        model = load_for_peft_task(base.path, loader_task,
-                                   num_labels=_head_outputs(adapter_dir) if task == "SEQ_CLS" else None)  # fmt: skip
+    for loader_task in first:
         try:
-            merged = merge_adapter_with_peft(model, adapter_dir)
+            merged = merged_as(loader_task)
             break
         except AdapterMismatchError:
-            if loader_task == _classes_to_try(task)[-1]:
-                raise
-    assert merged is not None
+            continue
+    if merged is None:
+        merged = merged_as(last)  # the last class to try: its mismatch is the error
     shard_bytes = max(file.stat().st_size for file in set(base.files.values()))
     merged.save_pretrained(str(dest), max_shard_size=max(shard_bytes, 1 << 20), safe_serialization=True)
     for item in base.path.iterdir():

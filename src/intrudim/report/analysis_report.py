@@ -221,7 +221,6 @@ def build_figures(result) -> list[dict[str, Any]]:
 
     Captions state what the figure shows for this result, computed from it; the paper's findings follow, marked
     as the paper's. A figure with nothing to show has ``png`` None and says so in ``empty`` instead."""
-    data = result.to_json()
     cfg = result.config
     label = Path(result.tuned).name or result.tuned
     highlighted = figures.highlighted_matrices(result.matrices)
@@ -239,10 +238,11 @@ def build_figures(result) -> list[dict[str, Any]]:
         "name": "epsilon_sweep", "title": "Intruders vs ε (Fig. 5)", "caption": _epsilon_caption(result, sweep),
         "png": figures.epsilon_sweep_plot({label: sweep}, cfg.k),
     })  # fmt: skip
-    if data["k_sweep"]:
+    k_sweep = result.k_sweep()
+    if k_sweep:
         out.append({
-            "name": "k_sweep", "title": "Intruders vs k (Fig. 11)", "caption": _k_caption(result, data["k_sweep"]),
-            "png": figures.k_sweep_plot({label: data["k_sweep"]}, cfg.epsilon),
+            "name": "k_sweep", "title": "Intruders vs k (Fig. 11)", "caption": _k_caption(result, k_sweep),
+            "png": figures.k_sweep_plot({label: k_sweep}, cfg.epsilon),
         })  # fmt: skip
     out.append({
         "name": "max_cos", "title": "Max |cos| of each top tuned vector to the base", "caption": _max_cos_caption(result),
@@ -280,11 +280,10 @@ def write_analysis_outputs(result, out_dir: str | Path, *, command: str = "", fi
     out_dir = ensure_writable_directory(out_dir)
     data = result.to_json()
     paths: dict[str, Path] = {}
-    full = result.to_json()
     highlighted = {m.name for m in figures.highlighted_matrices(result.matrices)}
-    for entry, m in zip(full["matrices"], result.matrices, strict=True):
-        if m.name in highlighted and m.similarity is not None:
-            entry["similarity"] = m.similarity
+    full = {**data, "matrices": [  # analysis.json: the report's data, plus the heatmaps' similarity matrices
+        {**entry, "similarity": m.similarity} if m.name in highlighted and m.similarity is not None else entry
+        for entry, m in zip(data["matrices"], result.matrices, strict=True)]}  # fmt: skip
     paths["json"] = write_text_atomic(out_dir / "analysis.json", json.dumps(full, indent=2) + "\n")
     paths["csv"] = write_text_atomic(out_dir / "analysis.csv", result.to_csv())
     figs = build_figures(result) if figures_note is None else []

@@ -40,6 +40,7 @@ def seed_points_figure(values: dict[str, dict[int, float]], title: str, ylabel: 
     seeds = sorted({seed for per_seed in values.values() for seed in per_seed})
     fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * len(names) + 2.4), 3.5))
     width = 0.6
+    labelled: set[int] = set()  # each seed named once in the legend, at its first marker
     for i, name in enumerate(names):
         points = values[name]
         if points:
@@ -56,7 +57,8 @@ def seed_points_figure(values: dict[str, dict[int, float]], title: str, ylabel: 
                 yerr = [[max(0.0, points[seed] - low)], [max(0.0, high - points[seed])]]  # a percentile interval may miss its point
             ax.errorbar([x], [points[seed]], yerr=yerr, color="#222222", marker=style["marker"], markersize=6,
                         markerfacecolor="white", capsize=3, linestyle="none", clip_on=False,
-                        label=f"seed {seed}" if i == 0 or not any(seed in values[n] for n in names[:i]) else None)  # fmt: skip
+                        label=None if seed in labelled else f"seed {seed}")  # fmt: skip
+            labelled.add(seed)
     ax.set_xticks(range(len(names)), names, fontsize=8)
     if zero_line:
         ax.axhline(0.0, color="#444", linewidth=0.8)

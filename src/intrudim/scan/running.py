@@ -133,8 +133,8 @@ def scan(
     order = scan_order(config.order, len(planned))
     batch = batch_size(planned, analysis, config.memory_budget_mb) if order == "matrix" else 1
     matrix_units = ordered_units(planned, base_units, order, batch)
-    figures_note = None if config.draws_figures(len(inputs)) else figures_skipped(len(inputs), base)
-    collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command, keep_analyses, figures_note)
+    no_figures = None if config.draws_figures(len(inputs)) else (len(inputs), base)
+    collector = _Collector(planned, out_dir, config.pressure_threshold, rows, command, keep_analyses, no_figures)
     # --resume: matrices an interrupted scan finished (its journal) are not analysed again
     earlier = {item.index: journal.recorded(out_dir, item.name, item.tuned) for item in planned} if config.resume else {}
     resumed = [unit for unit in matrix_units if unit.job.base_key in earlier.get(unit.index, {})]
@@ -291,11 +291,11 @@ def _finished_analysis(run_dir: Path, spec: str) -> dict[str, Any] | None:
     return data if data.get("tuned") == spec else None
 
 
-def figures_skipped(inputs: int, base: str) -> str:
+def figures_skipped(inputs: int, base: str, tuned: str) -> str:
     """What an input's report says instead of its figures in a scan that draws none (``ScanConfig.figures``)."""
     return (f"No figures: this scan of {inputs} inputs drew none (scan --figures auto draws them up to "
             f"{FIGURES_AUTO_MAX} inputs; --figures all always). The tables below are complete; `intrudim analyze "
-            f"{base} TUNED --out DIR` draws this input's figures.")
+            f"{base} {tuned} --out DIR` draws this input's figures.")
 
 
 class _Collector:
@@ -304,11 +304,12 @@ class _Collector:
     failed unit gets the error in its row."""
 
     def __init__(self, planned: list[PlannedInput], out_dir: Path, threshold: float, rows: dict[int, dict[str, Any]],
-                 command: str, keep_analyses: bool = False, figures_note: str | None = None) -> None:  # fmt: skip
+                 command: str, keep_analyses: bool = False, no_figures: tuple[int, str] | None = None) -> None:  # fmt: skip
         self.planned = {item.index: item for item in planned}
         self.outcomes: dict[int, dict[str, UnitOutcome]] = {item.index: {} for item in planned}
         self.out_dir, self.threshold, self.rows, self.command = out_dir, threshold, rows, command
-        self.keep_analyses, self.figures_note = keep_analyses, figures_note
+        self.keep_analyses = keep_analyses
+        self.no_figures = no_figures  # (inputs, base) of a scan that draws no figures: each report says why
         self.analyses: dict[int, AnalysisResult] = {}
         self.reports_dropped = 0  # inputs with a failed matrix unit: no report unit runs for them
 
@@ -349,6 +350,6 @@ class _Collector:
             skipped=tuple((entry["name"], entry["reason"]) for entry in item.skipped),
             out_dir=str(self.out_dir / "runs" / item.name),
             command=f"{self.command}  # input {item.index + 1}: {item.tuned}" if self.command else "",
-            figures_note=None if self.figures_note is None else self.figures_note.replace("TUNED", item.tuned),
+            figures_note=None if self.no_figures is None else figures_skipped(*self.no_figures, item.tuned),
         )  # fmt: skip
         return [(report, ordered)]

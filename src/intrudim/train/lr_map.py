@@ -188,7 +188,7 @@ def lr_rank_map(
     if not lrs:
         raise IntrudimError("--lrs is empty; give e.g. --lrs 1e-3,3e-3,1e-2.")
     out = prepare_output(Path(out_dir), "map", MAP_FILE, resume=resume, overwrite=overwrite)
-    lora_ranks = tuple(r for r in ranks if r != "full")
+    lora_ranks = tuple(dict.fromkeys(r for r in ranks if r != "full"))
     threshold = reached if reached is not None else (base_config.target_accuracy or REACHED)
     stored = _stored_forgetting(out, forgetting) if resume else {}
     if forgetting is not None and device == "cuda":
@@ -197,24 +197,21 @@ def lr_rank_map(
     options = dict(progress=progress, figures=figures, cache_dir=cache_dir, ray=ray, device=device)
     cells: list[MapCell] = []
 
-    def collect(result: Any, lr: float) -> None:
-        for rank, run in zip(ranks_of(result), result.runs.values(), strict=True):
+    def collect(result: Any, lr: float, swept: tuple[int | str, ...]) -> None:
+        for rank, run in zip(swept, result.runs.values(), strict=True):  # rank_sweep keeps the order of its ranks
             forgetting, ci = stored.get(str(run.run_dir), (None, None))
             cells.append(MapCell(rank=rank, lr=lr, run_dir=str(run.run_dir), steps=run.steps,
                                  accuracy=run.final_accuracy, intruders=run.final_intruders, forgetting=forgetting,
                                  forgetting_ci95=ci))  # fmt: skip
 
-    def ranks_of(result: Any) -> list[int | str]:
-        return ["full" if name == "full" else int(name.split("-", 1)[1]) for name in result.runs]
-
     if lora_ranks:
         for lr in lrs:
             config = replace(base_config, total_lr=lr, lr=None)
-            collect(rank_sweep(config, out / lr_folder(lr), lora_ranks, resume=True, **options), lr)  # type: ignore[arg-type]
+            collect(rank_sweep(config, out / lr_folder(lr), lora_ranks, resume=True, **options), lr, lora_ranks)  # type: ignore[arg-type]
     if "full" in ranks:
         for lr in full_lrs:
             config = replace(base_config, lr=lr)
-            collect(rank_sweep(config, out / lr_folder(lr, full=True), ("full",), resume=True, **options), lr)  # type: ignore[arg-type]
+            collect(rank_sweep(config, out / lr_folder(lr, full=True), ("full",), resume=True, **options), lr, ("full",))  # type: ignore[arg-type]
     about = None
     if probe is not None:
         cells, about = _measure_forgetting(probe, cells)
