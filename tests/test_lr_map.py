@@ -118,3 +118,13 @@ def test_the_cli_prints_the_map_where_intruders_begin_and_the_rule(tiny_bert: Pa
     assert "Recipe rule (the smallest α·η of the map at which LoRA r=1 reaches" in text
     data = json.loads((tmp_path / "m" / "map.json").read_text())
     assert data["forgetting"] is None and [c["lr"] for c in data["cells"]] == [1e-3, 5e-2]
+
+
+def test_overwrite_replaces_only_a_map_and_leaves_anything_else_untouched(tiny_bert: Path, tmp_path: Path) -> None:  # noqa: F811
+    config = _config(tiny_bert, max_steps=4, checkpoint_every=None, lr=None)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(IntrudimError, match=r"--overwrite refused: '.*mine' is not an intrudim map \(no map.json\)"):
+        lr_rank_map(config, mine, (1e-3,), (1,), overwrite=True, forgetting=None, progress=False)
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "keep me"
