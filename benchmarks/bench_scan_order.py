@@ -20,6 +20,11 @@ prints peak RSS. ``--quick``: hidden 1024, MLP 2816, 2 layers, 16 adapters (4 ad
     python benchmarks/bench_scan_order.py --quick
     python benchmarks/bench_scan_order.py --layers 4 --adapters 200 --adapter-major 20   # ~1 h on 2 cores, 10 GB disk
 
+``--workdir DIR`` keeps the base, the adapters and the warm cache in DIR (reused by the next run with the same
+shapes), so that ``--prepare`` can build and warm them while the machine is busy and a later run times the scans
+alone on a quiet machine. Both orders run with ``figures="none"`` (what a scan of more than 16 inputs does by
+default), so that the comparison is of the analyses, not of drawing.
+
 Writes the table to bench_out/bench_scan_order.json.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import shutil
 import sys
@@ -84,7 +90,8 @@ def build_inputs(work: Path, hidden: int, mlp: int, layers: int, r: int, adapter
 
 
 def measured_gflops(rows: int, cols: int, width: int) -> float:
-    """GFLOP/s of this machine for (cols × rows)ᵀ-by-(rows × width) float32 products, the shape of U₀ᵀ·B."""
+    """GFLOP/s of this machine for (cols × rows)ᵀ-by-(rows × width) float32 products, the shape of U₀ᵀ·[B₁ … B_k]
+    (``width`` = r·k: one adapter's B when k = 1, a batch of adapters stacked otherwise)."""
     U, B = torch.randn(rows, cols), torch.randn(rows, width)
     U.T @ B
     best = float("inf")
@@ -100,7 +107,6 @@ def floor_seconds(cache: Path, adapters: list[str], r: int) -> dict[str, float]:
     from safetensors.torch import load_file
 
     entries = [p for p in cache.rglob("*.safetensors")]
-    t = time.perf_counter()
     flops = 0.0
     shapes = []
     for entry in entries:
@@ -110,11 +116,61 @@ def floor_seconds(cache: Path, adapters: list[str], r: int) -> dict[str, float]:
         # U₀ᵀB (m·n·r) and the right side V₀ᵀAᵀ or its Gram-route counterpart (same order), per adapter
         flops += 2 * 2 * m * n * r * len(adapters)
         del factors
-    read = time.perf_counter() - t
+    # Reading every factor once, from disk: a 7B base's factors do not fit in memory (and load_file only maps them).
+    cold_rate = cold_read_rate(cache)
+    factor_bytes = sum(p.stat().st_size for p in entries)
+    read = factor_bytes / cold_rate
     m, n = max(shapes)
-    gflops = measured_gflops(m, n, r)
-    return {"read_s": read, "gemm_s": flops / (gflops * 1e9), "gflops": gflops, "entries": len(entries),
-            "factor_bytes": sum(p.stat().st_size for p in entries)}  # fmt: skip
+    # The best rate this machine reaches on those products: one adapter's width r, or a batch of adapters stacked
+    # (width r·k, as a matrix-major scan could multiply them): the floor takes the faster.
+    per_width = {width: measured_gflops(m, n, width) for width in (r, r * min(len(adapters), 16))}
+    gflops = max(per_width.values())
+    return {"read_s": read, "gemm_s": flops / (gflops * 1e9), "gflops": gflops,
+            "gflops_by_width": {str(k): round(v, 1) for k, v in per_width.items()}, "entries": len(entries),
+            "cold_read_bytes_per_s": cold_rate,
+            "factor_bytes": factor_bytes}  # fmt: skip
+
+
+def evict(cache: Path) -> None:
+    """Drop the cache's files from the page cache (the next read comes from disk)."""
+    for entry in cache.rglob("*.safetensors"):
+        fd = os.open(entry, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cold_read_rate(cache: Path) -> float:
+    """Bytes per second this disk reads the cache's files at, evicted from the page cache first."""
+    evict(cache)
+    total = 0
+    t = time.perf_counter()
+    for entry in cache.rglob("*.safetensors"):
+        with open(entry, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                total += len(chunk)
+    return total / (time.perf_counter() - t)
+
+
+def compare_orders(adapter: dict[str, list[dict]], matrix: dict[str, list[dict]]) -> str:
+    """``same counts, ranks and sweeps; values within 1e-5 relative`` or what differs first. A matrix-major scan
+    stacks the adapters' products with the base factors (wider GEMMs sum in another order): values equal to float
+    rounding, every decision the same."""
+    worst = 0.0
+    for name in adapter:
+        for a, m in zip(adapter[name], matrix[name], strict=True):
+            for key in ("intruders", "intruder_ranks", "epsilon_sweep", "k_sweep", "largest_intruder_rank", "name"):
+                if a.get(key) != m.get(key):
+                    return f"{name} {a['name']}: {key} differs ({a.get(key)} vs {m.get(key)})"
+            for key in ("max_abs_cos", "singular_values", "intruder_energy_share", "effective_rank_delta"):
+                x, y = a.get(key), m.get(key)
+                for u, v in zip(x if isinstance(x, list) else [x], y if isinstance(y, list) else [y], strict=True):
+                    if u is not None and v is not None:
+                        worst = max(worst, abs(u - v) / max(abs(u), 1e-12))
+    if worst > 1e-5:
+        return f"values differ by up to {worst:.1e} relative"
+    return f"same counts, ranks and sweeps; values within {worst:.1e} relative"
 
 
 def analyses(out: Path, names: list[str]) -> dict[str, list[dict]]:
@@ -129,11 +185,17 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--adapters", type=int, default=200)
     parser.add_argument("--adapter-major", type=int, default=20, help="adapters timed in adapter-major order")
-    parser.add_argument("--workdir", default=None, help="where to build the models (default: a temp dir)")
+    parser.add_argument("--evicted", type=int, default=3,
+                        help="adapters timed in adapter-major order with the cache evicted from memory before each")
+    parser.add_argument("--workdir", default=None,
+                        help="build (or reuse) the models and the warm cache here and keep them (default: a temp dir, "
+                             "removed at the end)")
+    parser.add_argument("--prepare", action="store_true", help="only build the inputs and warm the cache (--workdir)")
     args = parser.parse_args()
     hidden, mlp, layers, n, n_adapter = 4096, 11008, args.layers, args.adapters, args.adapter_major
+    n_evicted = args.evicted
     if args.quick:
-        hidden, mlp, layers, n, n_adapter = 1024, 2816, 2, 16, 4
+        hidden, mlp, layers, n, n_adapter, n_evicted = 1024, 2816, 2, 16, 4, 2
     r = 16
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -143,21 +205,40 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; LLaMA hidden={hidden} MLP={mlp} "
           f"layers={layers}, {n} LoRA adapters r={r} on {len(TARGETS)} projections; load average: {load_start}",
           flush=True)  # fmt: skip
-    work = Path(tempfile.mkdtemp(prefix="intrudim_bench_order_", dir=args.workdir))
+    if args.prepare and args.workdir is None:
+        parser.error("--prepare needs --workdir (the folder the timed run reuses)")
+    shapes = {"hidden": hidden, "mlp": mlp, "layers": layers, "r": r, "adapters": n}
+    keep = args.workdir is not None
+    work = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="intrudim_bench_order_"))
+    built = work / "built.json"
     try:
-        t = time.perf_counter()
-        base, adapters = build_inputs(work, hidden, mlp, layers, r, n)
-        print(f"built base and {n} adapters in {time.perf_counter() - t:.0f} s", flush=True)
+        if keep and built.exists() and json.loads(built.read_text())["shapes"] == shapes:
+            recorded = json.loads(built.read_text())
+            base, adapters, cold = work / "base", recorded["adapters"], recorded["cold_s"]
+            print(f"reusing the base, {n} adapters and the warm cache in {work} (cold SVDs took {cold:.1f} s)")
+        else:
+            if keep and work.exists() and any(work.iterdir()):
+                raise SystemExit(f"{work} holds something else than this benchmark's inputs for {shapes}: "
+                                 "give an empty or new --workdir")  # fmt: skip
+            work.mkdir(parents=True, exist_ok=True)
+            t = time.perf_counter()
+            base, adapters = build_inputs(work, hidden, mlp, layers, r, n)
+            print(f"built base and {n} adapters in {time.perf_counter() - t:.0f} s", flush=True)
+            t = time.perf_counter()
+            scan(base, adapters[:1], work / "cold", cache_dir=work / "svd_cache")
+            cold = time.perf_counter() - t
+            print(f"cold base SVDs + first adapter (once per base): {cold:.1f} s", flush=True)
+            built.write_text(json.dumps({"shapes": shapes, "adapters": adapters, "cold_s": cold}))
+        if args.prepare:
+            return
         cache = work / "svd_cache"
-        t = time.perf_counter()
-        scan(base, adapters[:1], work / "cold", cache_dir=cache)
-        cold = time.perf_counter() - t
-        print(f"cold base SVDs + first adapter (once per base): {cold:.1f} s", flush=True)
+        for order in ("adapter", "matrix"):
+            shutil.rmtree(work / order, ignore_errors=True)
 
         def timed_scan(order: str, inputs: list[str]) -> tuple[float, Path]:
             out = work / order
             t = time.perf_counter()
-            result = scan(base, inputs, out, ScanConfig(order=order), cache_dir=cache)
+            result = scan(base, inputs, out, ScanConfig(order=order, figures="none"), cache_dir=cache)
             seconds = time.perf_counter() - t
             assert all(row["error"] is None for row in result.rows), result.rows
             assert result.document["order"] == order
@@ -168,38 +249,70 @@ def main() -> None:
         adapter_s, adapter_out = timed_scan("adapter", adapters[:n_adapter])
         matrix_s, matrix_out = timed_scan("matrix", adapters)
         names = [Path(a).name for a in adapters[:n_adapter]]
-        identical = analyses(adapter_out, names) == analyses(matrix_out, names)
+        agreement = compare_orders(analyses(adapter_out, names), analyses(matrix_out, names))
+        # A cache larger than memory (32 layers of a 7B base: ~26 GB of float32 factors on a 24 GB machine): an
+        # adapter-major scan then reads every factor from disk for every adapter. Timed by evicting the cache files
+        # from the page cache before each adapter.
+        evicted_s = 0.0
+        for i, adapter in enumerate(adapters[:n_evicted]):
+            evict(cache)
+            t = time.perf_counter()
+            scan(base, [adapter], work / "evicted" / str(i), ScanConfig(order="adapter", figures="none"),
+                 cache_dir=cache)  # fmt: skip
+            evicted_s += time.perf_counter() - t
+        if n_evicted:
+            print(f"adapter-major, the cache evicted before each adapter: {n_evicted} adapters in {evicted_s:.1f} s = "
+                  f"{3600 * n_evicted / evicted_s:,.0f} adapters/hour", flush=True)  # fmt: skip
         floor = floor_seconds(cache, adapters, r)
         floor_s = floor["read_s"] + floor["gemm_s"]
         rates = {"adapter": 3600 * n_adapter / adapter_s, "matrix": 3600 * n / matrix_s, "floor": 3600 * n / floor_s}
+        if n_evicted:
+            rates["adapter_evicted"] = 3600 * n_evicted / evicted_s
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        per_layer_matrix = matrix_s / n / layers  # seconds per adapter per layer
         print("\n| order | adapters | seconds | adapters/hour | vs adapter-major |")
         print("|---|---|---|---|---|")
         print(f"| adapter-major | {n_adapter} | {adapter_s:.1f} | {rates['adapter']:,.0f} | 1.0× |")
+        if n_evicted:
+            print(f"| adapter-major, cache evicted before each adapter | {n_evicted} | {evicted_s:.1f} | "
+                  f"{rates['adapter_evicted']:,.0f} | {rates['adapter_evicted'] / rates['adapter']:.2f}× |")  # fmt: skip
         print(f"| matrix-major | {n} | {matrix_s:.1f} | {rates['matrix']:,.0f} | "
               f"{rates['matrix'] / rates['adapter']:.1f}× |")  # fmt: skip
-        print(f"| floor (read {floor['factor_bytes'] / 2**30:.1f} GiB of factors once: {floor['read_s']:.1f} s; "
+        print(f"| floor (read {floor['factor_bytes'] / 2**30:.1f} GiB of factors once from disk: {floor['read_s']:.1f} s; "
               f"GEMMs at {floor['gflops']:.0f} GFLOP/s: {floor['gemm_s']:.1f} s) | {n} | {floor_s:.1f} | "
               f"{rates['floor']:,.0f} | {rates['floor'] / rates['adapter']:.1f}× |")  # fmt: skip
         print(f"matrix-major / floor: {matrix_s / floor_s:.2f}× the floor's time; peak RSS {peak_gib:.2f} GiB; "
-              f"analyses identical across orders: {identical}")  # fmt: skip
-        print(f"extrapolated to 32 layers and 1,000 adapters, matrix-major: "
-              f"{per_layer_matrix * 32 * 1000 / 3600:.1f} h (warm cache; {per_layer_matrix:.3f} s per adapter-layer)")
+              f"the two orders agree: {agreement}")  # fmt: skip
+        # Extrapolated to a 32-layer 7B base and 1,000 adapters: compute scales with layers × adapters; reading,
+        # with the factors' bytes (32/layers of these) at this disk's cold rate: once for matrix-major (every
+        # adapter in one batch), once per adapter for adapter-major when the cache does not fit in memory.
+        per_layer = {"matrix": matrix_s / n / layers, "adapter": adapter_s / n_adapter / layers}
+        cache_32 = floor["factor_bytes"] * 32 / layers
+        read_32 = cache_32 / floor["cold_read_bytes_per_s"]
+        hours = {
+            "matrix": (per_layer["matrix"] * 32 * 1000 + read_32) / 3600,
+            "adapter": (per_layer["adapter"] * 32 + read_32) * 1000 / 3600,
+        }
+        print(f"extrapolated to 32 layers ({cache_32 / 2**30:.0f} GiB of factors, {read_32:.0f} s to read cold at "
+              f"{floor['cold_read_bytes_per_s'] / 2**30:.2f} GiB/s) and 1,000 adapters: matrix-major "
+              f"{hours['matrix']:.1f} h ({per_layer['matrix']:.3f} s per adapter-layer), adapter-major "
+              f"{hours['adapter']:.1f} h ({per_layer['adapter']:.3f} s per adapter-layer + the cache read per adapter)")
         load_end = load_average()
         print(f"load average at end: {load_end} (well above the core count means the cores were shared)")
         OUT_DIR.mkdir(exist_ok=True)
         (OUT_DIR / "bench_scan_order.json").write_text(json.dumps({
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hidden": hidden, "mlp": mlp,
             "layers": layers, "r": r, "adapters": n, "adapter_major_adapters": n_adapter, "cold_s": round(cold, 1),
-            "adapter_major_s": round(adapter_s, 2), "matrix_major_s": round(matrix_s, 2), "floor": floor,
-            "rates_per_hour": rates, "peak_rss_gib": round(peak_gib, 2), "identical": identical,
+            "adapter_major_s": round(adapter_s, 2), "matrix_major_s": round(matrix_s, 2),
+            "adapter_major_evicted_s": round(evicted_s, 2), "adapter_major_evicted_adapters": n_evicted,
+            "floor": floor, "rates_per_hour": rates, "peak_rss_gib": round(peak_gib, 2), "agreement": agreement,
+            "extrapolated_hours_32_layers_1000_adapters": hours, "seconds_per_adapter_layer": per_layer,
             "load_start": load_start, "load_end": load_end,
         }, indent=2) + "\n")  # fmt: skip
-        if not identical:
+        if not agreement.startswith("same"):
             raise SystemExit("the two orders disagree: see above")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -182,3 +182,21 @@ def train_in_parallel(jobs: dict, cache_dir: Path, *, threads: int = 2, workers:
     from intrudim.train.side_by_side import train_side_by_side
 
     return train_side_by_side(jobs, cache_dir, workers=workers, threads=threads, figures=False)
+
+
+def same_to_rounding(a, b, rtol: float = 1e-5, atol: float = 1e-7, where: str = "") -> None:
+    """``a`` and ``b`` (analysis JSON) are the same but for float rounding: every count, rank, name and shape equal,
+    every float within ``rtol``/``atol`` (a matrix-major scan stacks the adapters' products: wider GEMMs sum in
+    another order)."""
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        assert abs(a - b) <= atol + rtol * abs(b), (where, a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            same_to_rounding(a[key], b[key], rtol, atol, f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            same_to_rounding(x, y, rtol, atol, f"{where}[{i}]")
+    else:  # a count, rank, name, shape, bool or None: exactly equal
+        assert a == b, (where, a, b)

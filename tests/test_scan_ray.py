@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_peft_adapter
+from conftest import same_to_rounding, write_peft_adapter
 from typer.testing import CliRunner
 
 from intrudim.cli import app
@@ -100,8 +100,10 @@ def test_local_ray_runtime_equals_in_process(ray_inputs, in_process, tmp_path):
     result = scan(ray_inputs["base"], ray_inputs["tuned"], out, ScanConfig(engine="ray", ray_cpus=2),
                   cache_dir=reference_out / "svd_cache")  # fmt: skip
     assert result.document["engine"] == "ray"
-    assert rows_without_timing(result.document) == rows_without_timing(reference.document)
-    assert analyses(out) == analyses(reference_out)
+    # a Ray task's torch runs on its one CPU, this process's on every core: the stacked products of a matrix-major
+    # batch sum in another order, so values agree to float rounding, every count and rank exactly
+    same_to_rounding(rows_without_timing(result.document), rows_without_timing(reference.document))
+    same_to_rounding(analyses(out), analyses(reference_out))
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +144,7 @@ def cluster():
 
 def test_cluster_scan_equals_in_process(ray_inputs, in_process, cluster, tmp_path):
     """The base SVDs are computed on the cluster (a cold cache of its own); the in-process scan then reads the same
-    cache: every number of every row and every analysis is equal."""
+    cache: every count and rank of every row and every analysis is equal, every value to float rounding."""
     out = tmp_path / "out"
     result = runner.invoke(app, ["scan", ray_inputs["base"], *ray_inputs["tuned"], "--out", str(out),
                                  "--ray-address", cluster["address"], "--cache", str(out / "svd_cache"), "--json"])  # fmt: skip
@@ -153,8 +155,8 @@ def test_cluster_scan_equals_in_process(ray_inputs, in_process, cluster, tmp_pat
     document = json.loads((out / "leaderboard.json").read_text())
     assert document["units"]["base_svd"] == 14 and document["ray_address"] == cluster["address"]
     again = scan(ray_inputs["base"], ray_inputs["tuned"], tmp_path / "again", cache_dir=out / "svd_cache")
-    assert rows_without_timing(document) == rows_without_timing(json.loads(json.dumps(again.document)))
-    assert analyses(out) == analyses(tmp_path / "again")
+    same_to_rounding(rows_without_timing(document), rows_without_timing(json.loads(json.dumps(again.document))))
+    same_to_rounding(analyses(out), analyses(tmp_path / "again"))
     # and the in-process reference of its own (its own cold cache): the same counts
     reference, reference_out = in_process
     assert [r["total_intruders"] for r in rows] == [r["total_intruders"] for r in reference.rows]
@@ -236,5 +238,5 @@ def test_killed_worker_node_loses_no_result(ray_inputs, in_process, cluster, tmp
     assert busy_on_killed_node, "the worker node ran none of the scan's units: the kill tested nothing"
     total = sum(result.document["units"].values()) + 4  # + one report unit per analysed input
     assert killed_at[0] < total
-    assert rows_without_timing(result.document) == rows_without_timing(reference.document)
-    assert analyses(out) == analyses(reference_out)
+    same_to_rounding(rows_without_timing(result.document), rows_without_timing(reference.document))
+    same_to_rounding(analyses(out), analyses(reference_out))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from intrudim.analysis.matrix import _unchanged, analyze_dense_matrix, analyze_l
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob
 from intrudim.analysis.results import MatrixResult
 from intrudim.analysis.rounded import analyze_rounded_dense, analyze_rounded_lora
+from intrudim.spectral.core_batch import lora_cores
 from intrudim.weights.peft_adapter import LoraFactors
 from intrudim.weights.sources import WeightSource
 from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, file_stat
@@ -106,6 +108,56 @@ def analyze_read(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> M
         result = _analyze_with(read, cache.exact_factors(read.W0), config)
         result.redecided = True
     return result
+
+
+def analyze_reads(
+    reads: list[ReadJob], cache: BaseSVDCache, config: AnalyzeConfig,
+    each: Callable[[], AbstractContextManager] = nullcontext,
+) -> list[MatrixResult | Exception]:
+    """Several read matrices of one base matrix, one per TUNED input (a matrix-major scan's run of units): each as
+    :func:`analyze_read` analyses it, the LoRA factors' products with the base factors stacked into one product per
+    run of adapters (:func:`~intrudim.spectral.core_batch.lora_cores`; the same numbers to float rounding).
+
+    Batched only where every read holds LoRA factors on one float32/float64 cache entry; otherwise, and for any
+    read whose batch fails, each read is analysed alone, so that a bad input's error stays its own. The result at
+    each position is the read's result or the exception its analysis raised. ``each()``: a context each read's own
+    analysis runs in (the scan's: one torch thread, as its per-matrix units run)."""
+    if len(reads) < 2 or not batchable(reads, config):
+        return [_alone(read, cache, config) for read in reads]
+    try:
+        base_svd = cache.resolve(reads[0].W0, reads[0].cached)
+        cores = lora_cores(base_svd, [(r.factors.B, r.factors.A, r.factors.scale) for r in reads],  # type: ignore[union-attr]
+                           W0=reads[0].W0)  # fmt: skip
+    except Exception:  # noqa: BLE001 - e.g. one input's factors do not fit: each read alone finds which
+        return [_alone(read, cache, config) for read in reads]
+    results: list[MatrixResult | Exception] = []
+    for read, core in zip(reads, cores, strict=True):
+        f = read.factors
+        assert f is not None
+        try:
+            with each():
+                results.append(analyze_lora_matrix(read.job, read.W0, base_svd, f.A, f.B, f.scale, config, core=core))
+        except Exception as exc:  # noqa: BLE001 - this input's error, the others go on
+            results.append(exc)
+    return results
+
+
+def batchable(reads: list[ReadJob], config: AnalyzeConfig) -> bool:
+    """Whether :func:`analyze_reads` stacks these reads: LoRA factors on the same cached float32/float64 base factors
+    (a half-precision entry's decisions go through :mod:`intrudim.analysis.rounded`, one matrix at a time)."""
+    if config.method == "dense" or any(read.factors is None or read.cached.factors is None for read in reads):
+        return False
+    if any(read.cached.factors.rounding is not None for read in reads):  # type: ignore[union-attr]
+        return False
+    keys = {read.cached.key for read in reads}
+    return len(keys) == 1 and None not in keys
+
+
+def _alone(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> MatrixResult | Exception:
+    try:
+        return analyze_read(read, cache, config)
+    except Exception as exc:  # noqa: BLE001 - the caller reports it as this read's error
+        return exc
 
 
 def _analyze_with(read: ReadJob, base_svd, config: AnalyzeConfig) -> MatrixResult:

@@ -18,6 +18,7 @@ from intrudim.spectral.intruders import (
 )
 from intrudim.spectral.structured import (
     GramCore,
+    LoraCore,
     core_full_spectrum,
     core_top_k,
     lora_core,
@@ -95,16 +96,20 @@ def _finish(
 
 
 def analyze_lora_matrix(
-    job: MatrixJob, W0: torch.Tensor, base_svd, A: torch.Tensor, B: torch.Tensor, scale: float, config: AnalyzeConfig
+    job: MatrixJob, W0: torch.Tensor, base_svd, A: torch.Tensor, B: torch.Tensor, scale: float, config: AnalyzeConfig,
+    core: LoraCore | GramCore | None = None,
 ) -> MatrixResult:
-    """Structured path: top-k of W₀ + s·B·A from the cached base SVD and the factors (no dense SVD)."""
+    """Structured path: top-k of W₀ + s·B·A from the cached base SVD and the factors (no dense SVD). ``core``: the
+    factors' core when it was built already (:func:`~intrudim.spectral.core_batch.lora_cores`, a matrix-major
+    scan's batch), else built here."""
     n_sim = min(config.similarity_size, base_svd.rank_dim)
     if config.method == "dense":
         return analyze_dense_matrix(
             job, W0, base_svd, W0.to(torch.float64) + scale * (B.to(torch.float64) @ A.to(torch.float64)), config,
             delta_sigma=low_rank_singular_values(B, A, scale) if config.effective_rank else None, lora_rank=int(A.shape[0]),
         )  # fmt: skip
-    core = lora_core(base_svd, B, A, scale, W0=W0)  # W₀'s values are read only by a GramCore (no Vh cached)
+    if core is None:
+        core = lora_core(base_svd, B, A, scale, W0=W0)  # W₀'s values are read only by a GramCore (no Vh cached)
     top = core_top_k(core, config.k, device=config.device)
     max_cos = top.max_abs_cosine(core.p)
     similarity = top.Y[:n_sim].abs().T

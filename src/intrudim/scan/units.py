@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 import torch
 
 from intrudim.analysis.config import AnalyzeConfig
-from intrudim.analysis.jobs import ReadJob, analyze_read, hashed_lookup, read_job, remembered_key
+from intrudim.analysis.jobs import (
+    ReadJob,
+    analyze_read,
+    analyze_reads,
+    batchable,
+    hashed_lookup,
+    read_job,
+    remembered_key,
+)
 from intrudim.analysis.planning import (
     AnalysisInputs,
     MatrixJob,
@@ -247,12 +255,63 @@ def analyze_matrix(
         return UnitOutcome(error=describe_error(exc), seconds=time.perf_counter() - started)
 
 
-def analyze_matrix_after(base_outcome: UnitOutcome, base: str, unit: MatrixUnit, config: AnalyzeConfig,
-                         cache_dir: str, read: ReadJob | Exception | None = None) -> UnitOutcome:  # fmt: skip
-    """:func:`analyze_matrix` once its base SVD unit is done (Ray passes that unit's outcome: a dependency)."""
+GROUP_INPUTS = 64
+"""At most this many inputs' units of one base matrix are analysed together in a matrix-major scan
+(:func:`analyze_matrix_group`): their reads (factors, W₀ mapped) are held until the group is done."""
+
+
+def analyze_matrix_group(
+    base: str, units: list[MatrixUnit], config: AnalyzeConfig, cache_dir: str, reads: list[ReadJob | Exception]
+) -> list[UnitOutcome]:
+    """Unit 2 for several inputs' units of one base matrix (a matrix-major scan's run): every unit as
+    :func:`analyze_matrix` analyses it, the factors' products with the base factors stacked
+    (:func:`~intrudim.analysis.jobs.analyze_reads`) on this process's torch threads (products as wide as the stack
+    run at the machine's GEMM rate; the rest of each unit on one thread, as :func:`analyze_matrix`). A unit whose read
+    failed, or whose analysis fails, gets its own error."""
+    started = time.perf_counter()
+    good = [i for i, read in enumerate(reads) if not isinstance(read, Exception)]
+    if len(good) < 2 or not batchable([reads[i] for i in good], config):  # type: ignore[misc]
+        return [analyze_matrix(base, unit, config, cache_dir, read) for unit, read in zip(units, reads, strict=True)]
+    outcomes: list[UnitOutcome | None] = [None] * len(units)
+    for i, read in enumerate(reads):
+        if isinstance(read, Exception):
+            outcomes[i] = UnitOutcome(error=describe_error(read))
+    if good:
+        cache = unit_cache(config, cache_dir)
+        with analysis_threads():
+            results = analyze_reads([reads[i] for i in good], cache, config,  # type: ignore[misc]
+                                    each=lambda: torch_threads(MATRIX_UNIT_TORCH_THREADS))
+        seconds = (time.perf_counter() - started) / len(good)
+        for i, result in zip(good, results, strict=True):
+            if isinstance(result, Exception):
+                outcomes[i] = UnitOutcome(error=describe_error(result), seconds=seconds)
+            else:
+                outcomes[i] = UnitOutcome(result=result, cache_hit=True, seconds=seconds)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def analyze_group_after(base_outcome: UnitOutcome, base: str, units: list[MatrixUnit], config: AnalyzeConfig,
+                        cache_dir: str) -> list[UnitOutcome]:  # fmt: skip
+    """:func:`analyze_matrix_group` of units of one base matrix (read here) once its base SVD unit is done: what a Ray
+    task runs (Ray passes that unit's outcome: a dependency)."""
     if base_outcome.error is not None:
-        return UnitOutcome(error=base_outcome.error)
-    return analyze_matrix(base, unit, config, cache_dir, read)
+        return [UnitOutcome(error=base_outcome.error) for _ in units]
+    if len(units) == 1:
+        return [analyze_matrix(base, units[0], config, cache_dir)]
+    return analyze_matrix_group(base, units, config, cache_dir,
+                                [read_matrix_unit(base, unit, config, cache_dir) for unit in units])  # fmt: skip
+
+
+def matrix_groups(units: list[MatrixUnit]) -> list[list[MatrixUnit]]:
+    """Runs of consecutive units of one base matrix, at most :data:`GROUP_INPUTS` each (a matrix-major scan's inputs
+    for that matrix; an adapter-major scan gives runs of one)."""
+    groups: list[list[MatrixUnit]] = []
+    for unit in units:
+        if groups and groups[-1][0].base_unit == unit.base_unit and len(groups[-1]) < GROUP_INPUTS:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    return groups
 
 
 def write_input_analysis(
@@ -303,12 +362,31 @@ def run_units_here(base: str, base_units: list[BaseUnit], matrix_units: list[Mat
                 return None
             return read_matrix_unit(base, unit, config, cache_dir)
 
+        group: list[tuple[MatrixUnit, ReadJob | Exception | None]] = []
+
+        def finish_group() -> None:
+            units = [unit for unit, _ in group]
+            base_outcome = base_outcomes[units[0].base_unit]
+            if base_outcome.error is not None:
+                outcomes = [UnitOutcome(error=base_outcome.error) for _ in units]
+            elif len(units) == 1:
+                outcomes = [analyze_matrix(base, units[0], config, cache_dir, group[0][1])]
+            else:
+                outcomes = analyze_matrix_group(base, units, config, cache_dir,
+                                                [r for _, r in group])  # type: ignore[misc]  # fmt: skip
+            group.clear()
+            for unit, outcome in zip(units, outcomes, strict=True):
+                for report, report_outcomes in on_done(unit, outcome) or ():
+                    on_done(report, write_input_analysis(base, report, report_outcomes, config))
+
+        # A matrix-major scan lists every input's unit of one base matrix in a row: up to GROUP_INPUTS of them are
+        # analysed together (their products with the base factors stacked); an adapter-major scan, one by one.
         for unit, unit_read in zip(matrix_units, read_ahead(matrix_units, read), strict=True):
-            ready = on_done(
-                unit, analyze_matrix_after(base_outcomes[unit.base_unit], base, unit, config, cache_dir, unit_read)
-            )
-            del unit_read  # at most the next unit's inputs stay in memory besides this one's
-            for report, outcomes in ready or ():
-                on_done(report, write_input_analysis(base, report, outcomes, config))
+            if group and (group[0][0].base_unit != unit.base_unit or len(group) >= GROUP_INPUTS):
+                finish_group()
+            group.append((unit, unit_read))
+            del unit_read
+        if group:
+            finish_group()
     finally:
         forget_opened_inputs()
