@@ -16,7 +16,7 @@ import pytest
 from intrudim.errors import IntrudimError
 from intrudim.tasks import get_task, list_tasks, task_names
 
-GENERATED = ("sentiment", "topic", "pair-match", "agreement")
+GENERATED = ("sentiment", "topic", "pair-match", "agreement", "review-summary")
 PAPER_TASKS = ("mnli", "sst2", "qqp", "winogrande", "siqa", "fever")
 
 
@@ -31,7 +31,7 @@ def test_registry_lists_the_generated_offline_tasks_and_the_six_paper_tasks() ->
     assert all(infos[name].offline and infos[name].train_size == 4000 for name in GENERATED)
     assert not any(infos[name].offline for name in PAPER_TASKS)
     assert len({infos[name].description for name in GENERATED}) == len(GENERATED)
-    assert infos["winogrande"].kind == infos["siqa"].kind == "multiple_choice"
+    assert infos["winogrande"].kind == infos["siqa"].kind == infos["review-summary"].kind == "multiple_choice"
     assert (infos["mnli"].num_classes, infos["topic"].num_classes, infos["siqa"].num_classes) == (3, 4, 3)
 
 
@@ -46,6 +46,64 @@ def test_generated_task_is_deterministic_balanced_and_held_out(name: str) -> Non
     assert min(counts.values()) > 0.6 * len(first.train) / first.num_labels  # roughly balanced
     train_inputs = {example.choices for example in first.train}
     assert not any(example.choices in train_inputs for example in first.validation)
+
+
+_NEGATIONS = {"not", "never", "hardly"}
+_JOINS = (" , and ", " . also , ", " , but ", " . however , ")
+
+
+def _polarity(clause: str) -> int:
+    """An independent reading of a generated opinion clause: its last word's polarity, flipped by a negation."""
+    from intrudim.tasks.generated import _POSITIVE
+
+    words = clause.split()
+    return int((words[-1] in _POSITIVE) != bool(_NEGATIONS & set(words)))
+
+
+def test_review_summary_answers_with_a_sentence_restating_the_review() -> None:
+    from intrudim.tasks.prompts import prompt_format
+
+    task = get_task("review-summary", seed=5, max_train_examples=300, max_validation_examples=50)
+    assert (task.kind, task.num_labels, task.head_outputs) == ("multiple_choice", 4, 1)
+    fmt = prompt_format(task)
+    nouns, shapes = set(), Counter()
+    for example in task.train + task.validation:
+        review = example.choices[0][0]
+        join = next(j for j in _JOINS if j in review)
+        first, second = review.split(join)
+        shapes[join] += 1
+        truth = (_polarity(first), _polarity(second))
+        assert (truth[0] == truth[1]) == (join in _JOINS[:2])  # "and" joins agreeing opinions, "but" contrasting ones
+        candidates = fmt.candidates(example, task.kind)
+        assert all(prompt == f"Review: {review}\nSummary:" for prompt, _ in candidates)  # one review, four answers
+        sentences = [answer for _, answer in candidates]
+        assert len(set(sentences)) == 4
+        right = sentences[example.label].split()
+        noun_1, noun_2 = right[4], right[-1].rstrip(".")
+        assert noun_1 != noun_2 and f"the {noun_1} " in first and f"the {noun_2} " in second + " "
+        verbs = ("disliked", "liked")
+        assert right == ["The", "reviewer", verbs[truth[0]], "the", noun_1, "and" if truth[0] == truth[1] else "but",
+                         verbs[truth[1]], "the", f"{noun_2}."]  # fmt: skip
+        for sentence in sentences:  # the wrong ones: the same sentence, only the polarity words (and "and"/"but") changed
+            words = sentence.split()
+            assert len(words) == len(right)
+            assert {i for i, (a, b) in enumerate(zip(words, right, strict=True)) if a != b} <= {2, 5, 6}
+        nouns.update((noun_1, noun_2))
+    assert len(nouns) >= 15 and min(shapes.values()) > 0.15 * sum(shapes.values())
+    counts = Counter(example.label for example in task.train)
+    assert set(counts) == {0, 1, 2, 3}
+
+
+def test_the_tasks_command_lists_review_summary() -> None:
+    from typer.testing import CliRunner
+
+    from intrudim.cli.app import app
+
+    done = CliRunner().invoke(app, ["tasks", "--json"])
+    assert done.exit_code == 0, done.output
+    listed = {row["name"]: row for row in json.loads(done.output)}
+    assert listed["review-summary"]["kind"] == "multiple_choice" and listed["review-summary"]["offline"] is True
+    assert listed["review-summary"]["num_classes"] == 4 and "running text" in listed["review-summary"]["description"]
 
 
 def test_kinds_differ_pair_task_has_pairs() -> None:

@@ -1,10 +1,17 @@
-"""Generated sequence-classification tasks: embedded, offline and deterministic from a seed.
+"""Generated tasks: embedded, offline and deterministic from a seed.
 
-They stand in for the paper's six tasks (Section 3, Appendix A) on a laptop: each is learned by the
-embedded MiniLM to high accuracy within a few hundred steps on CPU, and the three are of different
-kinds (single-sentence sentiment, four-way topic, sentence-pair matching) so that continual learning
-(Fig. 8) has distinct tasks to move between. Sentences are built from common English words so the
-pre-trained model's knowledge helps, as it does for real tasks.
+The sequence-classification tasks (:func:`generated_task_specs`) stand in for the paper's six tasks (Section 3,
+Appendix A) on a laptop: each is learned by the embedded MiniLM to high accuracy within a few hundred steps on CPU,
+and they are of different kinds (single-sentence sentiment, four-way topic, sentence-pair matching) so that
+continual learning (Fig. 8) has distinct tasks to move between. Sentences are built from common English words so
+the pre-trained model's knowledge helps, as it does for real tasks.
+
+The running-text tasks (:func:`running_text_task_specs`) are multiple choice whose right answer is a sentence, for
+fine-tuning a causal LM as instruction tuning does: the loss over the whole target sentence, not one label word
+(issue 27, part 3). ``review-summary``'s prompt is a review built like ``sentiment``'s (negation, contrast) about two
+things, and its answer restates it, e.g. " The reviewer liked the movie but disliked the service."; the wrong
+candidates are the same sentence with the polarity words changed, so accuracy (the candidate of highest total
+log-likelihood) measures the task.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from intrudim.tasks.base import Example, Task, TaskInfo
+from intrudim.tasks.base import Example, Task, TaskInfo, TaskKind
 
 DEFAULT_TRAIN_SIZE = 4000
 DEFAULT_VALIDATION_SIZE = 400
@@ -78,9 +85,10 @@ _ANIMALS = (
 _PLACES = ("garden", "house", "field", "river", "forest", "barn", "road", "yard", "hill", "lake")
 
 
-def _opinion_clause(rng: random.Random, polarity: int) -> str:
-    """A clause whose meaning has ``polarity`` (1 positive): an opinion word, negated half of the time."""
-    noun = rng.choice(_NOUNS)
+def _opinion_clause(rng: random.Random, polarity: int, noun: str | None = None) -> str:
+    """A clause whose meaning has ``polarity`` (1 positive) about ``noun`` (default: a random one): an opinion
+    word, negated half of the time."""
+    noun = noun if noun is not None else rng.choice(_NOUNS)
     if rng.random() < 0.5:
         word = rng.choice(_POSITIVE if polarity == 1 else _NEGATIVE)
         return rng.choice(_SIMPLE_CLAUSES).format(n=noun, o=word)
@@ -132,25 +140,53 @@ def _agreement_example(rng: random.Random) -> Example:
     return Example(choices=((_opinion_clause(rng, first), _opinion_clause(rng, second)),), label=label)
 
 
+_LIKED = ("disliked", "liked")  # the summary's polarity word for polarity 0 and 1
+_SAME_JOINS = (" , and", " . also ,")  # how the review joins two opinions of the same polarity
+_CONTRAST_JOINS = (" , but", " . however ,")  # … and of opposite polarities
+SUMMARY_POLARITIES: tuple[tuple[int, int], ...] = ((1, 1), (1, 0), (0, 1), (0, 0))
+"""The candidates of a ``review-summary`` example, in label order: (first, second) polarity, 1 liked."""
+
+
+def review_summary_sentence(first: str, second: str, polarities: tuple[int, int]) -> str:
+    """The running-text answer: "The reviewer liked the movie but disliked the service." ("and" when the two
+    polarities agree, "but" when they differ)."""
+    joint = "and" if polarities[0] == polarities[1] else "but"
+    return f"The reviewer {_LIKED[polarities[0]]} the {first} {joint} {_LIKED[polarities[1]]} the {second}."
+
+
+def _review_summary_example(rng: random.Random) -> Example:
+    """A review of two things (each opinion possibly negated, joined by "and" or, in contrast, "but"); the choices
+    are the four summaries of it, one per pair of polarities, the right one its label."""
+    first, second = rng.sample(_NOUNS, 2)
+    truth = (rng.randrange(2), rng.randrange(2))
+    joins = _SAME_JOINS if truth[0] == truth[1] else _CONTRAST_JOINS
+    review = f"{_opinion_clause(rng, truth[0], first)}{rng.choice(joins)} {_opinion_clause(rng, truth[1], second)}"
+    choices = tuple((review, review_summary_sentence(first, second, p)) for p in SUMMARY_POLARITIES)
+    return Example(choices=choices, label=SUMMARY_POLARITIES.index(truth))
+
+
 @dataclass(frozen=True)
 class GeneratedTaskSpec:
-    """How to make one generated task."""
+    """How to make one generated task: a classification task, or multiple choice (``kind``) whose ``label_names``
+    name the choices in order."""
 
     name: str
     label_names: tuple[str, ...]
     make_example: Callable[[random.Random], Example]
     description: str
+    kind: TaskKind = "classification"
+    paper: str = "stand-in for the paper's tasks (Sec. 3, App. A)"
 
     def info(self) -> TaskInfo:
         return TaskInfo(
             name=self.name,
-            kind="classification",
+            kind=self.kind,
             num_classes=len(self.label_names),
             description=self.description,
             offline=True,
             train_size=DEFAULT_TRAIN_SIZE,
             validation_size=DEFAULT_VALIDATION_SIZE,
-            paper="stand-in for the paper's tasks (Sec. 3, App. A)",
+            paper=self.paper,
             source="generated",
         )
 
@@ -172,7 +208,7 @@ class GeneratedTaskSpec:
                 validation.append(example)
         return Task(
             name=self.name,
-            kind="classification",
+            kind=self.kind,
             label_names=self.label_names,
             train=train,
             validation=tuple(validation),
@@ -182,7 +218,8 @@ class GeneratedTaskSpec:
 
 
 def generated_task_specs() -> tuple[GeneratedTaskSpec, ...]:
-    """The embedded tasks, in registry order."""
+    """The embedded classification tasks, in registry order (the running-text tasks follow them in the registry:
+    :func:`running_text_task_specs`)."""
     return (
         GeneratedTaskSpec(
             name="sentiment",
@@ -207,5 +244,20 @@ def generated_task_specs() -> tuple[GeneratedTaskSpec, ...]:
             label_names=("disagree", "agree"),
             make_example=_agreement_example,
             description="sentence pair: do two opinions (with negation) have the same polarity",
+        ),
+    )
+
+
+def running_text_task_specs() -> tuple[GeneratedTaskSpec, ...]:
+    """The embedded tasks whose answer is a sentence (multiple choice), in registry order."""
+    return (
+        GeneratedTaskSpec(
+            name="review-summary",
+            label_names=tuple(", ".join(_LIKED[p] for p in pair) for pair in SUMMARY_POLARITIES),
+            make_example=_review_summary_example,
+            description="running text: restate a two-part review (negation, contrast) as \"The reviewer liked the X "
+            "but disliked the Y.\"; 4 choices, the polarity words changed",
+            kind="multiple_choice",
+            paper="stand-in for instruction tuning: the loss over a whole running-text target (issue 27, part 3)",
         ),
     )

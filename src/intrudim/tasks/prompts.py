@@ -8,7 +8,8 @@ format gets a generic one whose answers are its label names.
 
 Classification: every label is a candidate answer to the same prompt (``" positive"`` / ``" negative"``).
 Multiple choice: each choice ``(context, option)`` is a candidate, the context as prompt and the option as
-answer (WinoGrande: the sentence up to the blank, then the option and the rest of the sentence).
+answer (WinoGrande: the sentence up to the blank, then the option and the rest of the sentence; review-summary:
+the review, then a whole sentence restating it, every token of which the loss scores).
 Answers start with a space so that they tokenize as the words that follow the prompt in running text.
 """
 
@@ -61,6 +62,7 @@ _FORMATS: dict[str, PromptFormat] = {
     "topic": PromptFormat("Words: {text}\nTopic:", (" sports", " food", " weather", " technology")),
     "pair-match": PromptFormat("Animals: {text}\nQuestion: {pair}?\nAnswer:", (" no", " yes")),
     "agreement": PromptFormat("First: {text}\nSecond: {pair}\nSame opinion?\nAnswer:", (" no", " yes")),
+    "review-summary": PromptFormat("Review: {text}\nSummary:"),  # the answer: a sentence restating the review
     "mnli": PromptFormat("Premise: {text}\nHypothesis: {pair}\nDoes the premise imply the hypothesis?\nAnswer:",
                          (" yes", " maybe", " no")),  # fmt: skip
     "sst2": PromptFormat("Review: {text}\nSentiment:", (" negative", " positive")),

@@ -12,12 +12,13 @@ from intrudim.tasks.generated import (
     DEFAULT_VALIDATION_SIZE,
     GeneratedTaskSpec,
     generated_task_specs,
+    running_text_task_specs,
 )
 from intrudim.tasks.real import RealTaskSpec, load_real_task, real_task_specs
 
 
 def _specs() -> dict[str, GeneratedTaskSpec | RealTaskSpec]:
-    return {spec.name: spec for spec in (*generated_task_specs(), *real_task_specs())}
+    return {spec.name: spec for spec in (*generated_task_specs(), *running_text_task_specs(), *real_task_specs())}
 
 
 def task_names() -> list[str]:
@@ -41,7 +42,8 @@ def get_task(
 ) -> Task:
     """Load a task by name.
 
-    Generated tasks are made from ``seed`` (``max_*_examples`` set their sizes, defaults 4000/400);
+    Generated tasks (classification and running text) are made from ``seed`` (``max_*_examples`` set their sizes,
+    defaults 4000/400);
     the paper's tasks are read from ``data_path`` or the local ``datasets`` cache. ``train_fraction``
     keeps a seeded subset of the training split (Fig. 12).
     """
