@@ -151,7 +151,7 @@ def test_toy_output_fits_80_columns_and_names_the_thresholds():
     assert "from λ = 0.5·σ_max" in result.stdout and "it is not the threshold" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["analyze", "toy", "train", "sweep", "tasks", "forgetting", "repair"])
+@pytest.mark.parametrize("command", ["analyze", "toy", "train", "sweep", "tasks", "forgetting", "repair", "regime"])
 def test_help_at_80_columns(command):
     result = run(command, "--help")
     assert result.returncode == 0, result.stderr

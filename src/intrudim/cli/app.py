@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from intrudim.cli import analyze, continual, demo, forgetting, repair, scan, toy, train
+from intrudim.cli import analyze, continual, demo, forgetting, regime, repair, scan, toy, train
 from intrudim.cli.common import quiet_libraries, stdout
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -65,6 +65,7 @@ repair.register(app)  # repair (docs/repair.md)
 continual.register(app)  # continual (docs/continual.md)
 scan.register(app)  # scan (docs/scan.md)
 demo.register(app)  # demo (docs/demo.md)
+regime.register(app)  # regime (docs/regime.md)
 
 
 def main() -> None:

@@ -8,10 +8,11 @@ from typing import Any
 class DemoProgress:
     """One progress display for the whole demo: stage, run, step, ETA (rich on a terminal, plain lines otherwise).
 
-    Work is counted in units: one unit per training step, and a fixed estimate for each measurement.
+    Work is counted in units: one unit per training step, and a fixed estimate for each measurement. ``label``
+    names the experiment on every line (``demo``, ``regime``).
     """
 
-    def __init__(self, total: int, *, enabled: bool = True, console: Any = None) -> None:
+    def __init__(self, total: int, *, enabled: bool = True, console: Any = None, label: str = "demo") -> None:
         self.total = max(1, total)
         self.done = 0
         self.stage = ""
@@ -26,14 +27,14 @@ class DemoProgress:
         if console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._rich = Progress(TextColumn("[bold]demo[/]"), BarColumn(), MofNCompleteColumn(),
+            self._rich = Progress(TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
                                   console=console, transient=False)  # fmt: skip
             self._task = self._rich.add_task("", total=self.total)
         else:
             from intrudim.plain_progress import PlainProgress
 
-            self._plain = PlainProgress(console, "demo", every=10.0)
+            self._plain = PlainProgress(console, label, every=10.0)
 
     def __enter__(self) -> DemoProgress:
         if self._rich is not None:
