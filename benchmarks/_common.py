@@ -48,3 +48,24 @@ def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
         "--clock", choices=("wall", "cpu"), default="wall",
         help="time shown in the table: wall-clock, or process CPU seconds (robust on a busy machine with --threads 1)",
     )  # fmt: skip
+
+
+def compare_analyses(adapter: dict[str, list[dict]], matrix: dict[str, list[dict]]) -> str:
+    """Two scans' per-matrix results (input name -> matrices): ``same counts, ranks and sweeps; values within …
+    relative`` or what differs first. A matrix-major scan stacks the adapters' products with the base factors, and
+    a Ray task runs them on one thread (wider or differently threaded GEMMs sum in another order): values equal to
+    float rounding (1e-5 relative at most), every decision the same."""
+    worst = 0.0
+    for name in adapter:
+        for a, m in zip(adapter[name], matrix[name], strict=True):
+            for key in ("intruders", "intruder_ranks", "epsilon_sweep", "k_sweep", "largest_intruder_rank", "name"):
+                if a.get(key) != m.get(key):
+                    return f"{name} {a['name']}: {key} differs ({a.get(key)} vs {m.get(key)})"
+            for key in ("max_abs_cos", "singular_values", "intruder_energy_share", "effective_rank_delta"):
+                x, y = a.get(key), m.get(key)
+                for u, v in zip(x if isinstance(x, list) else [x], y if isinstance(y, list) else [y], strict=True):
+                    if u is not None and v is not None:
+                        worst = max(worst, abs(u - v) / max(abs(u), 1e-12))
+    if worst > 1e-5:
+        return f"values differ by up to {worst:.1e} relative"
+    return f"same counts, ranks and sweeps; values within {worst:.1e} relative"

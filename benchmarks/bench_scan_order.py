@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average  # noqa: E402
+from _common import compare_analyses, load_average  # noqa: E402
 
 OUT_DIR = Path("bench_out")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -153,26 +153,6 @@ def cold_read_rate(cache: Path) -> float:
     return total / (time.perf_counter() - t)
 
 
-def compare_orders(adapter: dict[str, list[dict]], matrix: dict[str, list[dict]]) -> str:
-    """``same counts, ranks and sweeps; values within 1e-5 relative`` or what differs first. A matrix-major scan
-    stacks the adapters' products with the base factors (wider GEMMs sum in another order): values equal to float
-    rounding, every decision the same."""
-    worst = 0.0
-    for name in adapter:
-        for a, m in zip(adapter[name], matrix[name], strict=True):
-            for key in ("intruders", "intruder_ranks", "epsilon_sweep", "k_sweep", "largest_intruder_rank", "name"):
-                if a.get(key) != m.get(key):
-                    return f"{name} {a['name']}: {key} differs ({a.get(key)} vs {m.get(key)})"
-            for key in ("max_abs_cos", "singular_values", "intruder_energy_share", "effective_rank_delta"):
-                x, y = a.get(key), m.get(key)
-                for u, v in zip(x if isinstance(x, list) else [x], y if isinstance(y, list) else [y], strict=True):
-                    if u is not None and v is not None:
-                        worst = max(worst, abs(u - v) / max(abs(u), 1e-12))
-    if worst > 1e-5:
-        return f"values differ by up to {worst:.1e} relative"
-    return f"same counts, ranks and sweeps; values within {worst:.1e} relative"
-
-
 def analyses(out: Path, names: list[str]) -> dict[str, list[dict]]:
     return {name: [{k: v for k, v in m.items() if k != "similarity"}
                    for m in json.loads((out / "runs" / name / "analysis.json").read_text())["matrices"]]
@@ -249,7 +229,7 @@ def main() -> None:
         adapter_s, adapter_out = timed_scan("adapter", adapters[:n_adapter])
         matrix_s, matrix_out = timed_scan("matrix", adapters)
         names = [Path(a).name for a in adapters[:n_adapter]]
-        agreement = compare_orders(analyses(adapter_out, names), analyses(matrix_out, names))
+        agreement = compare_analyses(analyses(adapter_out, names), analyses(matrix_out, names))
         # A cache larger than memory (32 layers of a 7B base: ~26 GB of float32 factors on a 24 GB machine): an
         # adapter-major scan then reads every factor from disk for every adapter. Timed by evicting the cache files
         # from the page cache before each adapter.
