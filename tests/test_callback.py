@@ -427,6 +427,10 @@ rank = trainer.args.process_index
     "analysed": len(callback.timeline), "global_step": trainer.state.global_step,
     "logged": [h["intrudim/intruders"] for h in trainer.state.log_history if "intrudim/intruders" in h],
 }}))
+# leave as torchrun scripts should: every rank past its writes, then the process group closed (a gloo group left to
+# interpreter shutdown can abort a rank with 'terminate called without an active exception')
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 '''
 
 
