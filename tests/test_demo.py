@@ -14,6 +14,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from test_train import tiny_llama  # noqa: F401  (a session fixture, used by name)
+
 from intrudim.experiments.claims import STATEMENTS, combine_seeds, decide_claims
 from intrudim.experiments.demo import _check_settings
 from intrudim.experiments.demo_config import DEMO_FILE, DemoConfig, DemoSettingsError, parse_seeds
@@ -288,3 +290,53 @@ def test_forgetting_and_repair_claims_state_their_regime() -> None:
     assert regime["destructive"] == {"lora-r1": True, "lora-r8": False, "full": False}
     assert claims["repair"]["numbers"]["regime"]["destructive"] is True
     assert forgetting_regime({"measure": "pseudo_loss", "rows": {"a": {"delta": math.log(1.5)}}})["destructive"] == {"a": False}
+
+
+def test_the_full_demo_draws_each_map_once_and_its_report_shows_where_intruders_begin(tiny_llama: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The full recipe holds docs/train.md's two maps; a map step (here on a tiny LLaMA, two runs side by side)
+    writes OUT/map-MODEL with map.json and the figure, reuses its cells, and the report shows the figure, where
+    intruders begin and the rule's pick (opened in headless Chromium)."""
+    from browser import check_report, require_browser
+
+    from intrudim.experiments.demo import map_units
+    from intrudim.experiments.demo_config import FULL, MapRecipe
+    from intrudim.experiments.demo_config import QUICK as QUICK_RECIPE
+    from intrudim.experiments.demo_measures import measure_map
+    from intrudim.experiments.demo_progress import DemoProgress
+    from intrudim.experiments.demo_state import Demo
+    from intrudim.report.demo_report import write_demo_report
+
+    assert [m.model for m in FULL.maps] == ["minilm", "smollm2"] and QUICK_RECIPE.maps == ()
+    assert [m.runs() for m in FULL.maps] == [23, 7] and map_units(QUICK_RECIPE) == 0
+    assert FULL.maps[0].train_config(0).total_lr is not None and FULL.maps[1].train_config(0).other_lr == 1e-5
+
+    recipe_map = MapRecipe(model=str(tiny_llama), lrs=(1e-3, 5e-2), ranks=(1, "full"), full_lrs=(1e-4,), steps=3,
+                           forgetting_tokens=512, forgetting_seq_len=32,
+                           train=(("task", "sentiment"), ("max_train_examples", 96), ("max_validation_examples", 32),
+                                  ("eval_batch_size", 32), ("max_length", 32)))  # fmt: skip
+    out = tmp_path / "demo"
+    with DemoProgress(map_units(FULL), enabled=False) as bar:
+        demo = Demo(DemoConfig(quick=False, seeds=(0,)), 0, out, out / f"map-{tiny_llama.name}", bar, workers=2)
+        data = measure_map(demo, recipe_map)
+        assert bar.done == recipe_map.runs() * recipe_map.steps  # every step of every cell, once
+    assert (out / data["figure"]).stat().st_size > 10_000
+    assert len(data["cells"]) == 3 and set(data["first_intruder_lr"]) == {"1"}
+    assert data["chosen_lr"] in (None, 1e-3, 5e-2) and data["rule"].startswith("the smallest α·η")
+    assert all(c["forgetting"] is not None for c in data["cells"])
+    before = {p: p.stat().st_mtime_ns for p in out.glob("map-*/*/*/result.json")}
+    assert len(before) == 3
+    again = measure_map(demo, recipe_map)
+    assert again["cells"] == data["cells"]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("map-*/*/*/result.json")} == before
+
+    per_seed = {0: _seed_claims({})}
+    summary = {"demo": DemoConfig(quick=False, seeds=(0,)).to_json(), "seeds": [0], "seed_folders": {"0": "seed-0"},
+               "claims": combine_seeds(per_seed), "held": 10, "fragile": 0, "not_held": 0, "not_measured": 0,
+               "measurements": {"0": planted()}, "maps": {data["model"]: data}, "seconds": {"total": 1.0}, "reused": []}  # fmt: skip
+    html = write_demo_report(summary, out)["html"]
+    text = html.read_text(encoding="utf-8")
+    assert data["model"] == tiny_llama.name and data["folder"] == f"map-{tiny_llama.name}"
+    assert "Intruders first appear at: r = 1 at" in text and f"map-{tiny_llama.name}/map.json" in text
+    require_browser()
+    page = check_report(html, required_selectors=["#maps", f"#maps .map[data-model='{tiny_llama.name}'] img"])
+    page.assert_ok()

@@ -128,3 +128,27 @@ def test_overwrite_replaces_only_a_map_and_leaves_anything_else_untouched(tiny_b
     with pytest.raises(IntrudimError, match=r"--overwrite refused: '.*mine' is not an intrudim map \(no map.json\)"):
         lr_rank_map(config, mine, (1e-3,), (1,), overwrite=True, forgetting=None, progress=False)
     assert (mine / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_cells_trained_side_by_side_are_the_cells_trained_one_after_the_other(tiny_llama: Path, tmp_path: Path) -> None:  # noqa: F811
+    """workers=2 trains every unfinished cell first, two at a time, into the folders the sweeps read: the same
+    weights, counts and accuracies as one after the other, each step reported once per cell."""
+    from safetensors.torch import load_file
+
+    config = _config(tiny_llama, max_steps=3, checkpoint_every=None, lr=None)
+    options = dict(full_lrs=(1e-4,), forgetting=None, progress=False, figures=False, cache_dir=tmp_path / "cache")
+    one = lr_rank_map(config, tmp_path / "one", (1e-3, 5e-2), (1, "full"), **options)  # type: ignore[arg-type]
+    steps: list[tuple[object, int]] = []
+    two = lr_rank_map(config, tmp_path / "two", (1e-3, 5e-2), (1, "full"), workers=2,
+                      on_step=lambda key, step: steps.append((key, step)), **options)  # type: ignore[arg-type]  # fmt: skip
+    assert sorted(steps, key=str) == sorted([((lr, 1), s) for lr in (1e-3, 5e-2) for s in (1, 2, 3)]
+                                            + [((1e-4, "full"), s) for s in (1, 2, 3)], key=str)  # fmt: skip
+    for a, b in zip(one.cells, two.cells, strict=True):
+        assert (a.rank, a.lr, a.steps, a.accuracy, a.intruders) == (b.rank, b.lr, b.steps, b.accuracy, b.intruders)
+        name = "adapter_model.safetensors" if a.rank != "full" else "model.safetensors"
+        left, right = load_file(str(Path(a.run_dir) / "final" / name)), load_file(str(Path(b.run_dir) / "final" / name))
+        assert left.keys() == right.keys() and all((left[k] == right[k]).all() for k in left)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("*/*/result.json")}
+    again = lr_rank_map(config, tmp_path / "two", (1e-3, 5e-2), (1, "full"), workers=2, resume=True, **options)  # type: ignore[arg-type]
+    assert again.cells == two.cells  # finished cells are not trained again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("*/*/result.json")} == before

@@ -38,8 +38,10 @@ from intrudim.experiments.demo_config import (
 )
 from intrudim.experiments.demo_measures import (
     analyse_run,
+    map_folder,
     measure_continual,
     measure_forgetting_rows,
+    measure_map,
     measure_repair,
     measure_toy,
     tracked_intruders,
@@ -98,7 +100,27 @@ def planned_units(config: DemoConfig) -> int:
     units += 4 * MEASUREMENT_UNITS + 2 * MEASUREMENT_UNITS  # analyses, toy, forgetting, repair, continual
     if recipe.forgetting_model == "smollm2":
         units += 2 * recipe.causal_steps
-    return units * len(config.seeds or ())
+    return units * len(config.seeds or ()) + map_units(recipe)
+
+
+def map_units(recipe: DemoRecipe) -> int:
+    """Training steps of the learning-rate × rank maps (once per demo) plus each map's forgetting measurement."""
+    return sum(m.runs() * m.steps + MEASUREMENT_UNITS for m in recipe.maps)
+
+
+def _run_maps(config: DemoConfig, out: Path, bar: DemoProgress, workers: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each learning-rate × rank map of the recipe, once, on the first seed: OUT/map-MODEL (reused cell by cell)."""
+    maps: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    seed = (config.seeds or (0,))[0]
+    for recipe_map in config.recipe.maps:
+        bar.set_stage(f"learning-rate × rank map on {recipe_map.name} ({recipe_map.runs()} runs, seed {seed})")
+        started = time.perf_counter()
+        demo = Demo(config, seed, out, out / map_folder(recipe_map), bar, workers=workers)
+        maps[recipe_map.name] = measure_map(demo, recipe_map)
+        bar.advance(MEASUREMENT_UNITS, f"map {recipe_map.name}")
+        seconds[f"map {recipe_map.name}"] = round(time.perf_counter() - started, 1)
+    return maps, seconds
 
 
 def _run_seed(demo: Demo) -> dict[str, Any]:
@@ -166,6 +188,7 @@ def run_demo(
             seconds[str(seed)] = demo.seconds
             reused.extend(f"{item} (seed {seed})" for item in demo.reused)
             per_seed[seed] = decide_claims(demo.measurements, config)
+        maps, seconds["maps"] = _run_maps(config, out, bar, workers)
         bar.set_stage("claims and report")
         claims = combine_seeds(per_seed)
         summary = {
@@ -175,6 +198,7 @@ def run_demo(
             "claims": claims,
             **{key: sum(1 for c in claims if c["verdict"] == verdict) for key, verdict in SUMMARY_COUNTS.items()},
             "measurements": measurements,
+            "maps": maps,
             "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
             "reused": reused,
         }

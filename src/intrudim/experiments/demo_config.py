@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from intrudim.errors import IntrudimError
@@ -16,6 +17,55 @@ SUMMARY_FILE = "summary.json"
 
 class DemoSettingsError(IntrudimError):
     """--out holds a demo made with other settings."""
+
+
+@dataclass(frozen=True)
+class MapRecipe:
+    """A learning-rate × rank map the full demo draws once, on its first seed (issue 27, part 2; docs/train.md):
+    one run per (rank, α·η) and full fine-tuning at each of ``full_lrs``, with intruders, accuracy and forgetting.
+
+    ``train``: the other :class:`~intrudim.train.TrainConfig` fields of every run, as (name, value) pairs (the
+    dataclass stays hashable); steps and evaluation are ``steps``."""
+
+    model: str
+    lrs: tuple[float, ...]
+    ranks: tuple[int | str, ...]
+    full_lrs: tuple[float, ...]
+    steps: int
+    forgetting_tokens: int
+    train: tuple[tuple[str, Any], ...] = ()
+    forgetting_seq_len: int | None = None  # None: the forgetting probe's default window
+
+    def forgetting(self) -> Any:
+        """How each run's forgetting is measured: the map's default (news) on ``forgetting_tokens`` tokens."""
+        from intrudim.train.lr_map import MAP_FORGETTING
+
+        config = dataclasses.replace(MAP_FORGETTING, max_tokens=self.forgetting_tokens)
+        return config if self.forgetting_seq_len is None else dataclasses.replace(config, seq_len=self.forgetting_seq_len)
+
+    @property
+    def name(self) -> str:
+        """The model's short name ('minilm', or a local folder's last part): OUT/map-NAME and the report's label."""
+        return Path(self.model).name
+
+    def train_config(self, seed: int) -> Any:
+        from intrudim.train import TrainConfig
+
+        return TrainConfig(model=self.model, max_steps=self.steps, eval_every=self.steps, checkpoint_every=None,
+                           seed=seed, **dict(self.train))  # fmt: skip
+
+    def runs(self) -> int:
+        """Runs of the map: one per (LoRA rank, α·η) and one per full fine-tuning η."""
+        lora = sum(1 for r in self.ranks if r != "full")
+        return lora * len(self.lrs) + (len(self.full_lrs) if "full" in self.ranks else 0)
+
+
+MINILM_MAP = MapRecipe(
+    model="minilm", lrs=(1e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2), ranks=(1, 4, 16, 64, "full"), full_lrs=(3e-5, 1e-4, 3e-4),
+    steps=150, forgetting_tokens=4096,
+    train=(("task", "sentiment"), ("max_length", 32), ("schedule", "constant"), ("max_validation_examples", 200)),
+)  # fmt: skip
+"""docs/train.md's MiniLM map: the quick demo's recipe (150 steps, 32 tokens, constant) across α·η and ranks."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +89,7 @@ class DemoRecipe:
     causal_steps: int = 100  # smollm2 runs (full demo): batch 8, 32 tokens, α·η = 2e-2 (docs/repair.md)
     repair_lambda: float = 0.5
     task: str = "sentiment"
+    maps: tuple[MapRecipe, ...] = ()  # learning-rate × rank maps, drawn once on the first seed
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,19 +102,26 @@ QUICK = DemoRecipe(
 )  # fmt: skip
 
 
-FULL = DemoRecipe(
-    name="full", steps=300, max_length=64, total_lr=6e-3, schedule="constant", high_rank=64,
-    validation_examples=200, checkpoints=6, continual_tasks=("sentiment", "topic", "pair-match", "agreement"),
-    continual_ranks=(1, 8, "full"), continual_steps=150, forgetting_model="smollm2", forgetting_text="news",
-    forgetting_tokens=2048,
-)  # fmt: skip
-
-
 SMOLLM2_RECIPE = dict(
     model="smollm2", task="sentiment", method="lora", total_lr=2e-2, other_lr=1e-5, schedule="linear",
     batch_size=8, max_length=32, max_validation_examples=100,
 )  # fmt: skip
 """The causal-LM recipe of docs/repair.md's science check (steps from the demo recipe)."""
+
+
+SMOLLM2_MAP = MapRecipe(
+    model="smollm2", lrs=(2e-3, 6e-3, 2e-2), ranks=(1, 8, "full"), full_lrs=(1e-5,), steps=100, forgetting_tokens=2048,
+    train=tuple((key, value) for key, value in SMOLLM2_RECIPE.items() if key not in ("model", "method", "total_lr")),
+)  # fmt: skip
+"""docs/train.md's coarse SmolLM2 map: the causal recipe above (100 steps) at three α·η, r = 1, 8 and full FT."""
+
+
+FULL = DemoRecipe(
+    name="full", steps=300, max_length=64, total_lr=6e-3, schedule="constant", high_rank=64,
+    validation_examples=200, checkpoints=6, continual_tasks=("sentiment", "topic", "pair-match", "agreement"),
+    continual_ranks=(1, 8, "full"), continual_steps=150, forgetting_model="smollm2", forgetting_text="news",
+    forgetting_tokens=2048, maps=(MINILM_MAP, SMOLLM2_MAP),
+)  # fmt: skip
 
 
 QUICK_SEEDS: tuple[int, ...] = (0,)

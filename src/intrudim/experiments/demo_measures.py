@@ -122,3 +122,32 @@ def measure_continual(demo: Demo) -> dict[str, Any]:
     result = run_continual(config, out, resume=out.exists(), progress=False, cache_dir=demo.cache_dir,
                            on_step=on_step, workers=demo.workers)  # fmt: skip
     return result.to_json()
+
+
+def map_folder(recipe_map: Any) -> str:
+    """OUT's folder of one learning-rate × rank map (drawn once, on the demo's first seed)."""
+    return f"map-{recipe_map.name}"
+
+
+def measure_map(demo: Demo, recipe_map: Any) -> dict[str, Any]:
+    """One learning-rate × rank map (issue 27, part 2) into OUT/map-MODEL, ``demo.workers`` runs side by side; a
+    finished cell (and its forgetting, measured on the same text and tokens) is reused. Its map.json, with the
+    folder and figure, relative to OUT."""
+    from intrudim.train.lr_map import lr_rank_map
+
+    out = demo.root / map_folder(recipe_map)
+    total = recipe_map.runs() * recipe_map.steps
+    advanced: dict[Any, int] = {}
+
+    def on_step(key: Any, step: int) -> None:
+        lr, rank = key
+        demo.progress.advance(step - advanced.get(key, 0), f"map {recipe_map.name}: r={rank} at {lr:g}, step {step}")
+        advanced[key] = step
+
+    result = lr_rank_map(recipe_map.train_config(demo.seed), out, recipe_map.lrs, recipe_map.ranks,
+                         full_lrs=recipe_map.full_lrs, resume=True, progress=False, cache_dir=demo.cache_dir,
+                         forgetting=recipe_map.forgetting(),
+                         workers=demo.workers, on_step=on_step)  # fmt: skip
+    demo.progress.advance(total - sum(advanced.values()), f"map {recipe_map.name}")
+    return {"model": recipe_map.name, "seed": demo.seed, "folder": map_folder(recipe_map),
+            "figure": f"{map_folder(recipe_map)}/figures/lr_rank_map.png", **result.to_json()}  # fmt: skip

@@ -229,6 +229,32 @@ def _numbers(numbers: dict[str, Any]) -> str:
     return "; ".join(f"{key}: {fmt(value)}" for key, value in numbers.items())
 
 
+def map_sections(summary: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """One section per learning-rate × rank map the demo drew (the full demo; issue 27, part 2): its figure, where
+    intruders begin per rank, and the α·η its rule picks, against the demo's own recipe."""
+    sections = []
+    for model, data in (summary.get("maps") or {}).items():
+        begins = [f"r = {rank} at α·η = {lr:g}" if lr is not None else f"r = {rank} at none"
+                  for rank, lr in data["first_intruder_lr"].items()]  # fmt: skip
+        full = [c for c in data["cells"] if c["rank"] == "full"]
+        full_text = ""
+        if full:
+            with_intruders = [f"{c['lr']:g}" for c in full if (c["intruders"] or 0) > 0]
+            full_text = (f"; full fine-tuning at η = {', '.join(with_intruders)}" if with_intruders
+                         else "; full fine-tuning at none of its η")  # fmt: skip
+        chosen = data.get("chosen_lr")
+        sections.append({
+            "model": model, "seed": data.get("seed"), "runs": len(data["cells"]),
+            "begins": ", ".join(begins) + full_text,
+            "chosen": "none" if chosen is None else f"{chosen:g}", "rule": data.get("rule", ""),
+            "figure": _file_figure(out / data["figure"], f"Learning-rate × rank map on {model}",
+                                   "Per run: intruder dimensions, held-out accuracy and forgetting; full fine-tuning "
+                                   "at its own η."),  # fmt: skip
+            "href": f"{data['folder']}/map.json",
+        })  # fmt: skip
+    return sections
+
+
 def write_demo_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write OUT/report.html from the demo's summary."""
     claims = summary["claims"]
@@ -258,5 +284,6 @@ def write_demo_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
         version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), verdict=verdict,
         claims=rows, analyses=analyses, mode=mode, recipe=json.dumps(summary["demo"]["recipe"], indent=1),
         toy_reports=links["toy"], repair_reports=links["repair"], several_seeds=len(seeds) > 1, seeds_text=seeds_text,
+        maps=map_sections(summary, out), total_lr=summary["demo"]["recipe"]["total_lr"],
     )  # fmt: skip
     return {"html": write_text_atomic(out / "report.html", html)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from intrudim.evaluate.forgetting_config import ForgettingConfig
 from intrudim.fileio import atomic_path, write_json_atomic
 from intrudim.train.config import TrainConfig
 from intrudim.train.ray_sweep import RaySweepOptions
-from intrudim.train.sweep import prepare_output, rank_sweep
+from intrudim.train.sweep import _completed, _config_for, prepare_output, rank_sweep, run_name
 
 MAP_FILE = "map.json"
 FULL_LRS: tuple[float, ...] = (1e-4,)
@@ -177,13 +178,18 @@ def lr_rank_map(
     cache_dir: str | Path | None = None,
     ray: RaySweepOptions | None = None,
     device: str = "auto",
+    workers: int = 1,
+    on_step: Callable[[Any, int], None] | None = None,
 ) -> LrMapResult:
     """Train every (rank, α·η) cell (and full fine-tuning at each of ``full_lrs``) into OUT, measure each run's
     forgetting as ``forgetting`` says (its text, tokens, windows; None: not measured), write OUT/map.json and
     OUT/figures/lr_rank_map.png.
 
     ``reached``: the accuracy a run must reach to count as having learned the task (default: the recipe's
-    ``target_accuracy``, else :data:`REACHED`). Every other argument is :func:`~intrudim.train.sweep.rank_sweep`'s.
+    ``target_accuracy``, else :data:`REACHED`). ``workers`` > 1 (in-process, ``device="auto"``): every unfinished
+    cell of the map trains first, that many runs side by side (:mod:`intrudim.train.side_by_side`, the same weights
+    as one after the other), ``on_step((lr, rank), step)`` after each of their steps; the sweeps then find them
+    finished. Every other argument is :func:`~intrudim.train.sweep.rank_sweep`'s.
     """
     if not lrs:
         raise IntrudimError("--lrs is empty; give e.g. --lrs 1e-3,3e-3,1e-2.")
@@ -204,6 +210,9 @@ def lr_rank_map(
                                  accuracy=run.final_accuracy, intruders=run.final_intruders, forgetting=forgetting,
                                  forgetting_ci95=ci))  # fmt: skip
 
+    if workers > 1 and ray is None and device == "auto":
+        _train_cells_side_by_side(base_config, out, lrs, lora_ranks, full_lrs if "full" in ranks else (),
+                                  cache_dir, workers, figures, on_step)  # fmt: skip
     if lora_ranks:
         for lr in lrs:
             config = replace(base_config, total_lr=lr, lr=None)
@@ -224,3 +233,28 @@ def lr_rank_map(
         with atomic_path(out / "figures" / "lr_rank_map.png") as tmp:
             lr_map_figure(result).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return result
+
+
+def _train_cells_side_by_side(
+    base_config: TrainConfig, out: Path, lrs: tuple[float, ...], lora_ranks: tuple[int | str, ...],
+    full_lrs: tuple[float, ...], cache_dir: str | Path | None, workers: int, figures: bool,
+    on_step: Callable[[Any, int], None] | None,
+) -> None:
+    """Train every cell of the map that has no finished run yet, ``workers`` at a time, into the folder its rank
+    sweep reads (OUT/lr-<α·η>/r-<rank>, OUT/full-lr-<η>/full)."""
+    from intrudim.train.side_by_side import train_side_by_side
+    from intrudim.weights.svd_cache import default_cache_dir
+
+    jobs: dict[Any, tuple[TrainConfig, Path]] = {}
+    for lr in lrs:
+        for rank in lora_ranks:
+            run_dir = out / lr_folder(lr) / run_name(rank)
+            if _completed(run_dir) is None:
+                jobs[(lr, rank)] = (_config_for(replace(base_config, total_lr=lr, lr=None), rank), run_dir)
+    for lr in full_lrs:
+        run_dir = out / lr_folder(lr, full=True) / run_name("full")
+        if _completed(run_dir) is None:
+            jobs[(lr, "full")] = (_config_for(replace(base_config, lr=lr), "full"), run_dir)
+    if jobs:
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        train_side_by_side(jobs, cache, workers=workers, figures=figures, on_step=on_step)
