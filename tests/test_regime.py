@@ -18,7 +18,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from intrudim.errors import IntrudimError
 from intrudim.evaluate.batching import answer_loss, answer_token_ids, encode_candidates, prompt_token_ids
-from intrudim.experiments.regime_claims import aggregate, decide_seed, forgetting_difference
+from intrudim.experiments.claims import equal_accuracy
+from intrudim.experiments.regime_claims import aggregate, at_equal_accuracy, decide_seed, forgetting_difference
 from intrudim.experiments.regime_config import RegimeConfig
 from intrudim.experiments.regime_measures import recovered_fraction, recovered_table
 from intrudim.experiments.regime_runs import RateChoice, smallest_reaching
@@ -185,6 +186,16 @@ def _repair(recovered: dict[str, float], lam: float = 0.5) -> dict:
     points += [{"lambda": lam, "method": m, "forgetting_loss": 4.0 - r, "accuracy": 0.94} for m, r in recovered.items()]
     sweep = {"total_intruders": 3, "base_loss": 3.0, "tuned_loss": 4.0, "points": points}
     return {**sweep, "recovered": recovered_table(sweep)}
+
+
+def test_a_spread_of_exactly_the_tolerance_is_equal_accuracy_despite_float_rounding() -> None:
+    """1.00 and 0.95 differ by 0.05000000000000004 in floating point: still at equal accuracy (the first full-size
+    regime run reported full FT 1.000 against r=8 0.950 as 'not at equal accuracy'); 0.94 is not."""
+    rows = {"full": {"accuracy": 1.0}, "lora-r8": {"accuracy": 0.95}, "lora-r1": {"accuracy": 0.94}}
+    assert at_equal_accuracy(rows, ["full", "lora-r8"], 0.9) == (True, "")
+    equal, why = at_equal_accuracy(rows, ["full", "lora-r1"], 0.9)
+    assert not equal and "within 0.05" in why
+    assert equal_accuracy(1.0, 0.95) and not equal_accuracy(1.0, 0.94) and not equal_accuracy(0.95, None)
 
 
 def test_each_question_is_decided_per_seed_and_combined_over_seeds() -> None:

@@ -62,7 +62,13 @@ def equal_accuracy(*accuracies: float | None) -> bool:
     values = [a for a in accuracies if a is not None]
     if len(values) != len(accuracies):
         return False
-    return min(values) >= MIN_ACCURACY and max(values) - min(values) <= EQUAL_ACCURACY
+    return min(values) >= MIN_ACCURACY and accuracy_spread_within(values)
+
+
+def accuracy_spread_within(values: list[float], tolerance: float = EQUAL_ACCURACY) -> bool:
+    """max − min ≤ ``tolerance``, counting a spread that equals it only up to float rounding (1.00 and 0.95 differ
+    by 0.05000000000000004) as within it."""
+    return max(values) - min(values) <= tolerance + 1e-9
 
 
 def _accuracy_reason(runs: dict[str, dict[str, Any]], names: list[str]) -> str:

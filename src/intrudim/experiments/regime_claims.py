@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from intrudim.evaluate.forgetting_result import paired_bootstrap_ci
-from intrudim.experiments.claims import EQUAL_ACCURACY, combine_seeds
+from intrudim.experiments.claims import EQUAL_ACCURACY, accuracy_spread_within, combine_seeds
 from intrudim.experiments.regime_config import FULL, RegimeConfig, lora_name
 from intrudim.repair.sweep_result import DESTRUCTIVE_RATIO
 
@@ -39,7 +39,7 @@ def at_equal_accuracy(rows: dict[str, dict[str, Any]], names: list[str], target:
     """Whether the runs ``names`` are at equal accuracy (each ≥ ``target``, within EQUAL_ACCURACY), and why not."""
     accuracies = {name: rows[name]["accuracy"] for name in names}
     values = list(accuracies.values())
-    if None not in values and min(values) >= target and max(values) - min(values) <= EQUAL_ACCURACY:
+    if None not in values and min(values) >= target and accuracy_spread_within(values):
         return True, ""
     shown = ", ".join(f"{name} {'—' if a is None else f'{a:.3f}'}" for name, a in accuracies.items())
     return False, (f"not at equal accuracy (held-out accuracy {shown}; need each ≥ {target:g} and within "
