@@ -19,7 +19,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from intrudim.errors import IntrudimError
 from intrudim.evaluate.batching import answer_loss, answer_token_ids, encode_candidates, prompt_token_ids
 from intrudim.experiments.claims import equal_accuracy
-from intrudim.experiments.regime_claims import aggregate, at_equal_accuracy, decide_seed, forgetting_difference
+from intrudim.experiments.regime_claims import (
+    aggregate,
+    at_equal_accuracy,
+    decide_seed,
+    forgetting_difference,
+)
 from intrudim.experiments.regime_config import RegimeConfig
 from intrudim.experiments.regime_measures import recovered_fraction, recovered_table
 from intrudim.experiments.regime_runs import RateChoice, smallest_reaching
