@@ -24,7 +24,13 @@ from collections.abc import Sequence
 
 import torch
 
-from intrudim.spectral.structured import GramCore, LoraCore, _check_factor_shapes, _split_against_basis
+from intrudim.spectral.structured import (
+    GramCore,
+    LoraCore,
+    _check_factor_shapes,
+    _split_against_basis,
+    check_gram_base,
+)
 from intrudim.spectral.svd import SVDFactors
 
 Factors = tuple[torch.Tensor, torch.Tensor, float]
@@ -120,13 +126,7 @@ def _gram_cores(base: SVDFactors, W0: torch.Tensor, factors: Sequence[Factors]) 
     """:func:`~intrudim.spectral.structured.gram_core` for each adapter: W₀ converted once, U₀ᵀB, W₀Aᵀ and
     U₀ᵀ(W₀Aᵀ) each one product per run of stacked adapters."""
     U0 = base.U
-    out_dim, in_dim = int(W0.shape[0]), int(W0.shape[1])
-    p = int(base.S.shape[0])
-    if U0.shape[0] != out_dim or p != out_dim:
-        raise ValueError(
-            f"A base SVD without right vectors needs a wide or square base matrix whose U spans its rows; got U "
-            f"{tuple(U0.shape)} for a base matrix of shape ({out_dim}, {in_dim})."
-        )
+    out_dim, in_dim, p = check_gram_base(base, W0)
     for B, A, _ in factors:
         _check_factor_shapes(out_dim, in_dim, B, A)
     dtype = U0.dtype

@@ -171,17 +171,24 @@ def lora_core(
     return LoraCore(S0=S0, B_coords=B_coords * scale, A_coords=A_coords, p=p, Q_out=Q_out, Q_in=Q_in)
 
 
+def check_gram_base(base: SVDFactors, W0: torch.Tensor) -> tuple[int, int, int]:
+    """(out, in, p) of a base matrix whose SVD has no right vectors, checked to be wide or square with U₀ spanning
+    its rows (what a :class:`GramCore` needs)."""
+    out_dim, in_dim = int(W0.shape[0]), int(W0.shape[1])
+    p = int(base.S.shape[0])
+    if base.U.shape[0] != out_dim or p != out_dim:
+        raise ValueError(
+            f"A base SVD without right vectors needs a wide or square base matrix whose U spans its rows; got U "
+            f"{tuple(base.U.shape)} for a base matrix of shape ({out_dim}, {in_dim})."
+        )
+    return out_dim, in_dim, p
+
+
 def gram_core(base: SVDFactors, W0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> GramCore:
     """The :class:`GramCore` of W₀ + scale·B·A from U₀, Σ₀ and W₀ (out ≤ in). Products run in U₀'s dtype (float32
     for the default cache: the same precision as the LoRA core's projections on the stored V₀)."""
     U0 = base.U
-    out_dim, in_dim = int(W0.shape[0]), int(W0.shape[1])
-    p = int(base.S.shape[0])
-    if U0.shape[0] != out_dim or p != out_dim:
-        raise ValueError(
-            f"A base SVD without right vectors needs a wide or square base matrix whose U spans its rows; got U "
-            f"{tuple(U0.shape)} for a base matrix of shape ({out_dim}, {in_dim})."
-        )
+    out_dim, in_dim, p = check_gram_base(base, W0)
     _check_factor_shapes(out_dim, in_dim, B, A)
     dtype = U0.dtype
     A_ = A.to(dtype)
