@@ -38,7 +38,6 @@ from intrudim.experiments.demo_config import (
 )
 from intrudim.experiments.demo_measures import (
     analyse_run,
-    map_folder,
     measure_continual,
     measure_forgetting_rows,
     measure_map,
@@ -116,7 +115,7 @@ def _run_maps(config: DemoConfig, out: Path, bar: DemoProgress, workers: int) ->
     for recipe_map in config.recipe.maps:
         bar.set_stage(f"learning-rate × rank map on {recipe_map.name} ({recipe_map.runs()} runs, seed {seed})")
         started = time.perf_counter()
-        demo = Demo(config, seed, out, out / map_folder(recipe_map), bar, workers=workers)
+        demo = Demo(config, seed, out, out / recipe_map.folder, bar, workers=workers)
         maps[recipe_map.name] = measure_map(demo, recipe_map)
         bar.advance(MEASUREMENT_UNITS, f"map {recipe_map.name}")
         seconds[f"map {recipe_map.name}"] = round(time.perf_counter() - started, 1)

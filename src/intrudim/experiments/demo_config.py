@@ -48,6 +48,11 @@ class MapRecipe:
         """The model's short name ('minilm', or a local folder's last part): OUT/map-NAME and the report's label."""
         return Path(self.model).name
 
+    @property
+    def folder(self) -> str:
+        """OUT's folder of this map (drawn once, on the demo's first seed): map-NAME."""
+        return f"map-{self.name}"
+
     def train_config(self, seed: int) -> Any:
         from intrudim.train import TrainConfig
 

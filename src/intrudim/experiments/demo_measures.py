@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from intrudim.experiments.demo_config import MapRecipe
 from intrudim.experiments.demo_runs import _train_config
 from intrudim.experiments.demo_state import Demo
 
@@ -124,18 +125,13 @@ def measure_continual(demo: Demo) -> dict[str, Any]:
     return result.to_json()
 
 
-def map_folder(recipe_map: Any) -> str:
-    """OUT's folder of one learning-rate × rank map (drawn once, on the demo's first seed)."""
-    return f"map-{recipe_map.name}"
-
-
-def measure_map(demo: Demo, recipe_map: Any) -> dict[str, Any]:
+def measure_map(demo: Demo, recipe_map: MapRecipe) -> dict[str, Any]:
     """One learning-rate × rank map (issue 27, part 2) into OUT/map-MODEL, ``demo.workers`` runs side by side; a
     finished cell (and its forgetting, measured on the same text and tokens) is reused. Its map.json, with the
     folder and figure, relative to OUT."""
     from intrudim.train.lr_map import lr_rank_map
 
-    out = demo.root / map_folder(recipe_map)
+    out = demo.root / recipe_map.folder
     total = recipe_map.runs() * recipe_map.steps
     advanced: dict[Any, int] = {}
 
@@ -149,5 +145,5 @@ def measure_map(demo: Demo, recipe_map: Any) -> dict[str, Any]:
                          forgetting=recipe_map.forgetting(),
                          workers=demo.workers, on_step=on_step)  # fmt: skip
     demo.progress.advance(total - sum(advanced.values()), f"map {recipe_map.name}")
-    return {"model": recipe_map.name, "seed": demo.seed, "folder": map_folder(recipe_map),
-            "figure": f"{map_folder(recipe_map)}/figures/lr_rank_map.png", **result.to_json()}  # fmt: skip
+    return {"model": recipe_map.name, "seed": demo.seed, "folder": recipe_map.folder,
+            "figure": f"{recipe_map.folder}/figures/lr_rank_map.png", **result.to_json()}  # fmt: skip

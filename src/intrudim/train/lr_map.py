@@ -215,11 +215,11 @@ def lr_rank_map(
                                   cache_dir, workers, figures, on_step)  # fmt: skip
     if lora_ranks:
         for lr in lrs:
-            config = replace(base_config, total_lr=lr, lr=None)
+            config = _rate_config(base_config, lr)
             collect(rank_sweep(config, out / lr_folder(lr), lora_ranks, resume=True, **options), lr, lora_ranks)  # type: ignore[arg-type]
     if "full" in ranks:
         for lr in full_lrs:
-            config = replace(base_config, lr=lr)
+            config = _rate_config(base_config, lr, full=True)
             collect(rank_sweep(config, out / lr_folder(lr, full=True), ("full",), resume=True, **options), lr, ("full",))  # type: ignore[arg-type]
     about = None
     if probe is not None:
@@ -233,6 +233,11 @@ def lr_rank_map(
         with atomic_path(out / "figures" / "lr_rank_map.png") as tmp:
             lr_map_figure(result).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return result
+
+
+def _rate_config(base_config: TrainConfig, lr: float, *, full: bool = False) -> TrainConfig:
+    """The recipe of one learning rate of the map: LoRA's total α·η (``lr`` unset), or full fine-tuning's η."""
+    return replace(base_config, lr=lr) if full else replace(base_config, total_lr=lr, lr=None)
 
 
 def _train_cells_side_by_side(
@@ -250,11 +255,11 @@ def _train_cells_side_by_side(
         for rank in lora_ranks:
             run_dir = out / lr_folder(lr) / run_name(rank)
             if _completed(run_dir) is None:
-                jobs[(lr, rank)] = (_config_for(replace(base_config, total_lr=lr, lr=None), rank), run_dir)
+                jobs[(lr, rank)] = (_config_for(_rate_config(base_config, lr), rank), run_dir)
     for lr in full_lrs:
         run_dir = out / lr_folder(lr, full=True) / run_name("full")
         if _completed(run_dir) is None:
-            jobs[(lr, "full")] = (_config_for(replace(base_config, lr=lr), "full"), run_dir)
+            jobs[(lr, "full")] = (_config_for(_rate_config(base_config, lr, full=True), "full"), run_dir)
     if jobs:
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         train_side_by_side(jobs, cache, workers=workers, figures=figures, on_step=on_step)
