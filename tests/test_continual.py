@@ -312,15 +312,23 @@ def test_cli_bad_input_is_one_clear_message(tiny_bert: Path, tmp_path: Path) -> 
     assert unwritable.exit_code == 2 and "Cannot write to --out directory" in unwritable.output
     nothing = _invoke(*common, "--resume", "--out", str(tmp_path / "empty"))
     assert nothing.exit_code == 2 and "Nothing to resume" in nothing.output
-    for run in (unknown, ranks, method, unwritable, nothing):
+    device = _invoke(*common, "--tasks", "sentiment", "--device", "gpu", "--out", str(tmp_path / "d"))
+    assert device.exit_code == 2 and "--device 'gpu' is unknown for training" in device.output  # it was ignored once
+    checked = [unknown, ranks, method, unwritable, nothing, device]
+    if not torch.cuda.is_available():
+        cuda = _invoke(*common, "--tasks", "sentiment", "--device", "cuda", "--out", str(tmp_path / "e"))
+        assert cuda.exit_code == 2 and "no CUDA GPU is available here" in cuda.output
+        checked.append(cuda)
+    for run in checked:
         assert "Traceback" not in run.output and (run.exception is None or isinstance(run.exception, SystemExit))
-    assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "c", "d", "e"))
 
 
 def test_cli_runs_and_prints_the_matrix(tiny_bert: Path, tmp_path: Path) -> None:
     args = ["--model", str(tiny_bert), "--tasks", "sentiment", "--ranks", "2", "--steps", "2", "--eval-every", "2",
             "--checkpoint-every", "0", "--max-train-examples", "32", "--max-validation-examples", "16",
-            "--max-length", "32", "--lr", "5e-3", "--seed", "3", "--quiet", "--out", str(tmp_path / "cli")]  # fmt: skip
+            "--max-length", "32", "--lr", "5e-3", "--seed", "3", "--device", "cpu", "--quiet",
+            "--out", str(tmp_path / "cli")]  # fmt: skip
     run = _invoke(*args)
     assert run.exit_code == 0, run.output
     assert "sentiment" in run.output and "continual.json" in run.output and "intruders" in run.output

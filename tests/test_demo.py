@@ -147,7 +147,27 @@ def test_bad_settings_are_one_clear_paragraph_on_the_command_line(tmp_path: Path
                            str(tmp_path / "new")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "--seeds: 'x' is not a non-negative integer" in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "intrudim.cli", "demo", "--quick", "--device", "gpu", "--out",
+                           str(tmp_path / "new")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "--device 'gpu' is unknown for training" in done.stderr, done.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_the_demo_says_how_long_it_takes_and_what_runs_where() -> None:
+    """Issue 27, part 4: before it starts, the time on 2 CPU cores and which parts a GPU takes (none on a CPU)."""
+    from intrudim.experiments.demo import plan_text
+    from intrudim.experiments.demo_config import MEASURED_MINUTES, expected_minutes
+
+    full, quick = DemoConfig(), DemoConfig(quick=True, seeds=(0, 1))
+    per_seed, maps = MEASURED_MINUTES["full"]
+    assert expected_minutes(full) == 3 * per_seed + maps and expected_minutes(quick) == 2 * MEASURED_MINUTES["quick"][0]
+    on_cpu = plan_text(full, "cpu")
+    assert on_cpu.startswith("full demo, seeds 0, 1, 2: about ") and " h " in on_cpu  # over an hour: hours shown
+    assert "Everything runs on the CPU" in on_cpu and "--device auto" in on_cpu
+    on_gpu = plan_text(quick, "cuda")
+    assert on_gpu.startswith("quick demo, seeds 0, 1: about ") and " h " not in on_gpu
+    assert "On the GPU here: every training run (each seed's runs, continual's stages)" in on_gpu  # no maps in quick
+    assert "the maps" in plan_text(full, "cuda") and "on the CPU: the toy model" in on_gpu
 
 
 def test_seeds_default_by_mode_and_bad_seeds_are_refused() -> None:
@@ -238,6 +258,10 @@ def test_the_quick_demo_measures_every_claim_and_its_report_renders_in_a_browser
         if c["held"] is None:
             assert c["reason"], c
     assert summary["seeds"] == [0] and all(c["measured_in"] <= 1 for c in claims)
+    import torch
+
+    assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and summary["workers"] == 2
+    assert "quick demo, seed 0: about " in done.stderr and "on 2 idle CPU cores" in done.stderr, done.stderr[:2000]
     runs = summary["measurements"]["0"]["runs"]
     assert runs["lora-r1"]["analysis"]["total_intruders"] >= 1
     assert runs["full"]["analysis"]["total_intruders"] <= 1
@@ -316,7 +340,8 @@ def test_the_full_demo_draws_each_map_once_and_its_report_shows_where_intruders_
                                   ("eval_batch_size", 32), ("max_length", 32)))  # fmt: skip
     out = tmp_path / "demo"
     with DemoProgress(map_units(FULL), enabled=False) as bar:
-        demo = Demo(DemoConfig(quick=False, seeds=(0,)), 0, out, out / f"map-{tiny_llama.name}", bar, workers=2)
+        demo = Demo(DemoConfig(quick=False, seeds=(0,)), 0, out, out / f"map-{tiny_llama.name}", bar, workers=2,
+                    device="cpu")  # side by side on the device asked for
         data = measure_map(demo, recipe_map)
         assert bar.done == recipe_map.runs() * recipe_map.steps  # every step of every cell, once
     assert (out / data["figure"]).stat().st_size > 10_000
@@ -332,10 +357,12 @@ def test_the_full_demo_draws_each_map_once_and_its_report_shows_where_intruders_
     per_seed = {0: _seed_claims({})}
     summary = {"demo": DemoConfig(quick=False, seeds=(0,)).to_json(), "seeds": [0], "seed_folders": {"0": "seed-0"},
                "claims": combine_seeds(per_seed), "held": 10, "fragile": 0, "not_held": 0, "not_measured": 0,
-               "measurements": {"0": planted()}, "maps": {data["model"]: data}, "seconds": {"total": 1.0}, "reused": []}  # fmt: skip
+               "measurements": {"0": planted()}, "maps": {data["model"]: data}, "seconds": {"total": 1.0}, "reused": [],
+               "device": "cpu"}  # fmt: skip
     html = write_demo_report(summary, out)["html"]
     text = html.read_text(encoding="utf-8")
     assert data["model"] == tiny_llama.name and data["folder"] == f"map-{tiny_llama.name}"
+    assert "full demo, seed 0, trained on the CPU, 1 s)" in text
     assert "Intruders first appear at: r = 1 at" in text and f"map-{tiny_llama.name}/map.json" in text
     require_browser()
     page = check_report(html, required_selectors=["#maps", f"#maps .map[data-model='{tiny_llama.name}'] img"])

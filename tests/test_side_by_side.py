@@ -73,7 +73,7 @@ def test_continual_methods_side_by_side_equal_one_after_the_other(tiny_bert: Pat
 
     calls: list[tuple] = []
     alone = run_continual(continual_config(tiny_bert), tmp_path / "alone", progress=False)
-    beside = run_continual(continual_config(tiny_bert), tmp_path / "beside", progress=False, workers=2,
+    beside = run_continual(continual_config(tiny_bert), tmp_path / "beside", progress=False, workers=2, device="cpu",
                            on_step=lambda *call: calls.append(call))  # fmt: skip
     for label in ("r-2", "full"):
         assert beside.accuracy_matrix(label) == alone.accuracy_matrix(label)

@@ -60,7 +60,7 @@ def _run(*, out: Path, tasks: str, ranks: str, method: str, k: int, epsilon: flo
         config = ContinualConfig(tasks=tuple(t for t in tasks.split(",")), ranks=parsed_ranks, method=method,
                                  train=train, k=k, epsilon=epsilon)  # fmt: skip
         result = run_continual(config, out, resume=resume, progress=not quiet, cache_dir=cache_dir,
-                               keep_weights=keep_weights)  # fmt: skip
+                               keep_weights=keep_weights, device=str(recipe["device"]))  # fmt: skip
         if as_json:
             sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
             return

@@ -16,9 +16,10 @@ from intrudim.cli.common import PlainHelpCommand, run_guarded
 
 
 def demo_command(
-    quick: Annotated[bool, typer.Option("--quick", help="About 5 minutes on 2 cores: MiniLM only, short runs "
-                     "(what `make demo` runs). Without it: about 30 minutes, every claim, SmolLM2 for "
-                     "forgetting and repair.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="About 4 minutes on 2 cores: MiniLM only, short runs, "
+                     "one seed (what `make demo` runs). Without it: every claim on three seeds, SmolLM2 for "
+                     "forgetting and repair, the learning-rate × rank maps; about 1 h 45 min on 2 CPU cores (the "
+                     "terminal says how long before it starts).")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for runs, measurements, summary.json and report.html; "
                    "a second demo with the same --out and settings reuses what is finished.")] = Path("demo_out"),
     seeds: Annotated[str | None, typer.Option("--seeds", "--seed", metavar="S[,S...]", help="Seeds: every "
@@ -27,18 +28,24 @@ def demo_command(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Training runs side by side in worker processes "
                        "(the same numbers as one after the other, in about 2/3 of the time on 2 cores); 1: one "
                        "after the other, in this process.")] = 2,
+    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the runs train and "
+                      "forgetting and the base SVDs are computed: auto (a visible GPU, else the CPU), cpu, or "
+                      "cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json's claims as one JSON document.")] = False,
 ) -> None:
     """Run the paper's experiments on the embedded models (offline) and write one report: report.html and
     summary.json, whose `claims` list says, for each finding of the paper, whether it held here and the numbers."""
-    from intrudim.experiments.demo import run_demo
+    from intrudim.experiments.demo import plan_text, run_demo
     from intrudim.experiments.demo_config import DemoConfig, parse_seeds
+    from intrudim.train.devices import resolve_training_device
 
     stdout, stderr = Console(), Console(stderr=True)
 
     def work() -> None:
         config = DemoConfig(quick=quick, seeds=parse_seeds(seeds) if seeds is not None else None)
-        summary = run_demo(config, out, progress=True, console=stderr, workers=workers)
+        where = resolve_training_device(device)
+        stderr.print(plan_text(config, where), highlight=False)
+        summary = run_demo(config, out, progress=True, console=stderr, workers=workers, device=where)
         if summary["reused"]:
             stderr.print(f"reused from an earlier demo in {out}: {len(summary['reused'])} finished runs and "
                          f"measurements ({', '.join(summary['reused'])})", highlight=False, soft_wrap=True)  # fmt: skip

@@ -49,6 +49,7 @@ from intrudim.experiments.continual_context import _Context, _load_task, _run_la
 from intrudim.experiments.continual_outputs import _prepare_out, _write_outputs
 from intrudim.experiments.continual_results import ContinualResult, MethodResult
 from intrudim.experiments.continual_stages import _method_job, _run_method
+from intrudim.train.devices import check_training_device
 from intrudim.weights.svd_cache import default_cache_dir
 
 
@@ -78,6 +79,7 @@ def run_continual(
     on_step: OnStep | None = None,
     keep_weights: bool = True,
     workers: int = 1,
+    device: str = "auto",
 ) -> ContinualResult:
     """Train ``config.tasks`` in order for every entry of ``config.ranks`` and measure the stages (Fig. 8).
 
@@ -90,13 +92,15 @@ def run_continual(
     training bar on stderr. ``keep_weights=False`` deletes a stage's merged weights (and the run's best/)
     once the next stage is finished: the last stage's weights are always kept. ``workers`` > 1: the methods
     (ranks) train side by side in that many worker processes (:mod:`intrudim.side_by_side`; the same numbers as
-    one after the other; their status lines are not printed, ``on_step`` still reports every step).
+    one after the other; their status lines are not printed, ``on_step`` still reports every step). ``device``:
+    where every stage trains (auto, cpu or cuda, as ``train --device``).
     """
     from rich.console import Console
 
     from intrudim.models.loading import resolve_objective
     from intrudim.models.references import resolve_model_folder
 
+    check_training_device(device)
     started = time.perf_counter()
     out = Path(out_dir).expanduser().resolve()
     base_model = resolve_model_folder(config.train.model, progress=progress, what="--model")
@@ -108,7 +112,7 @@ def run_continual(
     ctx = _Context(
         config=config, out=out, base_model=base_model, objective=objective, tasks=tasks,
         cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(), progress=progress,
-        on_step=on_step, keep_weights=keep_weights, console=Console(stderr=True) if progress else None,
+        on_step=on_step, keep_weights=keep_weights, console=Console(stderr=True) if progress else None, device=device,
     )  # fmt: skip
     methods: dict[str, MethodResult] = {}
     if workers > 1 and len(config.ranks) > 1:

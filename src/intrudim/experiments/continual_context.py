@@ -26,6 +26,7 @@ class _Context:
     on_step: OnStep | None
     keep_weights: bool
     console: Any = None
+    device: str = "auto"  # where every stage trains (train --device)
     _original_pooler: dict[str, torch.Tensor] | None = None
 
     @property

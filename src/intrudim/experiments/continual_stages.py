@@ -57,7 +57,8 @@ def _run_stage(ctx: _Context, rank: int | str, index: int, name: str, start: Pat
         callback = None if ctx.on_step is None else (lambda step: ctx.on_step(label, step, max_steps))  # type: ignore[misc]
         stage_dir.mkdir(parents=True, exist_ok=True)
         result = train(stage_config, run_dir, resume=resume and (run_dir / CONFIG_FILE).exists(),
-                       progress=ctx.progress, cache_dir=ctx.cache_dir, figures=False, on_step=callback)  # fmt: skip
+                       progress=ctx.progress, cache_dir=ctx.cache_dir, figures=False, on_step=callback,
+                       device=ctx.device)  # fmt: skip
     elif ctx.on_step is not None:
         ctx.on_step(label, max_steps, max_steps)
     ctx.say(f"{label}: merging and evaluating {index if not ctx.causal else total} task(s)")

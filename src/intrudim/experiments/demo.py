@@ -34,6 +34,7 @@ from intrudim.experiments.demo_config import (
     DemoConfig,
     DemoRecipe,
     DemoSettingsError,
+    expected_minutes,
     seed_folder,
 )
 from intrudim.experiments.demo_measures import (
@@ -49,6 +50,35 @@ from intrudim.experiments.demo_progress import DemoProgress
 from intrudim.experiments.demo_runs import causal_runs, minilm_runs, train_runs
 from intrudim.experiments.demo_state import Demo
 from intrudim.fileio import ensure_writable_directory, write_json_atomic
+from intrudim.train.devices import resolve_training_device
+
+
+def _duration(minutes: float) -> str:
+    whole = max(1, round(minutes))
+    return f"{whole} min" if whole < 60 else f"{whole // 60} h {whole % 60:02d} min"
+
+
+def plan_text(config: DemoConfig, device: str) -> str:
+    """What a demo is about to do, how long it takes on 2 CPU cores, and what runs where (``device``: resolved,
+    "cpu" or "cuda"), for the terminal before it starts."""
+    seeds = config.seeds or ()
+    what = (f"{config.recipe.name} demo, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: about "
+            f"{_duration(expected_minutes(config))} on 2 idle CPU cores from nothing (docs/demo.md; less when an "
+            f"earlier demo in --out finished some of it).")  # fmt: skip
+    if device == "cuda":
+        runs = "the maps, each seed's runs" if config.recipe.maps else "each seed's runs"
+        return (f"{what} On the GPU here: every training run ({runs}, continual's stages), forgetting's "
+                f"perplexity and the base SVDs; on the CPU: the toy model, intruder matching, the repair's "
+                f"evaluations, the report.")  # fmt: skip
+    return (f"{what} Everything runs on the CPU{' (no GPU is visible here)' if not _gpu_visible() else ''}; on a "
+            f"machine with a GPU, --device auto (the default) trains every run there and computes forgetting and "
+            f"the base SVDs there.")  # fmt: skip
+
+
+def _gpu_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _check_settings(out: Path, config: DemoConfig) -> None:
@@ -107,7 +137,8 @@ def map_units(recipe: DemoRecipe) -> int:
     return sum(m.runs() * m.steps + MEASUREMENT_UNITS for m in recipe.maps)
 
 
-def _run_maps(config: DemoConfig, out: Path, bar: DemoProgress, workers: int) -> tuple[dict[str, Any], dict[str, float]]:
+def _run_maps(config: DemoConfig, out: Path, bar: DemoProgress, workers: int,
+              device: str) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
     """Each learning-rate × rank map of the recipe, once, on the first seed: OUT/map-MODEL (reused cell by cell)."""
     maps: dict[str, Any] = {}
     seconds: dict[str, float] = {}
@@ -115,7 +146,7 @@ def _run_maps(config: DemoConfig, out: Path, bar: DemoProgress, workers: int) ->
     for recipe_map in config.recipe.maps:
         bar.set_stage(f"learning-rate × rank map on {recipe_map.name} ({recipe_map.runs()} runs, seed {seed})")
         started = time.perf_counter()
-        demo = Demo(config, seed, out, out / recipe_map.folder, bar, workers=workers)
+        demo = Demo(config, seed, out, out / recipe_map.folder, bar, workers=workers, device=device)
         maps[recipe_map.name] = measure_map(demo, recipe_map)
         bar.advance(MEASUREMENT_UNITS, f"map {recipe_map.name}")
         seconds[f"map {recipe_map.name}"] = round(time.perf_counter() - started, 1)
@@ -157,7 +188,8 @@ def _run_seed(demo: Demo) -> dict[str, Any]:
 
 
 def run_demo(
-    config: DemoConfig, out: str | Path, *, progress: bool = True, console: Any = None, workers: int = 2
+    config: DemoConfig, out: str | Path, *, progress: bool = True, console: Any = None, workers: int = 2,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Run every experiment of the demo, once per seed, into OUT (reusing what a previous demo there finished);
     return the summary.
@@ -165,11 +197,14 @@ def run_demo(
     Each seed's runs and measurements go to OUT/seed-S/ (one base-SVD cache, OUT/svd_cache, for all). Writes
     OUT/summary.json (``claims``: id, statement, figure, verdict, held in n of N seeds, every seed's numbers,
     rule, recipe) and OUT/report.html. ``workers``: runs trained side by side (1: one after the other; the same
-    numbers either way, :mod:`intrudim.train.side_by_side`).
+    numbers either way, :mod:`intrudim.train.side_by_side`). ``device``: auto (a visible GPU, else the CPU), cpu
+    or cuda: where the runs train and where forgetting and the base SVDs are computed; summary.json's ``device``
+    says which it was.
     """
     from intrudim.experiments.claims import combine_seeds, decide_claims
     from intrudim.report.demo_report import write_demo_report
 
+    device = resolve_training_device(device)
     out = Path(out)
     _check_settings(out, config)
     out = ensure_writable_directory(out)
@@ -182,12 +217,12 @@ def run_demo(
     per_seed: dict[int, list[dict[str, Any]]] = {}
     with DemoProgress(planned_units(config), enabled=progress, console=console) as bar:
         for seed in seeds:
-            demo = Demo(config, seed, out, out / seed_folder(seed), bar, workers=workers)
+            demo = Demo(config, seed, out, out / seed_folder(seed), bar, workers=workers, device=device)
             measurements[str(seed)] = _run_seed(demo)
             seconds[str(seed)] = demo.seconds
             reused.extend(f"{item} (seed {seed})" for item in demo.reused)
             per_seed[seed] = decide_claims(demo.measurements, config)
-        maps, seconds["maps"] = _run_maps(config, out, bar, workers)
+        maps, seconds["maps"] = _run_maps(config, out, bar, workers, device)
         bar.set_stage("claims and report")
         claims = combine_seeds(per_seed)
         summary = {
@@ -199,6 +234,7 @@ def run_demo(
             "measurements": measurements,
             "maps": maps,
             "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
+            "device": device, "workers": workers,
             "reused": reused,
         }
         write_json_atomic(out / SUMMARY_FILE, summary)

@@ -129,6 +129,16 @@ FULL = DemoRecipe(
 )  # fmt: skip
 
 
+MEASURED_MINUTES: dict[str, tuple[float, float]] = {"quick": (3.5, 0.0), "full": (28.0, 22.0)}
+"""Minutes a demo took on 2 idle CPU cores, from nothing (docs/demo.md, "Timings"): (per seed, the maps once)."""
+
+
+def expected_minutes(config: DemoConfig) -> float:
+    """About how long ``config`` takes on 2 idle CPU cores with nothing reused (:data:`MEASURED_MINUTES`)."""
+    per_seed, maps = MEASURED_MINUTES[config.recipe.name]
+    return per_seed * len(config.seeds or ()) + maps
+
+
 QUICK_SEEDS: tuple[int, ...] = (0,)
 """The quick demo's default: one seed is what fits `make demo`'s budget (≤ 5 minutes on 2 cores)."""
 FULL_SEEDS: tuple[int, ...] = (0, 1, 2)

@@ -31,7 +31,8 @@ def analyse_run(demo: Demo, name: str, run: dict[str, Any], base: str) -> dict[s
     from intrudim.analysis import AnalyzeConfig, analyze
     from intrudim.report.analysis_report import write_analysis_outputs
 
-    result = analyze(base, Path(run["run_dir"]) / "final", AnalyzeConfig(k_sweep=True), cache_dir=demo.cache_dir)
+    result = analyze(base, Path(run["run_dir"]) / "final", AnalyzeConfig(k_sweep=True, device=demo.device),
+                     cache_dir=demo.cache_dir)
     write_analysis_outputs(result, demo.out / "analysis" / name,
                            command=f"intrudim analyze {base} {run['run_dir']}/final --k-sweep")  # fmt: skip
     return _analysis_summary(result)
@@ -78,7 +79,8 @@ def measure_forgetting_rows(demo: Demo, base: str, runs: dict[str, dict[str, Any
     from intrudim.evaluate.forgetting_config import ForgettingConfig
 
     recipe = demo.recipe
-    probe = ForgettingProbe.prepare(base, recipe.forgetting_text, ForgettingConfig(max_tokens=recipe.forgetting_tokens))
+    probe = ForgettingProbe.prepare(base, recipe.forgetting_text, ForgettingConfig(max_tokens=recipe.forgetting_tokens,
+                                                                                    device=demo.device))
     base_scores = probe.scores(probe.load_base_model())
     rows = {}
     for name, run in runs.items():
@@ -92,12 +94,13 @@ def measure_forgetting_rows(demo: Demo, base: str, runs: dict[str, dict[str, Any
 
 def measure_repair(demo: Demo, base: str, run: dict[str, Any]) -> dict[str, Any]:
     """The v2 intervention on the r = 1 run: intruders scaled by λ against both controls, accuracy and forgetting."""
+    from intrudim.repair.config import RepairConfig
     from intrudim.repair.sweep import repair_sweep
     from intrudim.repair.sweep_result import SWEEP_CONTROLS
 
     recipe = demo.recipe
     result = repair_sweep(base, Path(run["run_dir"]) / "final", (recipe.repair_lambda,), SWEEP_CONTROLS,
-                          task=recipe.task, text=recipe.forgetting_text, max_tokens=recipe.forgetting_tokens,
+                          config=RepairConfig(device=demo.device), task=recipe.task, text=recipe.forgetting_text, max_tokens=recipe.forgetting_tokens,
                           max_examples=recipe.validation_examples, cache_dir=demo.cache_dir)  # fmt: skip
     from intrudim.repair.sweep import write_sweep_outputs
 
@@ -121,7 +124,7 @@ def measure_continual(demo: Demo) -> dict[str, Any]:
 
     out = demo.out / "continual"
     result = run_continual(config, out, resume=out.exists(), progress=False, cache_dir=demo.cache_dir,
-                           on_step=on_step, workers=demo.workers)  # fmt: skip
+                           on_step=on_step, workers=demo.workers, device=demo.device)  # fmt: skip
     return result.to_json()
 
 
@@ -143,7 +146,7 @@ def measure_map(demo: Demo, recipe_map: MapRecipe) -> dict[str, Any]:
     result = lr_rank_map(recipe_map.train_config(demo.seed), out, recipe_map.lrs, recipe_map.ranks,
                          full_lrs=recipe_map.full_lrs, resume=True, progress=False, cache_dir=demo.cache_dir,
                          forgetting=recipe_map.forgetting(),
-                         workers=demo.workers, on_step=on_step)  # fmt: skip
+                         workers=demo.workers, device=demo.device, on_step=on_step)  # fmt: skip
     demo.progress.advance(total - sum(advanced.values()), f"map {recipe_map.name}")
     return {"model": recipe_map.name, "seed": demo.seed, "folder": recipe_map.folder,
             "figure": f"{recipe_map.folder}/figures/lr_rank_map.png", **result.to_json()}  # fmt: skip

@@ -77,7 +77,7 @@ def train_runs(demo: Demo, configs: dict[str, Any]) -> dict[str, dict[str, Any]]
         last[name] = step
 
     started = time.perf_counter()
-    results = train_side_by_side(todo, demo.cache_dir, workers=demo.workers, on_step=on_step)
+    results = train_side_by_side(todo, demo.cache_dir, workers=demo.workers, device=demo.device, on_step=on_step)
     for name, (config, run_dir) in todo.items():
         demo.progress.advance(config.max_steps - last.get(name, 0), name)
         demo.seconds[f"train {name}"] = round(results[name].seconds, 2)

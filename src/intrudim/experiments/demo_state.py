@@ -25,6 +25,7 @@ class Demo:
     out: Path
     progress: DemoProgress
     workers: int = 2  # training runs (and continual's methods) side by side
+    device: str = "cpu"  # where training, forgetting and base SVDs run: "cpu" or "cuda" (resolved, never "auto")
     measurements: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)  # runs and measurements a previous demo in OUT had finished

@@ -255,6 +255,12 @@ def map_sections(summary: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     return sections
 
 
+def _where(summary: dict[str, Any]) -> str:
+    """", trained on the CPU" / ", trained on a GPU" (a summary of an earlier version does not say: nothing)."""
+    device = summary.get("device")
+    return {"cpu": ", trained on the CPU", "cuda": ", trained on a GPU"}.get(device, "") if device else ""
+
+
 def write_demo_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write OUT/report.html from the demo's summary."""
     claims = summary["claims"]
@@ -279,7 +285,7 @@ def write_demo_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     seeds_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     verdict = (f"{summary['held']} of {len(claims)} claims held in every seed, {summary['fragile']} fragile (the "
                f"seeds disagree), {summary['not_held']} not held, {summary['not_measured']} not measured ({mode} "
-               f"demo, {seeds_text}, {summary['seconds']['total']:.0f} s).")  # fmt: skip
+               f"demo, {seeds_text}{_where(summary)}, {summary['seconds']['total']:.0f} s).")  # fmt: skip
     html = _environment().get_template("demo.html").render(
         version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), verdict=verdict,
         claims=rows, analyses=analyses, mode=mode, recipe=json.dumps(summary["demo"]["recipe"], indent=1),

@@ -39,3 +39,9 @@ def check_training_device(device: str) -> None:
         )
     if device == "cuda" and not torch.cuda.is_available():
         raise IntrudimError("--device cuda was asked for, but no CUDA GPU is available here. Use --device cpu or auto.")
+
+
+def resolve_training_device(device: str) -> str:
+    """"cpu" or "cuda": where ``device`` ("auto", "cpu" or "cuda", checked) makes a run train on this machine."""
+    check_training_device(device)
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"

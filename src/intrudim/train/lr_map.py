@@ -186,7 +186,7 @@ def lr_rank_map(
     OUT/figures/lr_rank_map.png.
 
     ``reached``: the accuracy a run must reach to count as having learned the task (default: the recipe's
-    ``target_accuracy``, else :data:`REACHED`). ``workers`` > 1 (in-process, ``device="auto"``): every unfinished
+    ``target_accuracy``, else :data:`REACHED`). ``workers`` > 1 (in-process, not ``ray``): every unfinished
     cell of the map trains first, that many runs side by side (:mod:`intrudim.train.side_by_side`, the same weights
     as one after the other), ``on_step((lr, rank), step)`` after each of their steps; the sweeps then find them
     finished. Every other argument is :func:`~intrudim.train.sweep.rank_sweep`'s.
@@ -210,9 +210,9 @@ def lr_rank_map(
                                  accuracy=run.final_accuracy, intruders=run.final_intruders, forgetting=forgetting,
                                  forgetting_ci95=ci))  # fmt: skip
 
-    if workers > 1 and ray is None and device == "auto":
+    if workers > 1 and ray is None:
         _train_cells_side_by_side(base_config, out, lrs, lora_ranks, full_lrs if "full" in ranks else (),
-                                  cache_dir, workers, figures, on_step)  # fmt: skip
+                                  cache_dir, workers, figures, on_step, device)  # fmt: skip
     if lora_ranks:
         for lr in lrs:
             config = _rate_config(base_config, lr)
@@ -243,10 +243,10 @@ def _rate_config(base_config: TrainConfig, lr: float, *, full: bool = False) -> 
 def _train_cells_side_by_side(
     base_config: TrainConfig, out: Path, lrs: tuple[float, ...], lora_ranks: tuple[int | str, ...],
     full_lrs: tuple[float, ...], cache_dir: str | Path | None, workers: int, figures: bool,
-    on_step: Callable[[Any, int], None] | None,
+    on_step: Callable[[Any, int], None] | None, device: str = "auto",
 ) -> None:
-    """Train every cell of the map that has no finished run yet, ``workers`` at a time, into the folder its rank
-    sweep reads (OUT/lr-<α·η>/r-<rank>, OUT/full-lr-<η>/full)."""
+    """Train every cell of the map that has no finished run yet, ``workers`` at a time on ``device``, into the
+    folder its rank sweep reads (OUT/lr-<α·η>/r-<rank>, OUT/full-lr-<η>/full)."""
     from intrudim.train.side_by_side import train_side_by_side
     from intrudim.weights.svd_cache import default_cache_dir
 
@@ -262,4 +262,4 @@ def _train_cells_side_by_side(
             jobs[(lr, "full")] = (_config_for(_rate_config(base_config, lr, full=True), "full"), run_dir)
     if jobs:
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        train_side_by_side(jobs, cache, workers=workers, figures=figures, on_step=on_step)
+        train_side_by_side(jobs, cache, workers=workers, figures=figures, device=device, on_step=on_step)

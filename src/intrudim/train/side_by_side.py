@@ -17,11 +17,11 @@ from intrudim.train.engine import train
 from intrudim.train.result import TrainResult
 
 
-def train_job(config: TrainConfig, run_dir: Path, cache_dir: Path | None, figures: bool = True, *,
-              report: Callable[[Any], None]) -> TrainResult:  # fmt: skip
-    """One run (resumed when its folder exists), every finished step reported as ``report(step)``."""
+def train_job(config: TrainConfig, run_dir: Path, cache_dir: Path | None, figures: bool = True,
+              device: str = "auto", *, report: Callable[[Any], None]) -> TrainResult:  # fmt: skip
+    """One run on ``device`` (resumed when its folder exists), every finished step reported as ``report(step)``."""
     return train(config, run_dir, resume=run_dir.exists(), progress=False, cache_dir=cache_dir, figures=figures,
-                 on_step=report)  # fmt: skip
+                 on_step=report, device=device)  # fmt: skip
 
 
 def train_side_by_side(
@@ -31,10 +31,12 @@ def train_side_by_side(
     workers: int = 2,
     threads: int | None = None,
     figures: bool = True,
+    device: str = "auto",
     on_step: Callable[[Any, int], None] | None = None,
 ) -> dict[Any, TrainResult]:
     """``{key: (config, run_dir)}`` → ``{key: TrainResult}``, at most ``workers`` runs at a time, each with
-    ``threads`` torch threads (default: this process's), ``figures`` written or not; ``on_step(key, step)`` after every step of every run
+    ``threads`` torch threads (default: this process's), ``figures`` written or not, training on ``device``
+    (auto, cpu or cuda: :func:`~intrudim.train.engine.train`'s); ``on_step(key, step)`` after every step of every run
     (here, in this process)."""
-    return run_side_by_side({key: (train_job, (config, run_dir, cache_dir, figures)) for key, (config, run_dir) in jobs.items()},
+    return run_side_by_side({key: (train_job, (config, run_dir, cache_dir, figures, device)) for key, (config, run_dir) in jobs.items()},
                             workers=workers, threads=threads, on_event=on_step)  # fmt: skip
