@@ -14,6 +14,7 @@ from intrudim.analysis.matrix import _unchanged, analyze_dense_matrix, analyze_l
 from intrudim.analysis.planning import AnalysisInputs, MatrixJob
 from intrudim.analysis.results import MatrixResult
 from intrudim.analysis.rounded import analyze_rounded_dense, analyze_rounded_lora
+from intrudim.analysis.top_k_pool import stack_top_k
 from intrudim.spectral.core_batch import lora_cores
 from intrudim.weights.peft_adapter import LoraFactors
 from intrudim.weights.sources import WeightSource
@@ -112,7 +113,7 @@ def analyze_read(read: ReadJob, cache: BaseSVDCache, config: AnalyzeConfig) -> M
 
 def analyze_reads(
     reads: list[ReadJob], cache: BaseSVDCache, config: AnalyzeConfig,
-    each: Callable[[], AbstractContextManager] = nullcontext,
+    each: Callable[[], AbstractContextManager] = nullcontext, top_k_helpers: int = 0,
 ) -> list[MatrixResult | Exception]:
     """Several read matrices of one base matrix, one per TUNED input (a matrix-major scan's run of units): each as
     :func:`analyze_read` analyses it, the LoRA factors' products with the base factors stacked into one product per
@@ -121,7 +122,8 @@ def analyze_reads(
     Batched only where every read holds LoRA factors on one float32/float64 cache entry; otherwise, and for any
     read whose batch fails, each read is analysed alone, so that a bad input's error stays its own. The result at
     each position is the read's result or the exception its analysis raised. ``each()``: a context each read's own
-    analysis runs in (the scan's: one torch thread, as its per-matrix units run)."""
+    analysis runs in (the scan's: one torch thread, as its per-matrix units run). ``top_k_helpers``: helper processes
+    that take part of the stack's top-k (:mod:`intrudim.analysis.top_k_pool`; the same numbers, bit for bit)."""
     if len(reads) < 2 or not batchable(reads, config):
         return [_alone(read, cache, config) for read in reads]
     try:
@@ -130,13 +132,18 @@ def analyze_reads(
                            W0=reads[0].W0)  # fmt: skip
     except Exception:  # noqa: BLE001 - e.g. one input's factors do not fit: each read alone finds which
         return [_alone(read, cache, config) for read in reads]
+    with each():
+        tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
     results: list[MatrixResult | Exception] = []
-    for read, core in zip(reads, cores, strict=True):
+    for read, core, top in zip(reads, cores, tops, strict=True):
         f = read.factors
         assert f is not None
         try:
+            if isinstance(top, Exception):
+                raise top
             with each():
-                results.append(analyze_lora_matrix(read.job, read.W0, base_svd, f.A, f.B, f.scale, config, core=core))
+                results.append(analyze_lora_matrix(read.job, read.W0, base_svd, f.A, f.B, f.scale, config, core=core,
+                                                   top=top))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - this input's error, the others go on
             results.append(exc)
     return results

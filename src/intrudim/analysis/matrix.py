@@ -17,6 +17,7 @@ from intrudim.spectral.intruders import (
     update_alignment,
 )
 from intrudim.spectral.structured import (
+    CoreTopK,
     GramCore,
     LoraCore,
     core_full_spectrum,
@@ -97,11 +98,11 @@ def _finish(
 
 def analyze_lora_matrix(
     job: MatrixJob, W0: torch.Tensor, base_svd, A: torch.Tensor, B: torch.Tensor, scale: float, config: AnalyzeConfig,
-    core: LoraCore | GramCore | None = None,
+    core: LoraCore | GramCore | None = None, top: CoreTopK | None = None,
 ) -> MatrixResult:
     """Structured path: top-k of W₀ + s·B·A from the cached base SVD and the factors (no dense SVD). ``core``: the
     factors' core when it was built already (:func:`~intrudim.spectral.core_batch.lora_cores`, a matrix-major
-    scan's batch), else built here."""
+    scan's batch), else built here; ``top``: its top-k when taken already (:mod:`intrudim.analysis.top_k_pool`)."""
     n_sim = min(config.similarity_size, base_svd.rank_dim)
     if config.method == "dense":
         return analyze_dense_matrix(
@@ -110,7 +111,8 @@ def analyze_lora_matrix(
         )  # fmt: skip
     if core is None:
         core = lora_core(base_svd, B, A, scale, W0=W0)  # W₀'s values are read only by a GramCore (no Vh cached)
-    top = core_top_k(core, config.k, device=config.device)
+    if top is None:
+        top = core_top_k(core, config.k, device=config.device)
     max_cos = top.max_abs_cosine(core.p)
     similarity = top.Y[:n_sim].abs().T
     max_cos_all = None

@@ -47,6 +47,7 @@ from intrudim.analysis.planning import (
 from intrudim.analysis.prefetch import read_ahead
 from intrudim.analysis.results import AnalysisResult, MatrixResult
 from intrudim.analysis.setup import open_cache
+from intrudim.analysis.top_k_pool import helper_processes
 from intrudim.errors import IntrudimError
 from intrudim.models.opening import open_base_weights, open_tuned
 from intrudim.models.references import resolve_reference
@@ -261,13 +262,15 @@ GROUP_INPUTS = 64
 
 
 def analyze_matrix_group(
-    base: str, units: list[MatrixUnit], config: AnalyzeConfig, cache_dir: str, reads: list[ReadJob | Exception]
+    base: str, units: list[MatrixUnit], config: AnalyzeConfig, cache_dir: str, reads: list[ReadJob | Exception],
+    top_k_helpers: int = 0,
 ) -> list[UnitOutcome]:
     """Unit 2 for several inputs' units of one base matrix (a matrix-major scan's run): every unit as
     :func:`analyze_matrix` analyses it, the factors' products with the base factors stacked
     (:func:`~intrudim.analysis.jobs.analyze_reads`) on this process's torch threads (products as wide as the stack
     run at the machine's GEMM rate; the rest of each unit on one thread, as :func:`analyze_matrix`). A unit whose read
-    failed, or whose analysis fails, gets its own error."""
+    failed, or whose analysis fails, gets its own error. ``top_k_helpers``: helper processes that take part of the
+    stack's top-k (the in-process engine's second core, :mod:`intrudim.analysis.top_k_pool`)."""
     started = time.perf_counter()
     good = [i for i, read in enumerate(reads) if not isinstance(read, Exception)]
     if len(good) < 2 or not batchable([reads[i] for i in good], config):  # type: ignore[misc]
@@ -280,7 +283,7 @@ def analyze_matrix_group(
         cache = unit_cache(config, cache_dir)
         with analysis_threads():
             results = analyze_reads([reads[i] for i in good], cache, config,  # type: ignore[misc]
-                                    each=lambda: torch_threads(MATRIX_UNIT_TORCH_THREADS))
+                                    each=lambda: torch_threads(MATRIX_UNIT_TORCH_THREADS), top_k_helpers=top_k_helpers)
         seconds = (time.perf_counter() - started) / len(good)
         for i, result in zip(good, results, strict=True):
             if isinstance(result, Exception):
@@ -363,6 +366,7 @@ def run_units_here(base: str, base_units: list[BaseUnit], matrix_units: list[Mat
             return read_matrix_unit(base, unit, config, cache_dir)
 
         group: list[tuple[MatrixUnit, ReadJob | Exception | None]] = []
+        helpers = helper_processes()  # this process's second CPU core takes half of each stack's top-k
 
         def finish_group() -> None:
             units = [unit for unit, _ in group]
@@ -372,8 +376,8 @@ def run_units_here(base: str, base_units: list[BaseUnit], matrix_units: list[Mat
             elif len(units) == 1:
                 outcomes = [analyze_matrix(base, units[0], config, cache_dir, group[0][1])]
             else:
-                outcomes = analyze_matrix_group(base, units, config, cache_dir,
-                                                [r for _, r in group])  # type: ignore[misc]  # fmt: skip
+                outcomes = analyze_matrix_group(base, units, config, cache_dir, [r for _, r in group],  # type: ignore[misc]
+                                                top_k_helpers=helpers)  # fmt: skip
             group.clear()
             for unit, outcome in zip(units, outcomes, strict=True):
                 for report, report_outcomes in on_done(unit, outcome) or ():
