@@ -18,7 +18,7 @@ from intrudim.cli.common import PlainHelpCommand, run_guarded
 def demo_command(
     quick: Annotated[bool, typer.Option("--quick", help="About 4 minutes on 2 cores: MiniLM only, short runs, "
                      "one seed (what `make demo` runs). Without it: every claim on three seeds, SmolLM2 for "
-                     "forgetting and repair, the learning-rate × rank maps; about 1 h 45 min on 2 CPU cores (the "
+                     "forgetting and repair, the learning-rate × rank maps; about 70 minutes on 2 CPU cores (the "
                      "terminal says how long before it starts).")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for runs, measurements, summary.json and report.html; "
                    "a second demo with the same --out and settings reuses what is finished.")] = Path("demo_out"),

@@ -7,9 +7,9 @@ held* when it held in none. It writes ``summary.json`` (the claims, every seed's
 ``report.html``. Nothing is hard-coded: a claim that was not measured is ``held: null`` with the reason.
 
 Two recipes. ``--quick`` (what ``make demo`` runs, one seed by default) fits in about five minutes on 2 CPU cores:
-MiniLM only, short runs of 32 tokens. The full demo (three seeds by default, about half an hour per seed on 2
-cores) trains longer, runs the continual experiment on four tasks and three methods, and measures forgetting and
-repair on the embedded causal LM SmolLM2-135M.
+MiniLM only, short runs of 32 tokens. The full demo (three seeds by default, about 16 minutes per seed on 2 cores
+plus 21 for the learning-rate × rank maps, drawn once) trains longer, runs the continual experiment on four tasks
+and three methods, and measures forgetting and repair on the embedded causal LM SmolLM2-135M.
 
 Every finished piece is reused: each seed's runs are intrudim run directories in OUT/seed-S/runs (a finished one
 is kept, a half-finished one resumed, as ``train --resume`` does) and every measurement is a JSON file in
@@ -63,7 +63,7 @@ def plan_text(config: DemoConfig, device: str) -> str:
     "cpu" or "cuda"), for the terminal before it starts."""
     seeds = config.seeds or ()
     what = (f"{config.recipe.name} demo, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: about "
-            f"{_duration(expected_minutes(config))} on 2 idle CPU cores from nothing (docs/demo.md; less when an "
+            f"{_duration(expected_minutes(config))} on 2 CPU cores from nothing (docs/demo.md; less when an "
             f"earlier demo in --out finished some of it).")  # fmt: skip
     if device == "cuda":
         runs = "the maps, each seed's runs" if config.recipe.maps else "each seed's runs"

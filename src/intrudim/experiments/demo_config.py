@@ -129,12 +129,13 @@ FULL = DemoRecipe(
 )  # fmt: skip
 
 
-MEASURED_MINUTES: dict[str, tuple[float, float]] = {"quick": (3.5, 0.0), "full": (28.0, 22.0)}
-"""Minutes a demo took on 2 idle CPU cores, from nothing (docs/demo.md, "Timings"): (per seed, the maps once)."""
+MEASURED_MINUTES: dict[str, tuple[float, float]] = {"quick": (3.5, 0.0), "full": (15.6, 21.0)}
+"""Minutes a demo took on 2 CPU cores from nothing (docs/demo.md, "Timings": quick 2026-12-02 on idle cores; full
+2026-12-03, seeds 0, 1, 2 in 67.6 min): (per seed, the maps once)."""
 
 
 def expected_minutes(config: DemoConfig) -> float:
-    """About how long ``config`` takes on 2 idle CPU cores with nothing reused (:data:`MEASURED_MINUTES`)."""
+    """About how long ``config`` takes on 2 CPU cores with nothing reused (:data:`MEASURED_MINUTES`)."""
     per_seed, maps = MEASURED_MINUTES[config.recipe.name]
     return per_seed * len(config.seeds or ()) + maps
 
