@@ -9,9 +9,9 @@ cache is warmed first (the cold base SVDs are a one-time cost per base, timed ap
   cached base factor again. Its cost per adapter does not depend on how many adapters there are, so it is timed
   on the first ``--adapter-major`` adapters and its rate (adapters/hour) compared;
 - **matrix-major** (``--order matrix``, the default from two inputs on): base matrix after base matrix, every
-  adapter's factors analysed against the factors read once; timed on all adapters, with the top-k helper process
-  (:mod:`intrudim.analysis.top_k_pool`: every other core's ARPACK top-k on the second CPU core, the default) and
-  without it (``INTRUDIM_TOPK_HELPERS=0``), the two checked equal value for value;
+  adapter's factors analysed against the factors read once; timed on all adapters, as it runs by default and with
+  the opt-in top-k helper process (``INTRUDIM_TOPK_HELPERS=1``, :mod:`intrudim.analysis.top_k_pool`: every other
+  core's ARPACK top-k on the second CPU core), the two checked equal value for value;
 - **the floor**: reading every cached factor once (``safetensors.torch.load_file`` of each entry) plus the
   products every adapter needs, U₀ᵀB and V₀ᵀAᵀ (or their Gram-route equivalents), at the GFLOP/s this machine
   measures for a GEMM of those shapes in the same run.
@@ -214,29 +214,29 @@ def main() -> None:
         if args.prepare:
             return
         cache = work / "svd_cache"
-        for earlier in ("adapter", "matrix", "matrix-no-helper", "evicted"):  # an earlier timed run's outputs
+        for earlier in ("adapter", "matrix", "matrix-helper", "evicted"):  # an earlier timed run's outputs
             shutil.rmtree(work / earlier, ignore_errors=True)
 
-        def timed_scan(order: str, inputs: list[str], helper: bool = True) -> tuple[float, Path]:
-            out = work / (order if helper else f"{order}-no-helper")
-            os.environ["INTRUDIM_TOPK_HELPERS"] = "" if helper else "0"  # "": the default (on with ≥ 2 cores)
+        def timed_scan(order: str, inputs: list[str], helper: bool = False) -> tuple[float, Path]:
+            out = work / (f"{order}-helper" if helper else order)
+            os.environ["INTRUDIM_TOPK_HELPERS"] = "1" if helper else "0"
             t = time.perf_counter()
             result = scan(base, inputs, out, ScanConfig(order=order, figures="none"), cache_dir=cache)
             seconds = time.perf_counter() - t
             assert all(row["error"] is None for row in result.rows), result.rows
             assert result.document["order"] == order
             rate = 3600 * len(inputs) / seconds
-            print(f"{order}-major{'' if helper else ' without the top-k helper'}: {len(inputs)} adapters in "
+            print(f"{order}-major{' with the top-k helper' if helper else ''}: {len(inputs)} adapters in "
                   f"{seconds:.1f} s = {rate:,.0f} adapters/hour", flush=True)  # fmt: skip
             return seconds, out
 
         adapter_s, adapter_out = timed_scan("adapter", adapters[:n_adapter])
-        alone_s, alone_out = timed_scan("matrix", adapters, helper=False)
         matrix_s, matrix_out = timed_scan("matrix", adapters)
+        helper_s, helper_out = timed_scan("matrix", adapters, helper=True)
         names = [Path(a).name for a in adapters[:n_adapter]]
         agreement = compare_analyses(analyses(adapter_out, names), analyses(matrix_out, names))
         every = [Path(a).name for a in adapters]
-        helper_agreement = compare_analyses(analyses(alone_out, every), analyses(matrix_out, every))
+        helper_agreement = compare_analyses(analyses(matrix_out, every), analyses(helper_out, every))
         # A cache larger than memory (32 layers of a 7B base: ~26 GB of float32 factors on a 24 GB machine): an
         # adapter-major scan then reads every factor from disk for every adapter. Timed by evicting the cache files
         # from the page cache before each adapter.
@@ -253,7 +253,7 @@ def main() -> None:
         floor = floor_seconds(cache, adapters, r)
         floor_s = floor["read_s"] + floor["gemm_s"]
         rates = {"adapter": 3600 * n_adapter / adapter_s, "matrix": 3600 * n / matrix_s, "floor": 3600 * n / floor_s,
-                 "matrix_no_helper": 3600 * n / alone_s}
+                 "matrix_helper": 3600 * n / helper_s}
         if n_evicted:
             rates["adapter_evicted"] = 3600 * n_evicted / evicted_s
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -263,16 +263,16 @@ def main() -> None:
         if n_evicted:
             print(f"| adapter-major, cache evicted before each adapter | {n_evicted} | {evicted_s:.1f} | "
                   f"{rates['adapter_evicted']:,.0f} | {rates['adapter_evicted'] / rates['adapter']:.2f}× |")  # fmt: skip
-        print(f"| matrix-major, no top-k helper | {n} | {alone_s:.1f} | {rates['matrix_no_helper']:,.0f} | "
-              f"{rates['matrix_no_helper'] / rates['adapter']:.1f}× |")  # fmt: skip
         print(f"| matrix-major | {n} | {matrix_s:.1f} | {rates['matrix']:,.0f} | "
               f"{rates['matrix'] / rates['adapter']:.1f}× |")  # fmt: skip
+        print(f"| matrix-major, top-k helper (INTRUDIM_TOPK_HELPERS=1) | {n} | {helper_s:.1f} | "
+              f"{rates['matrix_helper']:,.0f} | {rates['matrix_helper'] / rates['adapter']:.1f}× |")  # fmt: skip
         print(f"| floor (read {floor['factor_bytes'] / 2**30:.1f} GiB of factors once from disk: {floor['read_s']:.1f} s; "
               f"GEMMs at {floor['gflops']:.0f} GFLOP/s: {floor['gemm_s']:.1f} s) | {n} | {floor_s:.1f} | "
               f"{rates['floor']:,.0f} | {rates['floor'] / rates['adapter']:.1f}× |")  # fmt: skip
         print(f"matrix-major / floor: {matrix_s / floor_s:.2f}× the floor's time; peak RSS {peak_gib:.2f} GiB; "
               f"the two orders agree: {agreement}")  # fmt: skip
-        print(f"the top-k helper: {alone_s / matrix_s:.2f}× faster than without it; with and without agree: "
+        print(f"the top-k helper: {matrix_s / helper_s:.2f}× the default's speed; with and without agree: "
               f"{helper_agreement}")  # fmt: skip
         # Extrapolated to a 32-layer 7B base and 1,000 adapters: compute scales with layers × adapters; reading,
         # with the factors' bytes (32/layers of these) at this disk's cold rate: once for matrix-major (every
@@ -295,7 +295,7 @@ def main() -> None:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hidden": hidden, "mlp": mlp,
             "layers": layers, "r": r, "adapters": n, "adapter_major_adapters": n_adapter, "cold_s": round(cold, 1),
             "adapter_major_s": round(adapter_s, 2), "matrix_major_s": round(matrix_s, 2),
-            "matrix_major_no_helper_s": round(alone_s, 2), "helper_agreement": helper_agreement,
+            "matrix_major_helper_s": round(helper_s, 2), "helper_agreement": helper_agreement,
             "adapter_major_evicted_s": round(evicted_s, 2), "adapter_major_evicted_adapters": n_evicted,
             "floor": floor, "rates_per_hour": rates, "peak_rss_gib": round(peak_gib, 2), "agreement": agreement,
             "extrapolated_hours_32_layers_1000_adapters": hours, "seconds_per_adapter_layer": per_layer,

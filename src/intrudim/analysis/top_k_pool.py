@@ -1,15 +1,19 @@
-"""The top-k of a stack of cores on two CPU cores: half of them in a helper process (issue 28).
+"""The top-k of a stack of cores on two CPU cores: half of them in a helper process (issue 28). Opt-in.
 
 A matrix-major scan stacks the products of many adapters' factors with one base matrix's factors, then takes each
 adapter's top-k singular triplets from its core with ARPACK (:func:`~intrudim.spectral.structured.core_top_k`).
-ARPACK holds the GIL, so a second thread runs no faster, and the other CPU core idles for that part of the scan
-(~45 % of it at LLaMA-7B shapes, benchmarks/RESULTS.md §13). Here one helper process takes every other core of a
-stack while this process takes the rest: each core's top-k is computed by the same function on the same numbers
-with BLAS on one thread in both processes, so the results are those of one after the other, bit for bit (tested).
+ARPACK holds the GIL, so a second thread runs no faster, and the other CPU core idles for that part of the scan.
+Here one helper process takes every other core of a stack while this process takes the rest: each core's top-k is
+computed by the same function on the same numbers with the same thread counts in both processes, so the results
+are those of one after the other, bit for bit (tested).
 
-The helper is started on first use (spawned: its imports take ~1-2 s once) and kept for the life of the process.
-It is used only for a stack of at least :data:`MIN_STACK` cores on the CPU, by the in-process scan engine (Ray's
-workers are processes already). ``INTRUDIM_TOPK_HELPERS=0`` turns it off.
+**Off by default: it does not pay enough.** Measured on 2 cores (benchmarks/RESULTS.md §13): 1.06× on the
+benchmark's LLaMA-7B-shaped random base (whose weak updates need ~340 Lanczos steps), and slower than without it
+(0.30 s against 0.24 s for 32 cores) on a base with a decaying spectrum, where ARPACK needs ~7 ms per 4096² core
+and sending each core (~1 MB of float64 coordinates) to the helper costs as much as it saves. A helper also
+re-imports the caller's ``__main__`` (spawn): a script without an ``if __name__ == "__main__":`` guard cannot use
+it. ``INTRUDIM_TOPK_HELPERS=1`` turns it on for the in-process engine; the helper is started on first use and
+kept for the life of the process, and used only for a stack of at least :data:`MIN_STACK` cores on the CPU.
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ _POOL: ProcessPoolExecutor | None = None
 
 
 def helper_processes() -> int:
-    """How many helper processes the in-process engine uses: 1 when this process may run on at least two CPU cores
-    (``INTRUDIM_TOPK_HELPERS`` overrides: 0 turns the helper off), else 0."""
+    """How many helper processes the in-process engine uses: 0 unless ``INTRUDIM_TOPK_HELPERS`` is a positive
+    number and this process may run on at least two CPU cores (then 1)."""
     setting = os.environ.get("INTRUDIM_TOPK_HELPERS", "").strip()
-    if setting:
-        return 1 if setting.isdigit() and int(setting) > 0 else 0
+    if not (setting.isdigit() and int(setting) > 0):
+        return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

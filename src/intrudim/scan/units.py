@@ -270,7 +270,7 @@ def analyze_matrix_group(
     (:func:`~intrudim.analysis.jobs.analyze_reads`) on this process's torch threads (products as wide as the stack
     run at the machine's GEMM rate; the rest of each unit on one thread, as :func:`analyze_matrix`). A unit whose read
     failed, or whose analysis fails, gets its own error. ``top_k_helpers``: helper processes that take part of the
-    stack's top-k (the in-process engine's second core, :mod:`intrudim.analysis.top_k_pool`)."""
+    stack's top-k (opt-in, the in-process engine's second core, :mod:`intrudim.analysis.top_k_pool`)."""
     started = time.perf_counter()
     good = [i for i, read in enumerate(reads) if not isinstance(read, Exception)]
     if len(good) < 2 or not batchable([reads[i] for i in good], config):  # type: ignore[misc]
@@ -366,7 +366,7 @@ def run_units_here(base: str, base_units: list[BaseUnit], matrix_units: list[Mat
             return read_matrix_unit(base, unit, config, cache_dir)
 
         group: list[tuple[MatrixUnit, ReadJob | Exception | None]] = []
-        helpers = helper_processes()  # this process's second CPU core takes half of each stack's top-k
+        helpers = helper_processes()  # opt-in (INTRUDIM_TOPK_HELPERS=1): a helper process takes half of each stack's top-k
 
         def finish_group() -> None:
             units = [unit for unit, _ in group]
