@@ -100,8 +100,9 @@ def measure_repair(demo: Demo, base: str, run: dict[str, Any]) -> dict[str, Any]
 
     recipe = demo.recipe
     result = repair_sweep(base, Path(run["run_dir"]) / "final", (recipe.repair_lambda,), SWEEP_CONTROLS,
-                          config=RepairConfig(device=demo.device), task=recipe.task, text=recipe.forgetting_text, max_tokens=recipe.forgetting_tokens,
-                          max_examples=recipe.validation_examples, cache_dir=demo.cache_dir)  # fmt: skip
+                          config=RepairConfig(device=demo.device), task=recipe.task, text=recipe.forgetting_text,
+                          max_tokens=recipe.forgetting_tokens, max_examples=recipe.validation_examples,
+                          cache_dir=demo.cache_dir)  # fmt: skip
     from intrudim.repair.sweep import write_sweep_outputs
 
     write_sweep_outputs(result, demo.out / "repair")

@@ -257,8 +257,7 @@ def map_sections(summary: dict[str, Any], out: Path) -> list[dict[str, Any]]:
 
 def _where(summary: dict[str, Any]) -> str:
     """", trained on the CPU" / ", trained on a GPU" (a summary of an earlier version does not say: nothing)."""
-    device = summary.get("device")
-    return {"cpu": ", trained on the CPU", "cuda": ", trained on a GPU"}.get(device, "") if device else ""
+    return {"cpu": ", trained on the CPU", "cuda": ", trained on a GPU"}.get(summary.get("device"), "")
 
 
 def write_demo_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
