@@ -526,6 +526,28 @@ def test_the_journal_reads_back_exactly_and_skips_a_line_cut_by_a_kill(tmp_path)
     assert not path.exists() and journal.recorded(tmp_path, "a", "tuned/a") == {}
 
 
+def test_a_matrix_result_writes_what_asdict_gives_and_shares_no_list_with_the_result():
+    from dataclasses import asdict
+
+    from intrudim.analysis.results import MatrixResult
+
+    result = MatrixResult(name="layers.0.q.weight", shape=(4, 4), layer=0, module_type="q", transposed=False,
+                          intruders=1, intruder_ranks=[1], max_abs_cos=[0.25, 0.9], singular_values=[2.5, 1.0],
+                          base_singular_values=[2.0, 1.0], effective_rank_delta=None, intruder_energy_share=0.3,
+                          largest_intruder_rank=1, largest_intruder_sigma_ratio=1.25, epsilon_sweep={0.1: 0, 0.5: 1},
+                          k_sweep={"10": 1}, similarity=[[0.1, 0.2], [0.9, 0.05]])  # fmt: skip
+    reference = asdict(result)
+    reference.update(shape=[4, 4], epsilon_sweep={"0.1": 0, "0.5": 1})
+    assert json.dumps(result.to_json(include_similarity=True)) == json.dumps(reference)  # same keys, same order
+    del reference["similarity"]
+    written = result.to_json()
+    assert json.dumps(written) == json.dumps(reference)
+    written["intruder_ranks"].append(7)
+    written["k_sweep"]["20"] = 2
+    assert result.intruder_ranks == [1] and result.k_sweep == {"10": 1}
+    assert MatrixResult.from_json(result.to_json(include_similarity=True)) == result
+
+
 @pytest.mark.parametrize("settings,message", [
     ({"order": "row"}, "order must be one of auto, matrix, adapter; got 'row'"),
     ({"figures": "some"}, "figures must be one of auto, all, none; got 'some'"),
