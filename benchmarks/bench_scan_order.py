@@ -21,6 +21,11 @@ prints peak RSS. ``--quick``: hidden 1024, MLP 2816, 2 layers, 16 adapters (4 ad
 
     python benchmarks/bench_scan_order.py --quick
     python benchmarks/bench_scan_order.py --layers 4 --adapters 200 --adapter-major 20   # ~1 h on 2 cores, 10 GB disk
+    python benchmarks/bench_scan_order.py --spectrum trained ...   # the base's spectrum shaped as a trained model's
+
+``--spectrum``: the random init's singular values are packed close together at the top (Marchenko–Pastur), the
+hard case for the Lanczos top-k of every adapter; a trained matrix's top singular values stand apart. ``trained``
+gives every projection a spectrum shaped as SmolLM2-135M's (:data:`TRAINED_PROFILE`), with random singular vectors.
 
 ``--workdir DIR`` keeps the base, the adapters and the warm cache in DIR (reused by the next run with the same
 shapes), so that ``--prepare`` can build and warm them while the machine is busy and a later run times the scans
@@ -33,6 +38,7 @@ Writes the table to bench_out/bench_scan_order.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +48,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,8 +61,43 @@ OUT_DIR = Path("bench_out")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build_inputs(work: Path, hidden: int, mlp: int, layers: int, r: int, adapters: int) -> tuple[Path, list[str]]:
-    """The base (bfloat16 safetensors) and ``adapters`` PEFT adapters with their own trained-looking factors."""
+# The trained-like spectrum (``--spectrum trained``), per projection: σ_i/σ_1 = i^(-a) up to i = 10, then
+# σ_10/σ_1 · (i/10)^(-b), with a and b such that σ_10/σ_1 and the median σ/σ_1 are the medians over the 30 layers of
+# SmolLM2-135M (a LLaMA-architecture model, embedded; measured 2026-12-03 with torch.linalg.svdvals in float64):
+TRAINED_PROFILE = {  # projection: (σ_10/σ_1, median σ/σ_1)
+    "q_proj": (0.691, 0.130), "k_proj": (0.621, 0.289), "v_proj": (0.889, 0.547), "o_proj": (0.748, 0.186),
+    "gate_proj": (0.620, 0.271), "up_proj": (0.832, 0.435), "down_proj": (0.566, 0.271),
+}
+SPECTRA = ("random", "trained")
+
+
+def trained_spectrum(projection: str, p: int) -> torch.Tensor:
+    """σ_1 … σ_p / σ_1 of a trained-like matrix of that projection (see TRAINED_PROFILE)."""
+    top, median = TRAINED_PROFILE[projection]
+    a = -torch.log(torch.tensor(top)) / torch.log(torch.tensor(10.0))
+    b = torch.log(torch.tensor(top / median)) / torch.log(torch.tensor(p / 2 / 10))
+    i = torch.arange(1, p + 1, dtype=torch.float64)
+    return torch.where(i <= 10, i ** (-a), top * (i / 10) ** (-b))
+
+
+def with_trained_spectrum(W: torch.Tensor, projection: str, generator: torch.Generator) -> torch.Tensor:
+    """A matrix of W's shape and Frobenius norm with random singular vectors and the trained-like spectrum."""
+    out_dim, in_dim = W.shape
+    p = min(out_dim, in_dim)
+    U, _ = torch.linalg.qr(torch.randn(out_dim, p, generator=generator))
+    V, _ = torch.linalg.qr(torch.randn(in_dim, p, generator=generator))
+    sigma = trained_spectrum(projection, p)
+    sigma = (sigma * W.double().norm() / sigma.norm()).float()
+    return (U * sigma) @ V.T
+
+
+def build_inputs(
+    work: Path, hidden: int, mlp: int, layers: int, r: int, adapters: int, spectrum: str = "random"
+) -> tuple[Path, list[str]]:
+    """The base (bfloat16 safetensors) and ``adapters`` PEFT adapters with their own trained-looking factors.
+    ``spectrum``: "random" (the random init's Marchenko–Pastur spectrum: its top singular values packed close
+    together, the hard case for Lanczos) or "trained" (every projection's singular values shaped as a trained
+    model's, :func:`trained_spectrum`)."""
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file, save_file
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -66,6 +108,13 @@ def build_inputs(work: Path, hidden: int, mlp: int, layers: int, r: int, adapter
         num_key_value_heads=hidden // 128, vocab_size=512, max_position_embeddings=256, torch_dtype="bfloat16",
     )  # fmt: skip
     model = LlamaForCausalLM(config).eval()
+    if spectrum == "trained":
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                projection = name.rsplit(".", 1)[-1]
+                if projection in TRAINED_PROFILE:
+                    module.weight.copy_(with_trained_spectrum(module.weight, projection, generator))
     model.to(torch.bfloat16).save_pretrained(work / "base")
     model.to(torch.float32)
     peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, lora_dropout=0.0))
@@ -155,6 +204,33 @@ def cold_read_rate(cache: Path) -> float:
     return total / (time.perf_counter() - t)
 
 
+@contextlib.contextmanager
+def timed_parts(timers: dict[str, str], totals: dict[str, float]) -> Iterator[None]:
+    """Add the seconds spent in each of ``intrudim.analysis.jobs``' functions named in ``timers`` (label: name) to
+    ``totals[label]`` while the block runs (the matrix-major scan calls them in this process)."""
+    from intrudim.analysis import jobs
+
+    originals = {name: getattr(jobs, name) for name in timers.values()}
+
+    def timed(label: str, function):
+        def call(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                totals[label] = totals.get(label, 0.0) + time.perf_counter() - t
+
+        return call
+
+    for label, name in timers.items():
+        setattr(jobs, name, timed(label, originals[name]))
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(jobs, name, function)
+
+
 def analyses(out: Path, names: list[str]) -> dict[str, list[dict]]:
     return {name: [{k: v for k, v in m.items() if k != "similarity"}
                    for m in json.loads((out / "runs" / name / "analysis.json").read_text())["matrices"]]
@@ -173,6 +249,9 @@ def main() -> None:
                         help="build (or reuse) the models and the warm cache here and keep them (default: a temp dir, "
                              "removed at the end)")
     parser.add_argument("--prepare", action="store_true", help="only build the inputs and warm the cache (--workdir)")
+    parser.add_argument("--spectrum", choices=SPECTRA, default="random",
+                        help="the base's singular values: the random init's (packed at the top, the hard case for "
+                             "Lanczos) or shaped as SmolLM2-135M's trained matrices (see TRAINED_PROFILE)")
     args = parser.parse_args()
     hidden, mlp, layers, n, n_adapter = 4096, 11008, args.layers, args.adapters, args.adapter_major
     n_evicted = args.evicted
@@ -185,11 +264,14 @@ def main() -> None:
 
     load_start = load_average()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; LLaMA hidden={hidden} MLP={mlp} "
-          f"layers={layers}, {n} LoRA adapters r={r} on {len(TARGETS)} projections; load average: {load_start}",
+          f"layers={layers}, {args.spectrum} spectrum, {n} LoRA adapters r={r} on {len(TARGETS)} projections; "
+          f"load average: {load_start}",
           flush=True)  # fmt: skip
     if args.prepare and args.workdir is None:
         parser.error("--prepare needs --workdir (the folder the timed run reuses)")
     shapes = {"hidden": hidden, "mlp": mlp, "layers": layers, "r": r, "adapters": n}
+    if args.spectrum != "random":  # a random-spectrum workdir of earlier runs stays reusable
+        shapes["spectrum"] = args.spectrum
     keep = args.workdir is not None
     work = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="intrudim_bench_order_"))
     built = work / "built.json"
@@ -204,7 +286,7 @@ def main() -> None:
                                  "give an empty or new --workdir")  # fmt: skip
             work.mkdir(parents=True, exist_ok=True)
             t = time.perf_counter()
-            base, adapters = build_inputs(work, hidden, mlp, layers, r, n)
+            base, adapters = build_inputs(work, hidden, mlp, layers, r, n, args.spectrum)
             print(f"built base and {n} adapters in {time.perf_counter() - t:.0f} s", flush=True)
             t = time.perf_counter()
             scan(base, adapters[:1], work / "cold", cache_dir=work / "svd_cache")
@@ -217,12 +299,16 @@ def main() -> None:
         for earlier in ("adapter", "matrix", "matrix-helper", "evicted"):  # an earlier timed run's outputs
             shutil.rmtree(work / earlier, ignore_errors=True)
 
+        parts: dict[str, float] = {}
+
         def timed_scan(order: str, inputs: list[str], helper: bool = False) -> tuple[float, Path]:
             out = work / (f"{order}-helper" if helper else order)
             os.environ["INTRUDIM_TOPK_HELPERS"] = "1" if helper else "0"
-            t = time.perf_counter()
-            result = scan(base, inputs, out, ScanConfig(order=order, figures="none"), cache_dir=cache)
-            seconds = time.perf_counter() - t
+            timers = {} if helper or order != "matrix" else {"products": "lora_cores", "top-k": "stack_top_k"}
+            with timed_parts(timers, parts):
+                t = time.perf_counter()
+                result = scan(base, inputs, out, ScanConfig(order=order, figures="none"), cache_dir=cache)
+                seconds = time.perf_counter() - t
             assert all(row["error"] is None for row in result.rows), result.rows
             assert result.document["order"] == order
             rate = 3600 * len(inputs) / seconds
@@ -270,6 +356,10 @@ def main() -> None:
         print(f"| floor (read {floor['factor_bytes'] / 2**30:.1f} GiB of factors once from disk: {floor['read_s']:.1f} s; "
               f"GEMMs at {floor['gflops']:.0f} GFLOP/s: {floor['gemm_s']:.1f} s) | {n} | {floor_s:.1f} | "
               f"{rates['floor']:,.0f} | {rates['floor'] / rates['adapter']:.1f}× |")  # fmt: skip
+        rest = matrix_s - sum(parts.values())
+        print(f"matrix-major's time: the stacked products {parts['products']:.1f} s, the top-k (ARPACK) "
+              f"{parts['top-k']:.1f} s, the rest (reading, the analyses' other steps, writing) {rest:.1f} s; the floor "
+              f"with the top-k added: {floor_s + parts['top-k']:.1f} s")  # fmt: skip
         print(f"matrix-major / floor: {matrix_s / floor_s:.2f}× the floor's time; peak RSS {peak_gib:.2f} GiB; "
               f"the two orders agree: {agreement}")  # fmt: skip
         print(f"the top-k helper: {matrix_s / helper_s:.2f}× the default's speed; with and without agree: "
@@ -293,11 +383,13 @@ def main() -> None:
         OUT_DIR.mkdir(exist_ok=True)
         (OUT_DIR / "bench_scan_order.json").write_text(json.dumps({
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hidden": hidden, "mlp": mlp,
-            "layers": layers, "r": r, "adapters": n, "adapter_major_adapters": n_adapter, "cold_s": round(cold, 1),
+            "layers": layers, "spectrum": args.spectrum, "r": r, "adapters": n, "adapter_major_adapters": n_adapter,
+            "cold_s": round(cold, 1),
             "adapter_major_s": round(adapter_s, 2), "matrix_major_s": round(matrix_s, 2),
             "matrix_major_helper_s": round(helper_s, 2), "helper_agreement": helper_agreement,
             "adapter_major_evicted_s": round(evicted_s, 2), "adapter_major_evicted_adapters": n_evicted,
-            "floor": floor, "rates_per_hour": rates, "peak_rss_gib": round(peak_gib, 2), "agreement": agreement,
+            "floor": floor, "rates_per_hour": rates,
+            "matrix_major_parts_s": {label: round(v, 2) for label, v in parts.items()}, "peak_rss_gib": round(peak_gib, 2), "agreement": agreement,
             "extrapolated_hours_32_layers_1000_adapters": hours, "seconds_per_adapter_layer": per_layer,
             "load_start": load_start, "load_end": load_end,
         }, indent=2) + "\n")  # fmt: skip

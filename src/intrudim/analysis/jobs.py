@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from intrudim.analysis.results import MatrixResult
 from intrudim.analysis.rounded import analyze_rounded_dense, analyze_rounded_lora
 from intrudim.analysis.top_k_pool import stack_top_k
 from intrudim.spectral.core_batch import lora_cores
+from intrudim.spectral.structured import GramCore, LoraCore
 from intrudim.weights.peft_adapter import LoraFactors
 from intrudim.weights.sources import WeightSource
 from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, file_stat
@@ -117,7 +119,9 @@ def analyze_reads(
 ) -> list[MatrixResult | Exception]:
     """Several read matrices of one base matrix, one per TUNED input (a matrix-major scan's run of units): each as
     :func:`analyze_read` analyses it, the LoRA factors' products with the base factors stacked into one product per
-    run of adapters (:func:`~intrudim.spectral.core_batch.lora_cores`; the same numbers to float rounding).
+    run of adapters (:func:`~intrudim.spectral.core_batch.lora_cores`; the same numbers to float rounding), the next
+    run's products computed in a thread while this run's top-k runs (:data:`PIPELINE_INPUTS`; the same numbers as one
+    after the other: a GEMM sums each element in the same order on any number of threads).
 
     Batched only where every read holds LoRA factors on one float32/float64 cache entry; otherwise, and for any
     read whose batch fails, each read is analysed alone, so that a bad input's error stays its own. The result at
@@ -128,14 +132,53 @@ def analyze_reads(
         return [_alone(read, cache, config) for read in reads]
     try:
         base_svd = cache.resolve(reads[0].W0, reads[0].cached)
-        cores = lora_cores(base_svd, [(r.factors.B, r.factors.A, r.factors.scale) for r in reads],  # type: ignore[union-attr]
-                           W0=reads[0].W0)  # fmt: skip
-    except Exception:  # noqa: BLE001 - e.g. one input's factors do not fit: each read alone finds which
+        # A GramCore needs W₀ in the factors' dtype: converted once here, not once per run of the stack
+        W0 = reads[0].W0.to(base_svd.U.dtype) if base_svd.Vh is None else reads[0].W0
+    except Exception:  # noqa: BLE001 - each read alone reports its own error
         return [_alone(read, cache, config) for read in reads]
-    with each():
-        tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
+    runs = [reads[start : start + PIPELINE_INPUTS] for start in range(0, len(reads), PIPELINE_INPUTS)]
     results: list[MatrixResult | Exception] = []
-    for read, core, top in zip(reads, cores, tops, strict=True):
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="intrudim-cores") as products:
+        building = products.submit(_cores, base_svd, runs[0], W0)
+        for index, run in enumerate(runs):
+            cores = _built(building)
+            if index + 1 < len(runs):  # the next run's products, on the other CPU core while this run's top-k runs
+                building = products.submit(_cores, base_svd, runs[index + 1], W0)
+            if cores is None:  # e.g. one input's factors do not fit: each read alone finds which
+                results.extend(_alone(read, cache, config) for read in run)
+                continue
+            with each():
+                tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
+            results.extend(_finish(run, cores, tops, base_svd, config, each))
+    return results
+
+
+PIPELINE_INPUTS = 16
+"""A matrix-major stack is analysed in runs of this many inputs: the products of the next run (a GEMM that releases
+the GIL) are computed in a thread while this run's ARPACK top-k holds the GIL on the other CPU core. Measured on 2
+cores (benchmarks/RESULTS.md §13): ~20 % less time on a base with a trained model's spectrum, the same on a random
+one (whose top-k is 4× the products); 16 inputs of r = 16 still make products 256 columns wide."""
+
+
+def _cores(base_svd, run: list[ReadJob], W0: torch.Tensor) -> list[LoraCore | GramCore] | Exception:
+    try:
+        return lora_cores(base_svd, [(r.factors.B, r.factors.A, r.factors.scale) for r in run], W0=W0)  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001 - the caller analyses this run's reads one by one
+        return exc
+
+
+def _built(future: Future) -> list[LoraCore | GramCore] | None:
+    cores = future.result()
+    return None if isinstance(cores, Exception) else cores
+
+
+def _finish(
+    run: list[ReadJob], cores: list, tops: list, base_svd, config: AnalyzeConfig,
+    each: Callable[[], AbstractContextManager],
+) -> list[MatrixResult | Exception]:
+    """Each read's analysis from its core and top-k (or the exception its top-k or analysis raised)."""
+    results: list[MatrixResult | Exception] = []
+    for read, core, top in zip(run, cores, tops, strict=True):
         f = read.factors
         assert f is not None
         try:
