@@ -156,8 +156,8 @@ def analyze_reads(
 PIPELINE_INPUTS = 16
 """A matrix-major stack is analysed in runs of this many inputs: the products of the next run (a GEMM that releases
 the GIL) are computed in a thread while this run's ARPACK top-k holds the GIL on the other CPU core. Measured on 2
-cores (benchmarks/RESULTS.md §13): ~20 % less time on a base with a trained model's spectrum, the same on a random
-one (whose top-k is 4× the products); 16 inputs of r = 16 still make products 256 columns wide."""
+cores (benchmarks/RESULTS.md §13, 7B shapes): 1.17× the speed of one run per stack on a base with a trained model's
+spectrum, 1.09× on a random one; 16 inputs of r = 16 still make products 256 columns wide."""
 
 
 def _cores(base_svd, run: list[ReadJob], W0: torch.Tensor) -> list[LoraCore | GramCore] | Exception:
