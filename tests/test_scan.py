@@ -418,6 +418,13 @@ def test_a_stack_analysed_in_runs_gives_the_one_run_results_and_a_bad_input_cost
             r.to_json() for r in in_runs]  # fmt: skip
         for ours, theirs in zip(in_runs, one_run, strict=True):
             same_to_rounding(comparable({"matrices": [ours.to_json()]}), comparable({"matrices": [theirs.to_json()]}))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread to give (a Ray worker of one CPU): each run built before its top-k
+    try:
+        one_thread = jobs.analyze_reads(reads, unit_cache(config, cache), config)
+    finally:
+        torch.set_num_threads(before)
+    assert [r.to_json() for r in one_thread] == [r.to_json() for r in in_runs]
     bad = reads[2].factors
     reads[2] = dataclasses.replace(reads[2], factors=dataclasses.replace(bad, A=bad.A[:, :-1]))
     results = jobs.analyze_reads(reads, unit_cache(config, cache), config)  # runs [0, 1] stacked, [2] alone

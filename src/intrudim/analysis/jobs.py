@@ -137,6 +137,9 @@ def analyze_reads(
     except Exception:  # noqa: BLE001 - each read alone reports its own error
         return [_alone(read, cache, config) for read in reads]
     runs = [reads[start : start + PIPELINE_INPUTS] for start in range(0, len(reads), PIPELINE_INPUTS)]
+    # The same runs either way (the numbers do not depend on it); beside the top-k only where this process has two
+    # threads to give (a Ray worker of one CPU has one: OMP_NUM_THREADS=1)
+    beside = torch.get_num_threads() >= 2
     results: list[MatrixResult | Exception] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="intrudim-cores") as products:
         building = products.submit(_cores, base_svd, runs[0], W0)
@@ -144,6 +147,8 @@ def analyze_reads(
             cores = _built(building)
             if index + 1 < len(runs):  # the next run's products, on the other CPU core while this run's top-k runs
                 building = products.submit(_cores, base_svd, runs[index + 1], W0)
+                if not beside:
+                    building.result()  # built before this run's top-k starts
             if cores is None:  # e.g. one input's factors do not fit: each read alone finds which
                 results.extend(_alone(read, cache, config) for read in run)
                 continue
