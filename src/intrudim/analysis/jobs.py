@@ -121,12 +121,13 @@ def analyze_reads(
     :func:`analyze_read` analyses it, the LoRA factors' products with the base factors stacked into one product per
     run of adapters (:func:`~intrudim.spectral.core_batch.lora_cores`; the same numbers to float rounding), the next
     run's products computed in a thread while this run's top-k runs (:data:`PIPELINE_INPUTS`; the same numbers as one
-    after the other: a GEMM sums each element in the same order on any number of threads).
+    after the other, and on any timing: the thread's products run on ``each()``'s torch threads, as the rest does).
 
     Batched only where every read holds LoRA factors on one float32/float64 cache entry; otherwise, and for any
     read whose batch fails, each read is analysed alone, so that a bad input's error stays its own. The result at
-    each position is the read's result or the exception its analysis raised. ``each()``: a context each read's own
-    analysis runs in (the scan's: one torch thread, as its per-matrix units run). ``top_k_helpers``: helper processes
+    each position is the read's result or the exception its analysis raised. ``each()``: a context the stack's
+    analysis runs in, its products included (the scan's: one torch thread, as its per-matrix units run; its thread
+    count is held until the products' thread is done). ``top_k_helpers``: helper processes
     that take part of the stack's top-k (:mod:`intrudim.analysis.top_k_pool`; the same numbers, bit for bit)."""
     if len(reads) < 2 or not batchable(reads, config):
         return [_alone(read, cache, config) for read in reads]
@@ -141,20 +142,23 @@ def analyze_reads(
     # threads to give (a Ray worker of one CPU has one: OMP_NUM_THREADS=1)
     beside = torch.get_num_threads() >= 2
     results: list[MatrixResult | Exception] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="intrudim-cores") as products:
-        building = products.submit(_cores, base_svd, runs[0], W0)
+    # Everything below, the products in the thread included, runs on each()'s torch threads, unchanged until the
+    # thread is done: a small product's last bits depend on its thread count, so a count that changed with the
+    # timing would make the numbers depend on it.
+    with each(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="intrudim-cores") as products:
+        threads = torch.get_num_threads()
+        building = products.submit(_cores, base_svd, runs[0], W0, threads)
         for index, run in enumerate(runs):
             cores = _built(building)
             if index + 1 < len(runs):  # the next run's products, on the other CPU core while this run's top-k runs
-                building = products.submit(_cores, base_svd, runs[index + 1], W0)
+                building = products.submit(_cores, base_svd, runs[index + 1], W0, threads)
                 if not beside:
                     building.result()  # built before this run's top-k starts
             if cores is None:  # e.g. one input's factors do not fit: each read alone finds which
                 results.extend(_alone(read, cache, config) for read in run)
                 continue
-            with each():
-                tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
-            results.extend(_finish(run, cores, tops, base_svd, config, each))
+            tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
+            results.extend(_finish(run, cores, tops, base_svd, config))
     return results
 
 
@@ -165,7 +169,9 @@ cores (benchmarks/RESULTS.md §13, 7B shapes): 1.17× the speed of one run per s
 spectrum, 1.09× on a random one; 16 inputs of r = 16 still make products 256 columns wide."""
 
 
-def _cores(base_svd, run: list[ReadJob], W0: torch.Tensor) -> list[LoraCore | GramCore] | Exception:
+def _cores(base_svd, run: list[ReadJob], W0: torch.Tensor, threads: int) -> list[LoraCore | GramCore] | Exception:
+    """The run's cores, on ``threads`` torch threads (those of the caller's thread, which keeps them meanwhile)."""
+    torch.set_num_threads(threads)
     try:
         return lora_cores(base_svd, [(r.factors.B, r.factors.A, r.factors.scale) for r in run], W0=W0)  # type: ignore[union-attr]
     except Exception as exc:  # noqa: BLE001 - the caller analyses this run's reads one by one
@@ -177,10 +183,7 @@ def _built(future: Future) -> list[LoraCore | GramCore] | None:
     return None if isinstance(cores, Exception) else cores
 
 
-def _finish(
-    run: list[ReadJob], cores: list, tops: list, base_svd, config: AnalyzeConfig,
-    each: Callable[[], AbstractContextManager],
-) -> list[MatrixResult | Exception]:
+def _finish(run: list[ReadJob], cores: list, tops: list, base_svd, config: AnalyzeConfig) -> list[MatrixResult | Exception]:
     """Each read's analysis from its core and top-k (or the exception its top-k or analysis raised)."""
     results: list[MatrixResult | Exception] = []
     for read, core, top in zip(run, cores, tops, strict=True):
@@ -189,9 +192,8 @@ def _finish(
         try:
             if isinstance(top, Exception):
                 raise top
-            with each():
-                results.append(analyze_lora_matrix(read.job, read.W0, base_svd, f.A, f.B, f.scale, config, core=core,
-                                                   top=top))  # fmt: skip
+            results.append(analyze_lora_matrix(read.job, read.W0, base_svd, f.A, f.B, f.scale, config, core=core,
+                                               top=top))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - this input's error, the others go on
             results.append(exc)
     return results
