@@ -121,13 +121,12 @@ def analyze_reads(
     :func:`analyze_read` analyses it, the LoRA factors' products with the base factors stacked into one product per
     run of adapters (:func:`~intrudim.spectral.core_batch.lora_cores`; the same numbers to float rounding), the next
     run's products computed in a thread while this run's top-k runs (:data:`PIPELINE_INPUTS`; the same numbers as one
-    after the other, and on any timing: the thread's products run on ``each()``'s torch threads, as the rest does).
+    after the other, on any timing: the thread's products run on this process's torch thread count, set there).
 
     Batched only where every read holds LoRA factors on one float32/float64 cache entry; otherwise, and for any
     read whose batch fails, each read is analysed alone, so that a bad input's error stays its own. The result at
-    each position is the read's result or the exception its analysis raised. ``each()``: a context the stack's
-    analysis runs in, its products included (the scan's: one torch thread, as its per-matrix units run; its thread
-    count is held until the products' thread is done). ``top_k_helpers``: helper processes
+    each position is the read's result or the exception its analysis raised. ``each()``: a context each read's own
+    analysis runs in (the scan's: one torch thread, as its per-matrix units run). ``top_k_helpers``: helper processes
     that take part of the stack's top-k (:mod:`intrudim.analysis.top_k_pool`; the same numbers, bit for bit)."""
     if len(reads) < 2 or not batchable(reads, config):
         return [_alone(read, cache, config) for read in reads]
@@ -140,13 +139,13 @@ def analyze_reads(
     runs = [reads[start : start + PIPELINE_INPUTS] for start in range(0, len(reads), PIPELINE_INPUTS)]
     # The same runs either way (the numbers do not depend on it); beside the top-k only where this process has two
     # threads to give (a Ray worker of one CPU has one: OMP_NUM_THREADS=1)
-    beside = torch.get_num_threads() >= 2
+    # The products run on this process's torch threads, set in their thread explicitly (torch's thread counts are
+    # per thread: each() below changes this thread's alone; a small product's last bits depend on its thread count,
+    # so the count must not depend on the timing). Beside the top-k only where there are two threads to give.
+    threads = torch.get_num_threads()
+    beside = threads >= 2
     results: list[MatrixResult | Exception] = []
-    # Everything below, the products in the thread included, runs on each()'s torch threads, unchanged until the
-    # thread is done: a small product's last bits depend on its thread count, so a count that changed with the
-    # timing would make the numbers depend on it.
-    with each(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="intrudim-cores") as products:
-        threads = torch.get_num_threads()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="intrudim-cores") as products:
         building = products.submit(_cores, base_svd, runs[0], W0, threads)
         for index, run in enumerate(runs):
             cores = _built(building)
@@ -157,8 +156,9 @@ def analyze_reads(
             if cores is None:  # e.g. one input's factors do not fit: each read alone finds which
                 results.extend(_alone(read, cache, config) for read in run)
                 continue
-            tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
-            results.extend(_finish(run, cores, tops, base_svd, config))
+            with each():
+                tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
+            results.extend(_finish(run, cores, tops, base_svd, config, each))
     return results
 
 
@@ -170,7 +170,7 @@ spectrum, 1.09× on a random one; 16 inputs of r = 16 still make products 256 co
 
 
 def _cores(base_svd, run: list[ReadJob], W0: torch.Tensor, threads: int) -> list[LoraCore | GramCore] | Exception:
-    """The run's cores, on ``threads`` torch threads (those of the caller's thread, which keeps them meanwhile)."""
+    """The run's cores, on ``threads`` torch threads (this process's count, set for the calling thread only)."""
     torch.set_num_threads(threads)
     try:
         return lora_cores(base_svd, [(r.factors.B, r.factors.A, r.factors.scale) for r in run], W0=W0)  # type: ignore[union-attr]
@@ -183,7 +183,10 @@ def _built(future: Future) -> list[LoraCore | GramCore] | None:
     return None if isinstance(cores, Exception) else cores
 
 
-def _finish(run: list[ReadJob], cores: list, tops: list, base_svd, config: AnalyzeConfig) -> list[MatrixResult | Exception]:
+def _finish(
+    run: list[ReadJob], cores: list, tops: list, base_svd, config: AnalyzeConfig,
+    each: Callable[[], AbstractContextManager],
+) -> list[MatrixResult | Exception]:
     """Each read's analysis from its core and top-k (or the exception its top-k or analysis raised)."""
     results: list[MatrixResult | Exception] = []
     for read, core, top in zip(run, cores, tops, strict=True):
@@ -192,8 +195,9 @@ def _finish(run: list[ReadJob], cores: list, tops: list, base_svd, config: Analy
         try:
             if isinstance(top, Exception):
                 raise top
-            results.append(analyze_lora_matrix(read.job, read.W0, base_svd, f.A, f.B, f.scale, config, core=core,
-                                               top=top))  # fmt: skip
+            with each():
+                results.append(analyze_lora_matrix(read.job, read.W0, base_svd, f.A, f.B, f.scale, config, core=core,
+                                                   top=top))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - this input's error, the others go on
             results.append(exc)
     return results
