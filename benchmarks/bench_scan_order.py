@@ -231,23 +231,6 @@ def timed_parts(timers: dict[str, str], totals: dict[str, float]) -> Iterator[No
             setattr(jobs, name, function)
 
 
-@contextlib.contextmanager
-def one_run_per_group(active: bool) -> Iterator[None]:
-    """While active, a matrix-major scan analyses each group's stack in one run (its products, then its top-k: the
-    scan before the products moved to a thread beside the top-k)."""
-    from intrudim.analysis import jobs
-
-    if not active:
-        yield
-        return
-    saved = jobs.PIPELINE_INPUTS
-    jobs.PIPELINE_INPUTS = 1 << 30
-    try:
-        yield
-    finally:
-        jobs.PIPELINE_INPUTS = saved
-
-
 def analyses(out: Path, names: list[str]) -> dict[str, list[dict]]:
     return {name: [{k: v for k, v in m.items() if k != "similarity"}
                    for m in json.loads((out / "runs" / name / "analysis.json").read_text())["matrices"]]
@@ -313,24 +296,23 @@ def main() -> None:
         if args.prepare:
             return
         cache = work / "svd_cache"
-        for earlier in ("adapter", "matrix", "matrix-helper", "matrix-one-run", "evicted"):  # an earlier timed run's outputs
+        for earlier in ("adapter", "matrix", "matrix-helper", "evicted"):  # an earlier timed run's outputs
             shutil.rmtree(work / earlier, ignore_errors=True)
 
         parts: dict[str, float] = {}
 
-        def timed_scan(order: str, inputs: list[str], helper: bool = False, pipelined: bool = True) -> tuple[float, Path]:
-            out = work / (f"{order}-helper" if helper else order if pipelined else f"{order}-one-run")
+        def timed_scan(order: str, inputs: list[str], helper: bool = False) -> tuple[float, Path]:
+            out = work / (f"{order}-helper" if helper else order)
             os.environ["INTRUDIM_TOPK_HELPERS"] = "1" if helper else "0"
-            timed = order == "matrix" and pipelined and not helper
-            timers = {"products": "lora_cores", "top-k": "stack_top_k"} if timed else {}
-            with timed_parts(timers, parts), one_run_per_group(not pipelined):
+            timers = {"products": "lora_cores", "top-k": "stack_top_k"} if order == "matrix" and not helper else {}
+            with timed_parts(timers, parts):
                 t = time.perf_counter()
                 result = scan(base, inputs, out, ScanConfig(order=order, figures="none"), cache_dir=cache)
                 seconds = time.perf_counter() - t
             assert all(row["error"] is None for row in result.rows), result.rows
             assert result.document["order"] == order
             rate = 3600 * len(inputs) / seconds
-            what = " with the top-k helper" if helper else "" if pipelined else ", each group's stack in one run"
+            what = " with the top-k helper" if helper else ""
             print(f"{order}-major{what}: {len(inputs)} adapters in "
                   f"{seconds:.1f} s = {rate:,.0f} adapters/hour", flush=True)  # fmt: skip
             return seconds, out
@@ -338,12 +320,10 @@ def main() -> None:
         adapter_s, adapter_out = timed_scan("adapter", adapters[:n_adapter])
         matrix_s, matrix_out = timed_scan("matrix", adapters)
         helper_s, helper_out = timed_scan("matrix", adapters, helper=True)
-        one_run_s, one_run_out = timed_scan("matrix", adapters, pipelined=False)
         names = [Path(a).name for a in adapters[:n_adapter]]
         agreement = compare_analyses(analyses(adapter_out, names), analyses(matrix_out, names))
         every = [Path(a).name for a in adapters]
         helper_agreement = compare_analyses(analyses(matrix_out, every), analyses(helper_out, every))
-        one_run_agreement = compare_analyses(analyses(matrix_out, every), analyses(one_run_out, every))
         # A cache larger than memory (32 layers of a 7B base: ~26 GB of float32 factors on a 24 GB machine): an
         # adapter-major scan then reads every factor from disk for every adapter. Timed by evicting the cache files
         # from the page cache before each adapter.
@@ -372,22 +352,19 @@ def main() -> None:
                   f"{rates['adapter_evicted']:,.0f} | {rates['adapter_evicted'] / rates['adapter']:.2f}× |")  # fmt: skip
         print(f"| matrix-major | {n} | {matrix_s:.1f} | {rates['matrix']:,.0f} | "
               f"{rates['matrix'] / rates['adapter']:.1f}× |")  # fmt: skip
-        print(f"| matrix-major, each group's stack in one run (products, then top-k) | {n} | {one_run_s:.1f} | "
-              f"{3600 * n / one_run_s:,.0f} | {3600 * n / one_run_s / rates['adapter']:.1f}× |")  # fmt: skip
         print(f"| matrix-major, top-k helper (INTRUDIM_TOPK_HELPERS=1) | {n} | {helper_s:.1f} | "
               f"{rates['matrix_helper']:,.0f} | {rates['matrix_helper'] / rates['adapter']:.1f}× |")  # fmt: skip
         print(f"| floor (read {floor['factor_bytes'] / 2**30:.1f} GiB of factors once from disk: {floor['read_s']:.1f} s; "
               f"GEMMs at {floor['gflops']:.0f} GFLOP/s: {floor['gemm_s']:.1f} s) | {n} | {floor_s:.1f} | "
               f"{rates['floor']:,.0f} | {rates['floor'] / rates['adapter']:.1f}× |")  # fmt: skip
-        print(f"in matrix-major's {matrix_s:.1f} s: the stacked products {parts['products']:.1f} s (in a thread, mostly "
-              f"while the previous run's top-k runs: analysis.jobs.PIPELINE_INPUTS), the top-k (ARPACK) "
-              f"{parts['top-k']:.1f} s; the floor with the top-k added: {floor_s + parts['top-k']:.1f} s")  # fmt: skip
+        rest = matrix_s - parts["products"] - parts["top-k"]
+        print(f"in matrix-major's {matrix_s:.1f} s: the stacked products {parts['products']:.1f} s, the top-k (ARPACK) "
+              f"{parts['top-k']:.1f} s, the rest (reading, each input's other steps, writing) {rest:.1f} s; the floor "
+              f"with the top-k added: {floor_s + parts['top-k']:.1f} s")  # fmt: skip
         print(f"matrix-major / floor: {matrix_s / floor_s:.2f}× the floor's time; peak RSS {peak_gib:.2f} GiB; "
               f"the two orders agree: {agreement}")  # fmt: skip
         print(f"the top-k helper: {matrix_s / helper_s:.2f}× the default's speed; with and without agree: "
               f"{helper_agreement}")  # fmt: skip
-        print(f"the products in a thread beside the top-k: {one_run_s / matrix_s:.2f}× the speed of each group's stack "
-              f"in one run ({one_run_s:.1f} s); the two agree: {one_run_agreement}")  # fmt: skip
         # Extrapolated to a 32-layer 7B base and 1,000 adapters: compute scales with layers × adapters; reading,
         # with the factors' bytes (32/layers of these) at this disk's cold rate: once for matrix-major (every
         # adapter in one batch), once per adapter for adapter-major when the cache does not fit in memory.
@@ -411,14 +388,13 @@ def main() -> None:
             "cold_s": round(cold, 1),
             "adapter_major_s": round(adapter_s, 2), "matrix_major_s": round(matrix_s, 2),
             "matrix_major_helper_s": round(helper_s, 2), "helper_agreement": helper_agreement,
-            "matrix_major_one_run_per_group_s": round(one_run_s, 2), "one_run_agreement": one_run_agreement,
             "adapter_major_evicted_s": round(evicted_s, 2), "adapter_major_evicted_adapters": n_evicted,
             "floor": floor, "rates_per_hour": rates,
             "matrix_major_parts_s": {label: round(v, 2) for label, v in parts.items()}, "peak_rss_gib": round(peak_gib, 2), "agreement": agreement,
             "extrapolated_hours_32_layers_1000_adapters": hours, "seconds_per_adapter_layer": per_layer,
             "load_start": load_start, "load_end": load_end,
         }, indent=2) + "\n")  # fmt: skip
-        if not all(a.startswith("same") for a in (agreement, helper_agreement, one_run_agreement)):
+        if not all(a.startswith("same") for a in (agreement, helper_agreement)):
             raise SystemExit("the two orders, or the scans with and without the top-k helper, disagree: see above")
     finally:
         if not keep:

@@ -386,60 +386,6 @@ def test_a_stacked_batch_with_one_bad_input_gives_it_its_error_and_analyses_the_
         same_to_rounding(comparable({"matrices": [results[i].to_json()]}), comparable({"matrices": [alone[i].to_json()]}))
 
 
-def test_a_stack_analysed_in_runs_gives_the_one_run_results_and_a_bad_input_costs_only_its_own_run(
-    scan_inputs, scanned, monkeypatch
-):
-    """analyze_reads builds the next run's cores in a thread while this run's top-k runs: with runs of one or two
-    inputs the results are those of one run of all (to float rounding: the products' widths differ), the same bit
-    for bit on a second call, to rounding where the process has one thread (each run built before its top-k, the
-    products on that one thread), and an input whose factors do not fit sends only its own run to the one-by-one
-    path."""
-    import dataclasses
-
-    from intrudim.analysis import jobs
-    from intrudim.scan.units import MatrixUnit, plan_input, read_matrix_unit, torch_threads, unit_cache
-
-    config = ScanConfig().analysis
-    cache = str(scanned["cache"])
-    lora = [t for t in scan_inputs["tuned"] if "bert" not in t and "full_ft" not in t]
-    planned = [plan_input(scan_inputs["base"], t, i, f"input{i}", config) for i, t in enumerate(lora)]
-    common = set.intersection(*({job.base_key for job in item.jobs} for item in planned))
-    key = sorted(common)[0]
-    reads = [read_matrix_unit(scan_inputs["base"], MatrixUnit(i, item.tuned, next(j for j in item.jobs if j.base_key == key)),
-                              config, cache) for i, item in enumerate(planned)]  # fmt: skip
-
-    def one():  # as the scan analyses a stack: one torch thread, the products' thread included
-        return torch_threads(1)
-
-    one_run = jobs.analyze_reads(reads, unit_cache(config, cache), config, each=one)
-    built: list[int] = []
-    cores = jobs._cores
-    monkeypatch.setattr(jobs, "_cores",
-                        lambda base_svd, run, W0, threads: built.append(len(run)) or cores(base_svd, run, W0, threads))
-    for size in (1, 2):
-        monkeypatch.setattr(jobs, "PIPELINE_INPUTS", size)
-        built.clear()
-        in_runs = jobs.analyze_reads(reads, unit_cache(config, cache), config, each=one)
-        assert built == ([1, 1, 1] if size == 1 else [2, 1])
-        assert [r.to_json() for r in jobs.analyze_reads(reads, unit_cache(config, cache), config, each=one)] == [
-            r.to_json() for r in in_runs]  # fmt: skip
-        for ours, theirs in zip(in_runs, one_run, strict=True):
-            same_to_rounding(comparable({"matrices": [ours.to_json()]}), comparable({"matrices": [theirs.to_json()]}))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread to give (a Ray worker of one CPU): each run built before its top-k
-    try:
-        one_thread = jobs.analyze_reads(reads, unit_cache(config, cache), config, each=one)
-    finally:
-        torch.set_num_threads(before)
-    for ours, theirs in zip(one_thread, in_runs, strict=True):  # the products on one thread: the same to rounding
-        same_to_rounding(comparable({"matrices": [ours.to_json()]}), comparable({"matrices": [theirs.to_json()]}))
-    bad = reads[2].factors
-    reads[2] = dataclasses.replace(reads[2], factors=dataclasses.replace(bad, A=bad.A[:, :-1]))
-    results = jobs.analyze_reads(reads, unit_cache(config, cache), config, each=one)  # runs [0, 1] stacked, [2] alone
-    assert isinstance(results[2], ValueError) and "do not fit a base matrix" in str(results[2])
-    assert [r.to_json() for r in results[:2]] == [r.to_json() for r in in_runs[:2]]
-
-
 def test_glob_matches_in_natural_order_and_run_names_are_unique(tmp_path):
     """--glob 'out/checkpoint-*' lists checkpoint-5 before checkpoint-10; inputs whose folders share a name get the
     parents that tell them apart."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -17,7 +16,6 @@ from intrudim.analysis.results import MatrixResult
 from intrudim.analysis.rounded import analyze_rounded_dense, analyze_rounded_lora
 from intrudim.analysis.top_k_pool import stack_top_k
 from intrudim.spectral.core_batch import lora_cores
-from intrudim.spectral.structured import GramCore, LoraCore
 from intrudim.weights.peft_adapter import LoraFactors
 from intrudim.weights.sources import WeightSource
 from intrudim.weights.svd_cache import BaseSVDCache, CacheLookup, file_stat
@@ -119,9 +117,7 @@ def analyze_reads(
 ) -> list[MatrixResult | Exception]:
     """Several read matrices of one base matrix, one per TUNED input (a matrix-major scan's run of units): each as
     :func:`analyze_read` analyses it, the LoRA factors' products with the base factors stacked into one product per
-    run of adapters (:func:`~intrudim.spectral.core_batch.lora_cores`; the same numbers to float rounding), the next
-    run's products computed in a thread while this run's top-k runs (:data:`PIPELINE_INPUTS`; the same numbers as one
-    after the other, on any timing: the thread's products run on this process's torch thread count, set there).
+    run of adapters (:func:`~intrudim.spectral.core_batch.lora_cores`; the same numbers to float rounding).
 
     Batched only where every read holds LoRA factors on one float32/float64 cache entry; otherwise, and for any
     read whose batch fails, each read is analysed alone, so that a bad input's error stays its own. The result at
@@ -132,64 +128,14 @@ def analyze_reads(
         return [_alone(read, cache, config) for read in reads]
     try:
         base_svd = cache.resolve(reads[0].W0, reads[0].cached)
-        # A GramCore needs W₀ in the factors' dtype: converted once here, not once per run of the stack
-        W0 = reads[0].W0.to(base_svd.U.dtype) if base_svd.Vh is None else reads[0].W0
-    except Exception:  # noqa: BLE001 - each read alone reports its own error
+        cores = lora_cores(base_svd, [(r.factors.B, r.factors.A, r.factors.scale) for r in reads],  # type: ignore[union-attr]
+                           W0=reads[0].W0)  # fmt: skip
+    except Exception:  # noqa: BLE001 - e.g. one input's factors do not fit: each read alone finds which
         return [_alone(read, cache, config) for read in reads]
-    runs = [reads[start : start + PIPELINE_INPUTS] for start in range(0, len(reads), PIPELINE_INPUTS)]
-    # The same runs either way (the numbers do not depend on it); beside the top-k only where this process has two
-    # threads to give (a Ray worker of one CPU has one: OMP_NUM_THREADS=1)
-    # The products run on this process's torch threads, set in their thread explicitly (torch's thread counts are
-    # per thread: each() below changes this thread's alone; a small product's last bits depend on its thread count,
-    # so the count must not depend on the timing). Beside the top-k only where there are two threads to give.
-    threads = torch.get_num_threads()
-    beside = threads >= 2
+    with each():
+        tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
     results: list[MatrixResult | Exception] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="intrudim-cores") as products:
-        building = products.submit(_cores, base_svd, runs[0], W0, threads)
-        for index, run in enumerate(runs):
-            cores = _built(building)
-            if index + 1 < len(runs):  # the next run's products, on the other CPU core while this run's top-k runs
-                building = products.submit(_cores, base_svd, runs[index + 1], W0, threads)
-                if not beside:
-                    building.result()  # built before this run's top-k starts
-            if cores is None:  # e.g. one input's factors do not fit: each read alone finds which
-                results.extend(_alone(read, cache, config) for read in run)
-                continue
-            with each():
-                tops = stack_top_k(cores, config.k, config.device, top_k_helpers)
-            results.extend(_finish(run, cores, tops, base_svd, config, each))
-    return results
-
-
-PIPELINE_INPUTS = 16
-"""A matrix-major stack is analysed in runs of this many inputs: the products of the next run (a GEMM that releases
-the GIL) are computed in a thread while this run's ARPACK top-k holds the GIL on the other CPU core. Measured on 2
-cores (benchmarks/RESULTS.md §13, 7B shapes): 1.17× the speed of one run per stack on a base with a trained model's
-spectrum, 1.09× on a random one; 16 inputs of r = 16 still make products 256 columns wide."""
-
-
-def _cores(base_svd, run: list[ReadJob], W0: torch.Tensor, threads: int) -> list[LoraCore | GramCore] | Exception:
-    """The run's cores, on ``threads`` torch threads (this process's count, set for the calling thread only)."""
-    torch.set_num_threads(threads)
-    try:
-        return lora_cores(base_svd, [(r.factors.B, r.factors.A, r.factors.scale) for r in run], W0=W0)  # type: ignore[union-attr]
-    except Exception as exc:  # noqa: BLE001 - the caller analyses this run's reads one by one
-        return exc
-
-
-def _built(future: Future) -> list[LoraCore | GramCore] | None:
-    cores = future.result()
-    return None if isinstance(cores, Exception) else cores
-
-
-def _finish(
-    run: list[ReadJob], cores: list, tops: list, base_svd, config: AnalyzeConfig,
-    each: Callable[[], AbstractContextManager],
-) -> list[MatrixResult | Exception]:
-    """Each read's analysis from its core and top-k (or the exception its top-k or analysis raised)."""
-    results: list[MatrixResult | Exception] = []
-    for read, core, top in zip(run, cores, tops, strict=True):
+    for read, core, top in zip(reads, cores, tops, strict=True):
         f = read.factors
         assert f is not None
         try:

@@ -12,11 +12,8 @@ benchmark's LLaMA-7B-shaped random base (whose weak updates need ~340 Lanczos st
 (0.30 s against 0.24 s for 32 cores) on a base with a decaying spectrum, where ARPACK needs ~7 ms per 4096² core
 and sending each core (~1 MB of float64 coordinates) to the helper costs as much as it saves. A helper also
 re-imports the caller's ``__main__`` (spawn): a script without an ``if __name__ == "__main__":`` guard cannot use
-it. Since the next run's products take the second core beside the top-k
-(:data:`intrudim.analysis.jobs.PIPELINE_INPUTS`), the helper competes with them: 0.77× the default's speed on a
-trained-like 7B base, 0.87× on the random one. ``INTRUDIM_TOPK_HELPERS=1`` turns it on for the in-process engine;
-the helper is started on first use and kept for the life of the process, and used only for a stack of at least
-:data:`MIN_STACK` cores on the CPU.
+it. ``INTRUDIM_TOPK_HELPERS=1`` turns it on for the in-process engine; the helper is started on first use and
+kept for the life of the process, and used only for a stack of at least :data:`MIN_STACK` cores on the CPU.
 """
 
 from __future__ import annotations

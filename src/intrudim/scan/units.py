@@ -268,8 +268,8 @@ def analyze_matrix_group(
     """Unit 2 for several inputs' units of one base matrix (a matrix-major scan's run): every unit as
     :func:`analyze_matrix` analyses it, the factors' products with the base factors stacked
     (:func:`~intrudim.analysis.jobs.analyze_reads`) on this process's torch threads (products as wide as the stack
-    run at the machine's GEMM rate, the next run's beside this run's top-k; the rest of each unit on one thread, as
-    :func:`analyze_matrix`). A unit whose read failed, or whose analysis fails, gets its own error. ``top_k_helpers``: helper processes that take part of the
+    run at the machine's GEMM rate; the rest of each unit on one thread, as :func:`analyze_matrix`). A unit whose read
+    failed, or whose analysis fails, gets its own error. ``top_k_helpers``: helper processes that take part of the
     stack's top-k (opt-in, the in-process engine's second core, :mod:`intrudim.analysis.top_k_pool`)."""
     started = time.perf_counter()
     good = [i for i, read in enumerate(reads) if not isinstance(read, Exception)]
