@@ -10,8 +10,10 @@ cache is warmed first (the cold base SVDs are a one-time cost per base, timed ap
   on the first ``--adapter-major`` adapters and its rate (adapters/hour) compared;
 - **matrix-major** (``--order matrix``, the default from two inputs on): base matrix after base matrix, every
   adapter's factors analysed against the factors read once; timed on all adapters, as it runs by default and with
+  every top-k by plain Lanczos (the route before :mod:`intrudim.spectral.shift_invert`, which the default takes
+  where a base's top singular values are packed together), the two checked to agree; with ``--helper`` also with
   the opt-in top-k helper process (``INTRUDIM_TOPK_HELPERS=1``, :mod:`intrudim.analysis.top_k_pool`: every other
-  core's ARPACK top-k on the second CPU core), the two checked equal value for value;
+  core's ARPACK top-k on the second CPU core), checked equal value for value;
 - **the floor**: reading every cached factor once (``safetensors.torch.load_file`` of each entry) plus the
   products every adapter needs, U₀ᵀB and V₀ᵀAᵀ (or their Gram-route equivalents), at the GFLOP/s this machine
   measures for a GEMM of those shapes in the same run.
@@ -206,6 +208,21 @@ def cold_read_rate(cache: Path) -> float:
 
 
 @contextlib.contextmanager
+def plain_lanczos(on: bool) -> Iterator[None]:
+    """Every structured top-k by plain Lanczos while the block runs (``on``): the shift-and-invert route
+    (:mod:`intrudim.spectral.shift_invert`) declines every core, as before it existed."""
+    import intrudim.spectral.structured as structured
+
+    original = structured.diagonal_lowrank_top_k
+    if on:
+        structured.diagonal_lowrank_top_k = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        structured.diagonal_lowrank_top_k = original
+
+
+@contextlib.contextmanager
 def timed_parts(timers: dict[str, str], totals: dict[str, float]) -> Iterator[None]:
     """Add the seconds spent in each of ``intrudim.analysis.jobs``' functions named in ``timers`` (label: name) to
     ``totals[label]`` while the block runs (the matrix-major scan calls them in this process)."""
@@ -250,6 +267,7 @@ def main() -> None:
                         help="build (or reuse) the models and the warm cache here and keep them (default: a temp dir, "
                              "removed at the end)")
     parser.add_argument("--prepare", action="store_true", help="only build the inputs and warm the cache (--workdir)")
+    parser.add_argument("--helper", action="store_true", help="also time matrix-major with the top-k helper process")
     parser.add_argument("--spectrum", choices=SPECTRA, default="random",
                         help="the base's singular values: the random init's (packed at the top, the hard case for "
                              "Lanczos) or shaped as SmolLM2-135M's trained matrices (see TRAINED_PROFILE)")
@@ -297,33 +315,39 @@ def main() -> None:
         if args.prepare:
             return
         cache = work / "svd_cache"
-        for earlier in ("adapter", "matrix", "matrix-helper", "evicted"):  # an earlier timed run's outputs
+        for earlier in ("adapter", "matrix", "matrix-helper", "matrix-plain", "evicted"):  # an earlier run's outputs
             shutil.rmtree(work / earlier, ignore_errors=True)
 
         parts: dict[str, float] = {}
 
-        def timed_scan(order: str, inputs: list[str], helper: bool = False) -> tuple[float, Path]:
-            out = work / (f"{order}-helper" if helper else order)
-            os.environ["INTRUDIM_TOPK_HELPERS"] = "1" if helper else "0"
-            timers = {"products": "lora_cores", "top-k": "stack_top_k"} if order == "matrix" and not helper else {}
-            with timed_parts(timers, parts):
+        plain_parts: dict[str, float] = {}
+
+        def timed_scan(order: str, inputs: list[str], variant: str = "") -> tuple[float, Path]:
+            out = work / (f"{order}-{variant}" if variant else order)
+            os.environ["INTRUDIM_TOPK_HELPERS"] = "1" if variant == "helper" else "0"
+            timers = {"products": "lora_cores", "top-k": "stack_top_k"} if order == "matrix" and variant != "helper" else {}
+            with timed_parts(timers, plain_parts if variant == "plain" else parts), plain_lanczos(variant == "plain"):
                 t = time.perf_counter()
                 result = scan(base, inputs, out, ScanConfig(order=order, figures="none"), cache_dir=cache)
                 seconds = time.perf_counter() - t
             assert all(row["error"] is None for row in result.rows), result.rows
             assert result.document["order"] == order
             rate = 3600 * len(inputs) / seconds
-            print(f"{order}-major{' with the top-k helper' if helper else ''}: {len(inputs)} adapters in "
-                  f"{seconds:.1f} s = {rate:,.0f} adapters/hour", flush=True)  # fmt: skip
+            label = {"": "", "helper": " with the top-k helper", "plain": ", every top-k by plain Lanczos"}[variant]
+            print(f"{order}-major{label}: {len(inputs)} adapters in {seconds:.1f} s = {rate:,.0f} adapters/hour",
+                  flush=True)  # fmt: skip
             return seconds, out
 
         adapter_s, adapter_out = timed_scan("adapter", adapters[:n_adapter])
         matrix_s, matrix_out = timed_scan("matrix", adapters)
-        helper_s, helper_out = timed_scan("matrix", adapters, helper=True)
+        plain_s, plain_out = timed_scan("matrix", adapters, "plain")
+        helper_s, helper_out = timed_scan("matrix", adapters, "helper") if args.helper else (0.0, None)
         names = [Path(a).name for a in adapters[:n_adapter]]
         agreement = compare_analyses(analyses(adapter_out, names), analyses(matrix_out, names))
         every = [Path(a).name for a in adapters]
-        helper_agreement = compare_analyses(analyses(matrix_out, every), analyses(helper_out, every))
+        plain_agreement = compare_analyses(analyses(plain_out, every), analyses(matrix_out, every))
+        helper_agreement = (compare_analyses(analyses(matrix_out, every), analyses(helper_out, every))
+                            if helper_out is not None else "not run")  # fmt: skip
         # A cache larger than memory (32 layers of a 7B base: ~26 GB of float32 factors on a 24 GB machine): an
         # adapter-major scan then reads every factor from disk for every adapter. Timed by evicting the cache files
         # from the page cache before each adapter.
@@ -340,7 +364,9 @@ def main() -> None:
         floor = floor_seconds(cache, adapters, r)
         floor_s = floor["read_s"] + floor["gemm_s"]
         rates = {"adapter": 3600 * n_adapter / adapter_s, "matrix": 3600 * n / matrix_s, "floor": 3600 * n / floor_s,
-                 "matrix_helper": 3600 * n / helper_s}
+                 "matrix_plain_lanczos": 3600 * n / plain_s}
+        if helper_s:
+            rates["matrix_helper"] = 3600 * n / helper_s
         if n_evicted:
             rates["adapter_evicted"] = 3600 * n_evicted / evicted_s
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -352,8 +378,11 @@ def main() -> None:
                   f"{rates['adapter_evicted']:,.0f} | {rates['adapter_evicted'] / rates['adapter']:.2f}× |")  # fmt: skip
         print(f"| matrix-major | {n} | {matrix_s:.1f} | {rates['matrix']:,.0f} | "
               f"{rates['matrix'] / rates['adapter']:.1f}× |")  # fmt: skip
-        print(f"| matrix-major, top-k helper (INTRUDIM_TOPK_HELPERS=1) | {n} | {helper_s:.1f} | "
-              f"{rates['matrix_helper']:,.0f} | {rates['matrix_helper'] / rates['adapter']:.1f}× |")  # fmt: skip
+        print(f"| matrix-major, every top-k by plain Lanczos | {n} | {plain_s:.1f} | "
+              f"{rates['matrix_plain_lanczos']:,.0f} | {rates['matrix_plain_lanczos'] / rates['adapter']:.1f}× |")
+        if helper_s:
+            print(f"| matrix-major, top-k helper (INTRUDIM_TOPK_HELPERS=1) | {n} | {helper_s:.1f} | "
+                  f"{rates['matrix_helper']:,.0f} | {rates['matrix_helper'] / rates['adapter']:.1f}× |")  # fmt: skip
         print(f"| floor (read {floor['factor_bytes'] / 2**30:.1f} GiB of factors once from disk: {floor['read_s']:.1f} s; "
               f"GEMMs at {floor['gflops']:.0f} GFLOP/s: {floor['gemm_s']:.1f} s) | {n} | {floor_s:.1f} | "
               f"{rates['floor']:,.0f} | {rates['floor'] / rates['adapter']:.1f}× |")  # fmt: skip
@@ -363,8 +392,11 @@ def main() -> None:
               f"with the top-k added: {floor_s + parts['top-k']:.1f} s")  # fmt: skip
         print(f"matrix-major / floor: {matrix_s / floor_s:.2f}× the floor's time; peak RSS {peak_gib:.2f} GiB; "
               f"the two orders agree: {agreement}")  # fmt: skip
-        print(f"the top-k helper: {matrix_s / helper_s:.2f}× the default's speed; with and without agree: "
-              f"{helper_agreement}")  # fmt: skip
+        print(f"the shift-and-invert top-k: {plain_s / matrix_s:.2f}× plain Lanczos's speed (its top-k "
+              f"{plain_parts['top-k']:.1f} s, the default's {parts['top-k']:.1f} s); the two agree: {plain_agreement}")
+        if helper_s:
+            print(f"the top-k helper: {matrix_s / helper_s:.2f}× the default's speed; with and without agree: "
+                  f"{helper_agreement}")  # fmt: skip
         # Extrapolated to a 32-layer 7B base and 1,000 adapters: compute scales with layers × adapters; reading,
         # with the factors' bytes (32/layers of these) at this disk's cold rate: once for matrix-major (every
         # adapter in one batch), once per adapter for adapter-major when the cache does not fit in memory.
@@ -386,15 +418,18 @@ def main() -> None:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hidden": hidden, "mlp": mlp,
             "layers": layers, "spectrum": args.spectrum, "r": r, "adapters": n, "adapter_major_adapters": n_adapter,
             "cold_s": round(cold, 1), "adapter_major_s": round(adapter_s, 2), "matrix_major_s": round(matrix_s, 2),
-            "matrix_major_helper_s": round(helper_s, 2), "helper_agreement": helper_agreement,
+            "matrix_major_helper_s": round(helper_s, 2) if helper_s else None, "helper_agreement": helper_agreement,
+            "matrix_major_plain_lanczos_s": round(plain_s, 2), "plain_lanczos_agreement": plain_agreement,
+            "matrix_major_plain_lanczos_parts_s": {label: round(v, 2) for label, v in plain_parts.items()},
             "adapter_major_evicted_s": round(evicted_s, 2), "adapter_major_evicted_adapters": n_evicted,
             "floor": floor, "rates_per_hour": rates, "peak_rss_gib": round(peak_gib, 2), "agreement": agreement,
             "matrix_major_parts_s": {label: round(v, 2) for label, v in parts.items()},
             "extrapolated_hours_32_layers_1000_adapters": hours, "seconds_per_adapter_layer": per_layer,
             "load_start": load_start, "load_end": load_end,
         }, indent=2) + "\n")  # fmt: skip
-        if not agreement.startswith("same") or not helper_agreement.startswith("same"):
-            raise SystemExit("the two orders, or the scans with and without the top-k helper, disagree: see above")
+        if not all(a.startswith("same") for a in (agreement, plain_agreement)) or helper_agreement[:4] not in ("same", "not "):
+            raise SystemExit("the two orders, or the scans with and without the top-k helper or the shift-and-invert "
+                             "top-k, disagree: see above")  # fmt: skip
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
