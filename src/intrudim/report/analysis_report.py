@@ -7,29 +7,16 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import functools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
-
 from intrudim.fileio import ensure_writable_directory, write_bytes_atomic, write_text_atomic
 from intrudim.report import figures
+from intrudim.report.templating import environment, version
 from intrudim.spectral.intruders import random_vector_max_cosine
 from intrudim.spectral.toy import toy_findings
-
-
-@functools.lru_cache(maxsize=1)
-def _environment() -> Environment:
-    """The reports' Jinja environment, made once per process: it caches each compiled template (a scan writes one
-    report per input, and compiling analysis.html each time cost ~17 ms)."""
-    environment = Environment(
-        loader=PackageLoader("intrudim", "report/templates"), autoescape=select_autoescape(["html"])
-    )
-    environment.filters["percent"] = energy_share_percent
-    return environment
 
 
 def _verdict(data: dict[str, Any]) -> tuple[str, bool]:
@@ -50,14 +37,6 @@ def _verdict(data: dict[str, Any]) -> tuple[str, bool]:
         f"part of the forgetting; `intrudim repair --sweep` measures what it does for this model.",
         True,
     )
-
-
-def energy_share_percent(share: float) -> str:
-    """An energy share (a fraction of ‖W_t‖²_F) as people read it: a percentage, e.g. ``0.34 %``."""
-    value = 100 * share
-    if value == 0:
-        return "0 %"
-    return "< 0.001 %" if value < 0.001 else f"{value:.3g} %"
 
 
 def _intruders(n: int) -> str:
@@ -305,9 +284,9 @@ def write_analysis_outputs(result, out_dir: str | Path, *, command: str = "", fi
         else "above it, but close: a random direction scores nearly ε" if result.epsilon > baseline
         else "below it: at this n even a random direction would not count as an intruder"
     )  # fmt: skip
-    html = _environment().get_template("analysis.html").render(
+    html = environment().get_template("analysis.html").render(
         title=f"Intruder dimensions: {Path(str(result.tuned)).name or result.tuned}",
-        version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), data=data, figures=figs,
+        version=version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), data=data, figures=figs,
         verdict=verdict, verdict_bad=bad, n_out=n_out, random_baseline=baseline, baseline_comparison=comparison,
         figures_note=figures_note,
         command=command or f"intrudim analyze {result.base} {result.tuned} --k {result.k} --epsilon {result.epsilon}",
@@ -336,16 +315,10 @@ def write_toy_outputs(sweep, baseline, out_dir: str | Path) -> dict[str, Path]:
     paths["toy_sweep"] = write_bytes_atomic(out_dir / "figures" / "toy_sweep.png", sweep_png)
     paths["random_baseline"] = write_bytes_atomic(out_dir / "figures" / "random_baseline.png", baseline_png)
     findings = toy_findings(sweep)
-    html = _environment().get_template("toy.html").render(
-        version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), sweep=sweep,
+    html = environment().get_template("toy.html").render(
+        version=version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), sweep=sweep,
         baseline=baseline, sweep_png=base64.b64encode(sweep_png).decode("ascii"),
         baseline_png=base64.b64encode(baseline_png).decode("ascii"), findings=findings,
     )  # fmt: skip
     paths["html"] = write_text_atomic(out_dir / "toy.html", html)
     return paths
-
-
-def _version() -> str:
-    from intrudim.version import __version__
-
-    return __version__

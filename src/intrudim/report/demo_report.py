@@ -15,7 +15,7 @@ from typing import Any
 
 from intrudim.fileio import write_text_atomic
 from intrudim.report import figures
-from intrudim.report.analysis_report import _environment, _version
+from intrudim.report.templating import environment, version
 
 VERDICT_CSS = {"held": "held", "fragile": "fragile", "not held": "not-held", "not measured": "unknown"}
 
@@ -285,8 +285,8 @@ def write_demo_report(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     verdict = (f"{summary['held']} of {len(claims)} claims held in every seed, {summary['fragile']} fragile (the "
                f"seeds disagree), {summary['not_held']} not held, {summary['not_measured']} not measured ({mode} "
                f"demo, {seeds_text}{_where(summary)}, {summary['seconds']['total']:.0f} s).")  # fmt: skip
-    html = _environment().get_template("demo.html").render(
-        version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), verdict=verdict,
+    html = environment().get_template("demo.html").render(
+        version=version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), verdict=verdict,
         claims=rows, analyses=analyses, mode=mode, recipe=json.dumps(summary["demo"]["recipe"], indent=1),
         toy_reports=links["toy"], repair_reports=links["repair"], several_seeds=len(seeds) > 1, seeds_text=seeds_text,
         maps=map_sections(summary, out), total_lr=summary["demo"]["recipe"]["total_lr"],

@@ -11,13 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
-
 from intrudim.fileio import ensure_writable_directory, write_text_atomic
-
-
-def _environment() -> Environment:
-    return Environment(loader=PackageLoader("intrudim", "report/templates"), autoescape=select_autoescape(["html"]))
+from intrudim.report.templating import environment, version
 
 
 def _as_json(result: Any) -> dict[str, Any]:
@@ -31,16 +26,14 @@ def forgetting_section_html(result: Any) -> str:
     """
     data = _as_json(result)
     # The template is the page and the macro; making its module renders the page once, with this result.
-    module = _environment().get_template("forgetting.html").make_module(_page_context(data, command=""))
+    module = environment().get_template("forgetting.html").make_module(_page_context(data, command=""))
     return str(module.section(data))  # type: ignore[attr-defined]
 
 
 def _page_context(data: dict[str, Any], *, command: str) -> dict[str, Any]:
-    from intrudim.version import __version__
-
     tuned = str(data.get("tuned_path") or "")
     return {
-        "result": data, "title": Path(tuned).name or tuned or data.get("measure", ""), "version": __version__,
+        "result": data, "title": Path(tuned).name or tuned or data.get("measure", ""), "version": version(),
         "generated": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": command or f"intrudim forgetting {data.get('base_path', '')} {tuned}",
     }  # fmt: skip
@@ -51,6 +44,6 @@ def write_forgetting_outputs(result: Any, out_dir: str | Path, *, command: str =
     out_dir = ensure_writable_directory(out_dir)
     data = _as_json(result)
     paths = {"json": write_text_atomic(out_dir / "forgetting.json", json.dumps(data, indent=2) + "\n")}
-    html = _environment().get_template("forgetting.html").render(_page_context(data, command=command))
+    html = environment().get_template("forgetting.html").render(_page_context(data, command=command))
     paths["html"] = write_text_atomic(out_dir / "forgetting.html", html)
     return paths

@@ -14,8 +14,8 @@ from typing import Any
 
 from intrudim.fileio import write_text_atomic
 from intrudim.report import figures
-from intrudim.report.analysis_report import _environment, _version
 from intrudim.report.demo_report import VERDICT_CSS, _numbers, seed_points_figure
+from intrudim.report.templating import environment, version
 
 METHOD_LABELS = {"none": "intruders × λ", "non-intruder": "non-intruders × λ (control)",
                  "shrink": "norm-matched shrink (control)"}  # fmt: skip
@@ -128,8 +128,8 @@ def write_regime_report(summary: dict[str, Any], out: Path) -> Path:
                f"seeds disagree), {summary['not_held']} not held, {summary['not_measured']} not measured ({seeds_text}, "
                f"{summary['seconds']['total']:.0f} s).")  # fmt: skip
     measure = summary["forgetting_measure"]
-    html = _environment().get_template("regime.html").render(
-        version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), verdict=verdict,
+    html = environment().get_template("regime.html").render(
+        version=version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), verdict=verdict,
         rule=summary["rule"], outcome=[o["outcome"] for o in summary["rule_outcome"].values()],
         recipe=summary["recipe"], seeds_text=seeds_text, methods=_method_rows(summary),
         forgetting_png=_b64(forgetting_figure(summary)), recovered_png=_b64(recovered) if recovered else None,

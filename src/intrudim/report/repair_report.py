@@ -15,9 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
-
 from intrudim.fileio import write_text_atomic
+from intrudim.report.templating import environment, version
 
 REPORT_NAME = "report.html"
 
@@ -26,16 +25,6 @@ CONTROL_DESCRIPTIONS = {
     "non-intruder": "control: as many of the top non-intruder directions of W_t scaled by λ (the intruders stay)",
     "shrink": "control: W₀ + c·ΔW, c per matrix removing the same Frobenius norm as the intruder repair",
 }
-
-
-def _environment() -> Environment:
-    return Environment(loader=PackageLoader("intrudim", "report/templates"), autoescape=select_autoescape(["html"]))
-
-
-def _version() -> str:
-    from intrudim.version import __version__
-
-    return __version__
 
 
 def rank_list(ranks: list[int]) -> str:
@@ -162,9 +151,9 @@ def write_repair_report(result: Any, out_dir: str | Path, *, command: str = "") 
     verdict, bad = _repair_verdict(data)
     scaled_header = {"none": "intruder ranks scaled", "non-intruder": "non-intruder ranks scaled",
                      "shrink": "what was scaled"}[data["control"]]  # fmt: skip
-    html = _environment().get_template("repair.html").render(
+    html = environment().get_template("repair.html").render(
         kind="repair", title=f"Repair: {Path(str(data['tuned'])).name or data['tuned']} (λ = {data['lambda']:g})",
-        version=_version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), data=data, rows=rows,
+        version=version(), generated=_dt.datetime.now().isoformat(timespec="seconds"), data=data, rows=rows,
         hidden=len(data["matrices"]) - len(rows), figures=figures, verdict=verdict, verdict_bad=bad,
         matrices_with_intruders=sum(1 for m in data["matrices"] if m["intruder_ranks"]),
         control_description=CONTROL_DESCRIPTIONS[data["control"]], written=_written(data),
@@ -225,8 +214,8 @@ def write_sweep_report(result: Any, out_dir: str | Path, *, figure: bytes | None
              if any(p.get(key) is not None for p in data["points"])]  # fmt: skip
     loss = result.loss
     lambdas = ", ".join(f"{lam:g}" for lam in sorted({p.lam for p in result.points}))
-    html = _environment().get_template("repair.html").render(
-        kind="sweep", title=f"Repair sweep: {Path(str(data['tuned'])).name or data['tuned']}", version=_version(),
+    html = environment().get_template("repair.html").render(
+        kind="sweep", title=f"Repair sweep: {Path(str(data['tuned'])).name or data['tuned']}", version=version(),
         generated=_dt.datetime.now().isoformat(timespec="seconds"), data=data, figures=figures,
         verdict=sweep_findings(result), verdict_bad=False, shown=shown, columns=SWEEP_COLUMNS,
         labels={key: data["labels"][key] for key in (*shown, "removed_frobenius") if key in data["labels"]},
