@@ -213,13 +213,14 @@ def plain_lanczos(on: bool) -> Iterator[None]:
     (:mod:`intrudim.spectral.shift_invert`) declines every core, as before it existed."""
     import intrudim.spectral.structured as structured
 
-    original = structured.diagonal_lowrank_top_k
-    if on:
-        structured.diagonal_lowrank_top_k = lambda *args, **kwargs: None
+    originals = {name: getattr(structured, name) for name in ("diagonal_lowrank_top_k", "lora_core_top_k")}
+    for name in originals if on else ():
+        setattr(structured, name, lambda *args, **kwargs: None)
     try:
         yield
     finally:
-        structured.diagonal_lowrank_top_k = original
+        for name, function in originals.items():
+            setattr(structured, name, function)
 
 
 @contextlib.contextmanager

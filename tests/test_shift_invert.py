@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from intrudim.spectral import shift_invert
-from intrudim.spectral.shift_invert import diagonal_lowrank_top_k
-from intrudim.spectral.structured import GramCore, LoraCore, _middle, core_top_k, gram_core, lora_core
+from intrudim.spectral.shift_invert import diagonal_lowrank_top_k, middle
+from intrudim.spectral.structured import GramCore, LoraCore, core_top_k, gram_core, lora_core
 from intrudim.spectral.svd import SVDFactors, thin_svd
 
 K = 10
@@ -41,15 +41,17 @@ def _route_and_plain(core: LoraCore | GramCore, monkeypatch) -> tuple:
     import intrudim.spectral.structured as structured
 
     taken: list[bool] = []
+    route = "diagonal_lowrank_top_k" if isinstance(core, GramCore) else "lora_core_top_k"  # the function each core calls
+    original = getattr(structured, route)
 
     def recording(*args, **kwargs):
-        found = diagonal_lowrank_top_k(*args, **kwargs)
+        found = original(*args, **kwargs)
         taken.append(found is not None)
         return found
 
-    monkeypatch.setattr(structured, "diagonal_lowrank_top_k", recording)
+    monkeypatch.setattr(structured, route, recording)
     routed = core_top_k(core, K, method="lanczos")
-    monkeypatch.setattr(structured, "diagonal_lowrank_top_k", lambda *a, **kw: None)
+    monkeypatch.setattr(structured, route, lambda *a, **kw: None)
     plain = core_top_k(core, K, method="lanczos")
     monkeypatch.undo()
     return routed, plain, taken == [True]
@@ -94,7 +96,7 @@ def test_the_inertia_count_is_the_number_of_eigenvalues_above_the_shift():
     n, r = 200, 5
     d = np.sort(rng.uniform(0.5, 1.0, n))[::-1]
     G = np.concatenate([rng.standard_normal((n, r)) * 0.1, rng.standard_normal((n, r)) * 0.05], axis=1)
-    M, M_inv = _middle(np.eye(r) * 0.3 + 0.01)
+    M, M_inv = middle(np.eye(r) * 0.3 + 0.01)
     evals = np.linalg.eigvalsh(np.diag(d) + G @ M @ G.T)
     negatives = int((np.linalg.eigvalsh(M_inv) < 0).sum())
     for sigma in np.linspace(d[0] * 1.0001, evals[-1] * 1.05, 40):
@@ -104,7 +106,7 @@ def test_the_inertia_count_is_the_number_of_eigenvalues_above_the_shift():
 
 
 def _gram_arrays(core: GramCore) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    M, M_inv = _middle(core.AAt.numpy())
+    M, M_inv = middle(core.AAt.numpy())
     return (core.S0**2).numpy(), torch.cat([core.C, core.B_coords], dim=1).numpy(), M, M_inv
 
 
@@ -151,4 +153,4 @@ def test_a_zero_update_and_a_zero_base_are_answered(monkeypatch):
     assert taken
     torch.testing.assert_close(routed.S, full.S[:K], rtol=1e-12, atol=0)
     torch.testing.assert_close(routed.max_abs_cosine(m), torch.ones(K, dtype=torch.float64), rtol=0, atol=1e-12)
-    assert diagonal_lowrank_top_k(np.zeros(50), np.ones((50, 4)), *_middle(np.eye(2)), 5) is None
+    assert diagonal_lowrank_top_k(np.zeros(50), np.ones((50, 4)), *middle(np.eye(2)), 5) is None

@@ -152,6 +152,39 @@ def _rayleigh_ritz(
     return evals, V, np.linalg.norm(NV - V * evals[None, :], axis=0)
 
 
+def middle(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """M = [[0, I], [I, S]] (2r × 2r, S = ``gram``) of both structured cores' form, and its inverse [[−S, I], [I, 0]]:
+    a Gram core's N = Σ₀² + [C, B̃]·M·[C, B̃]ᵀ with S = AAᵀ, a LoRA core's M·Mᵀ with S = ÃᵀÃ."""
+    r = int(gram.shape[0])
+    M, M_inv = np.zeros((2 * r, 2 * r)), np.zeros((2 * r, 2 * r))
+    M[:r, r:] = M[r:, :r] = M_inv[:r, r:] = M_inv[r:, :r] = np.eye(r)
+    M[r:, r:] = gram
+    M_inv[:r, :r] = -gram
+    return M, M_inv
+
+
+def lora_core_top_k(
+    S0: np.ndarray, B_coords: np.ndarray, A_coords: np.ndarray, p: int, k: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The top-k singular values and left vectors of a LoRA core M = diag(Σ₀, 0) + B̃Ãᵀ
+    (:class:`~intrudim.spectral.structured.LoraCore`'s arrays) from the eigenpairs of M·Mᵀ = diag(Σ₀², 0) +
+    G·[[0, I], [I, ÃᵀÃ]]·Gᵀ, G = [D̃Ã, B̃] (D̃ the core's diagonal part), by :func:`diagonal_lowrank_top_k`; the
+    singular values then from an SVD of Mᵀ·Y, as accurate as ``svds``'s. None when that route returns None."""
+    rows = B_coords.shape[0]
+    DA = np.zeros((rows, A_coords.shape[1]))
+    DA[:p] = S0[:, None] * A_coords[:p]
+    d = np.zeros(rows)
+    d[:p] = S0**2
+    found = diagonal_lowrank_top_k(d, np.concatenate([DA, B_coords], axis=1), *middle(A_coords.T @ A_coords), k)
+    if found is None:
+        return None
+    Y = found[1]
+    X = A_coords @ (B_coords.T @ Y)  # Mᵀ·Y (cols, k)
+    X[:p] += S0[:, None] * Y[:p]
+    _, S, Qt = np.linalg.svd(X, full_matrices=False)
+    return S, Y @ Qt.T
+
+
 def _certified_shift(
     d: np.ndarray, G: np.ndarray, M: np.ndarray, M_inv: np.ndarray, d_max: float, negatives: int, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from intrudim.spectral.krylov import block_krylov_top_k
-from intrudim.spectral.shift_invert import diagonal_lowrank_top_k
+from intrudim.spectral.shift_invert import diagonal_lowrank_top_k, lora_core_top_k, middle
 from intrudim.spectral.svd import DENSE_SVD_MAX_DIM, SVDFactors, _arpack_symmetric_top_k, _arpack_top_k
 
 # A residual column counts as outside the base span only above this relative size.
@@ -269,7 +269,7 @@ def _gram_top_k(core: GramCore, k: int, method: str, device: str) -> CoreTopK:
     # N·x = Σ₀²x + G·(M·Gᵀx) with G = [C, B̃] (p × 2r) and M = [[0, I], [I, AAᵀ]]: two products with G per step,
     # in numpy (ARPACK calls this ~170 times per matrix; torch's per-call overhead was half of each call's time)
     G = torch.cat([core.C, core.B_coords], dim=1).numpy()
-    M, M_inv = _middle(core.AAt.numpy())
+    M, M_inv = middle(core.AAt.numpy())
     s2 = (core.S0**2).numpy()
     shifted = diagonal_lowrank_top_k(s2, G, M, M_inv, k)  # shift-and-invert Lanczos, checked; else plain Lanczos
     if shifted is not None:
@@ -288,38 +288,11 @@ def _from_eigenpairs(evals: torch.Tensor, evecs: torch.Tensor) -> CoreTopK:
     return CoreTopK(S=evals.clamp_min(0).sqrt(), Y=evecs)
 
 
-def _middle(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """M = [[0, I], [I, S]] (2r × 2r, S = ``gram``) of both cores' diagonal-plus-rank-2r form, and its inverse
-    [[−S, I], [I, 0]]."""
-    r = int(gram.shape[0])
-    M, M_inv = np.zeros((2 * r, 2 * r)), np.zeros((2 * r, 2 * r))
-    M[:r, r:] = M[r:, :r] = M_inv[:r, r:] = M_inv[r:, :r] = np.eye(r)
-    M[r:, r:] = gram
-    M_inv[:r, :r] = -gram
-    return M, M_inv
-
-
 def _shifted_core_top_k(core: LoraCore, k: int) -> CoreTopK | None:
-    """The core's top-k from the eigenpairs of M·Mᵀ = diag(Σ₀², 0) + G·[[0, I], [I, ÃᵀÃ]]·Gᵀ, G = [D̃Ã, B̃] (D̃ the
-    core's diagonal part), by shift-and-invert Lanczos (:mod:`intrudim.spectral.shift_invert`); the singular values
-    then from an SVD of Mᵀ·Y (rows' k columns), as accurate as ``svds``'s. None when the route cannot certify it."""
-    p = core.p
-    rows, _ = core.shape
-    Bc = core.B_coords.numpy()
-    Ac = core.A_coords.numpy()
-    DA = np.zeros((rows, Ac.shape[1]))
-    DA[:p] = core.S0.numpy()[:, None] * Ac[:p]
-    d = np.zeros(rows)
-    d[:p] = core.S0.numpy() ** 2
-    M, M_inv = _middle(Ac.T @ Ac)
-    found = diagonal_lowrank_top_k(d, np.concatenate([DA, Bc], axis=1), M, M_inv, k)
-    if found is None:
-        return None
-    Y = found[1]
-    X = Ac @ (Bc.T @ Y)  # Mᵀ·Y (cols, k)
-    X[:p] += core.S0.numpy()[:, None] * Y[:p]
-    _, S, Qt = np.linalg.svd(X, full_matrices=False)
-    return CoreTopK(S=torch.from_numpy(S.copy()), Y=torch.from_numpy(Y @ Qt.T))
+    """The core's top-k by shift-and-invert Lanczos on M·Mᵀ (:func:`~intrudim.spectral.shift_invert.lora_core_top_k`),
+    or None when that route declines or cannot certify its result."""
+    found = lora_core_top_k(core.S0.numpy(), core.B_coords.numpy(), core.A_coords.numpy(), core.p, k)
+    return None if found is None else CoreTopK(S=torch.from_numpy(found[0]), Y=torch.from_numpy(found[1]))
 
 
 def _arpack_core_top_k(core: LoraCore, k: int) -> CoreTopK:
