@@ -64,22 +64,20 @@ def diagonal_lowrank_top_k(
     the caller then runs plain Lanczos.
 
     ``M_inv`` is M's inverse (both structured cores know it in closed form). All arrays float64."""
-    n, m = G.shape
+    n = G.shape[0]
     if not (0 < k < n - 1) or 2 * k + 1 >= n or not np.all(np.isfinite(d)) or not np.all(np.isfinite(G)):
         return None
     d_max = float(d.max())
-    if d_max <= 0.0 or float(np.partition(d, n - 2 * k - 1)[n - 2 * k - 1]) < CLUSTERED_TOP * d_max:
+    below_top = float(np.partition(d, n - 2 * k - 1)[n - 2 * k - 1])  # d's (2k + 1)-th largest entry
+    if d_max <= 0.0 or below_top < CLUSTERED_TOP * d_max:
         return None  # a spread top: plain Lanczos is as fast (CLUSTERED_TOP)
     negative_of_M_inv = int((np.linalg.eigvalsh(M_inv) < 0).sum())
-    shifted = _certified_shift(d, G, M, M_inv, d_max, negative_of_M_inv, k)
+    shifted = _certified_shift(d, G, M, M_inv, d_max, d_max - below_top, negative_of_M_inv, k)
     if shifted is None:
         return None
     E, F, K_inv = shifted
     v0 = np.random.default_rng(seed).standard_normal(n)
-    try:
-        from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
-    except ImportError:  # scipy is a dependency; without it there is no Lanczos at all
-        return None
+    from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh  # imported here: see svd._arpack_top_k
 
     def inverse(x: np.ndarray) -> np.ndarray:
         X = x.reshape(n, -1)
@@ -112,10 +110,8 @@ def _ritz_estimate(d: np.ndarray, G: np.ndarray, M: np.ndarray, gram: np.ndarray
     G_top = G[top]  # (k, m): the unit vectors' inner products with G's columns
     NG_small = gram @ M @ gram  # Gᵀ (G M Gᵀ) G
     S = np.block([[np.eye(k), G_top], [G_top.T, gram]])
-    H = np.block([
-        [np.diag(d[top]) + G_top @ M @ G_top.T, d[top][:, None] * G_top + G_top @ M @ gram],
-        [(d[top][:, None] * G_top + G_top @ M @ gram).T, G.T @ (d[:, None] * G) + NG_small],
-    ])  # fmt: skip
+    cross = d[top][:, None] * G_top + G_top @ M @ gram  # (unit vectors)ᵀ N G
+    H = np.block([[np.diag(d[top]) + G_top @ M @ G_top.T, cross], [cross.T, G.T @ (d[:, None] * G) + NG_small]])
     w, Q = np.linalg.eigh((S + S.T) / 2)
     keep = w > 1e-12 * max(float(w[-1]), 1e-300)  # S is singular when G has dependent or zero columns
     W = Q[:, keep] / np.sqrt(w[keep])[None, :]
@@ -186,9 +182,11 @@ def lora_core_top_k(
 
 
 def _certified_shift(
-    d: np.ndarray, G: np.ndarray, M: np.ndarray, M_inv: np.ndarray, d_max: float, negatives: int, k: int
+    d: np.ndarray, G: np.ndarray, M: np.ndarray, M_inv: np.ndarray, d_max: float, top_spread: float, negatives: int,
+    k: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """E = (σ − d)⁻¹, F = E·G and K⁻¹ for the closest certified shift σ above λ₁ (module docstring), or None.
+    ``top_spread``: max d − d's (2k + 1)-th largest entry (:data:`SHIFT_SPREAD`).
 
     First σ just above max d: when the inertia count puts no eigenvalue of N above it (a weak update) it is the
     shift; when it puts k or more (a strong update, whose top-k stand apart: plain Lanczos is as fast) None.
@@ -203,7 +201,6 @@ def _certified_shift(
         K = (K + K.T) / 2
         return E, F, K, int((np.linalg.eigvalsh(K) < 0).sum()) - negatives  # eigenvalues of N above σ
 
-    top_spread = d_max - float(np.partition(d, d.shape[0] - 2 * k - 1)[d.shape[0] - 2 * k - 1])
     E, F, K, above = factors(d_max + max(SHIFT_FLOOR * d_max, SHIFT_SPREAD * top_spread))
     if above >= k:
         return None
