@@ -136,7 +136,8 @@ def test_matrix_major_reads_each_base_factor_once_and_equals_adapter_major(scan_
     for order in ("matrix", "adapter"):
         reads.clear()
         out = tmp_path / order
-        documents[order] = scan(scan_inputs["base"], lora, out, ScanConfig(order=order), cache_dir=scanned["cache"])
+        documents[order] = scan(scan_inputs["base"], lora, out, ScanConfig(order=order, figures="none"),
+                                cache_dir=scanned["cache"])  # the analyses compared, not drawn
         documents[order].reads = list(reads)
     matrix_reads, adapter_reads = documents["matrix"].reads, documents["adapter"].reads
     assert len(matrix_reads) == len(set(matrix_reads))  # each base matrix's factors read once
@@ -155,7 +156,7 @@ def test_matrix_major_reads_each_base_factor_once_and_equals_adapter_major(scan_
         ScanConfig(order="row")
     # a memory budget for two inputs' results: batches of 2 and 1, each base factor read once per batch
     reads.clear()
-    batched = scan(scan_inputs["base"], lora, tmp_path / "batched", ScanConfig(memory_budget_mb=1),
+    batched = scan(scan_inputs["base"], lora, tmp_path / "batched", ScanConfig(memory_budget_mb=1, figures="none"),
                    cache_dir=scanned["cache"])  # fmt: skip
     assert batched.document["order"] == "matrix" and batched.document["batch"] == 2
     assert max(reads.count(key) for key in reads) == 2 and len(reads) < len(adapter_reads)
@@ -347,7 +348,8 @@ def test_a_damaged_adapter_fails_in_its_row_and_the_scan_goes_on(scan_inputs, sc
     tensors[key][0, 0] = float("nan")
     save_file(tensors, str(damaged / "adapter_model.safetensors"))
     lines: list[tuple[int, int]] = []
-    result = scan(scan_inputs["base"], [str(damaged), good], tmp_path / "out", cache_dir=scanned["cache"],
+    result = scan(scan_inputs["base"], [str(damaged), good], tmp_path / "out", ScanConfig(figures="none"),
+                  cache_dir=scanned["cache"],
                   progress=lambda done, total, name: lines.append((done, total)))  # fmt: skip
     bad, ok = result.rows
     assert "NaN" in bad["error"] and "up_proj" in bad["error"] and bad["total_intruders"] is None
@@ -455,7 +457,7 @@ def slow(*args, **kwargs):  # a unit as long as a large model's, so that the kil
     return real(*args, **kwargs)
 units.analyze_matrix = slow
 base, out, cache, *tuned = sys.argv[1:]
-scan(base, tuned, out, ScanConfig(order="matrix"), cache_dir=cache)
+scan(base, tuned, out, ScanConfig(order="matrix", figures="none"), cache_dir=cache)
 """
 
 
@@ -471,7 +473,7 @@ def test_a_scan_killed_mid_batch_resumes_without_redoing_finished_matrices(scan_
     from intrudim.scan.journal import JOURNAL
 
     lora = [t for t in scan_inputs["tuned"] if "bert" not in t and "full_ft" not in t]
-    reference = scan(scan_inputs["base"], lora, tmp_path / "whole", cache_dir=scanned["cache"])
+    reference = scan(scan_inputs["base"], lora, tmp_path / "whole", ScanConfig(figures="none"), cache_dir=scanned["cache"])
     out = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     child = subprocess.Popen([sys.executable, "-c", KILLED_SCAN, scan_inputs["base"], str(out), str(scanned["cache"]),
@@ -490,7 +492,7 @@ def test_a_scan_killed_mid_batch_resumes_without_redoing_finished_matrices(scan_
     assert done_before >= 6
     assert not list(out.glob("runs/*/report.html"))  # one batch: no input was finished
 
-    resumed = scan(scan_inputs["base"], lora, out, ScanConfig(resume=True), cache_dir=scanned["cache"])
+    resumed = scan(scan_inputs["base"], lora, out, ScanConfig(resume=True, figures="none"), cache_dir=scanned["cache"])
     assert resumed.document["resumed_matrices"] >= done_before - 3  # a line being written at the kill may be lost
     assert resumed.document["units"]["matrix"] == reference.document["units"]["matrix"] - resumed.document[
         "resumed_matrices"]
@@ -599,7 +601,8 @@ def test_the_top_k_helper_process_changes_no_number_of_a_matrix_major_scan(scan_
     for helpers in ("0", "1"):
         monkeypatch.setenv("INTRUDIM_TOPK_HELPERS", helpers)
         top_k_pool._discard_pool()
-        result = scan(str(llama), adapters, tmp_path / f"helpers-{helpers}", cache_dir=scanned["cache"])
+        result = scan(str(llama), adapters, tmp_path / f"helpers-{helpers}", ScanConfig(figures="none"),
+                      cache_dir=scanned["cache"])  # the analyses compared, not drawn
         assert result.document["order"] == "matrix" and all(row.get("error") is None for row in result.rows)
         assert (top_k_pool._POOL is not None) == (top_k_pool.helper_processes() > 0)  # it took part only when asked
         written[helpers] = {row["name"]: comparable(json.loads((tmp_path / f"helpers-{helpers}" / "runs" / row["name"]
